@@ -1,0 +1,1 @@
+"""Agents and skills shipped with Hero; also the examples skill developers copy."""

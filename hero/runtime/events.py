@@ -1,0 +1,96 @@
+"""Events that wake an agent, and the reply channel a turn speaks into."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hero.errors import AgentError, HeroError
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A user's message to their own agent."""
+
+    text: str
+    interactive: bool = True
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """A durable timer came due; it wakes the agent even if it was hibernated."""
+
+    timer_id: str
+    name: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    interactive: bool = False
+
+
+@dataclass(frozen=True)
+class Ping:
+    """A no-op event: activates the agent and runs an empty turn (benchmarks, health checks)."""
+
+    interactive: bool = True
+
+
+Event = ChatMessage | TimerFired | Ping
+
+_END = object()
+
+
+class Reply:
+    """What the agent says back to one event: text deltas, then the end or an error.
+
+    `accepted` resolves once the event is durable (in the agent's history), so
+    the edge can answer 2xx only for events that survive a crash. Deltas are
+    buffered unboundedly: a slow or gone client never stalls the agent's turn.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self.accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.finish_reason = "stop"
+        self.usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.cancelled = False
+
+    def accept(self) -> None:
+        if not self.accepted.done():
+            self.accepted.set_result(None)
+
+    def write(self, text: str) -> None:
+        if text:
+            self._queue.put_nowait(text)
+
+    def close(self) -> None:
+        self._queue.put_nowait(_END)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.accepted.done():
+            self.accepted.set_exception(error)
+            self.accepted.exception()  # mark retrieved; the edge reads it through `wait_accepted`
+        self._queue.put_nowait(error)
+
+    def cancel(self) -> None:
+        """The listener has gone (client disconnect, user pressed stop): the turn may cut generation short."""
+        self.cancelled = True
+
+    async def wait_accepted(self) -> None:
+        await asyncio.shield(self.accepted)
+
+    async def text(self) -> str:
+        return "".join([chunk async for chunk in self])
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, HeroError):
+                raise item
+            if isinstance(item, BaseException):
+                raise AgentError("the agent failed to answer; the error was logged") from item
+            yield item  # type: ignore[misc]

@@ -1,0 +1,37 @@
+"""What the runtime needs from the power part, as protocols (the runtime ↔ power seam).
+
+The runtime reports what each turn cost; power turns that into joules and
+watts and answers admission questions. The runtime never imports power
+internals, only these shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Metering(Protocol):
+    def run_turn(self, agent_id: str, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+        """Wrap an agent's turn so the CPU time of every step (between awaits) is charged to `agent_id`."""
+        ...
+
+    def charge_llm(self, agent_id: str, cpu_ns: int, tokens: int) -> None:
+        """Charge inference CPU time, measured in the inference thread, to the agent that asked. Thread-safe."""
+        ...
+
+    def charge_storage(self, agent_id: str, nbytes: int) -> None:
+        """Charge bytes written to or read from the store for this agent."""
+        ...
+
+
+class Admission(Protocol):
+    def admit(self, agent_id: str, *, interactive: bool) -> None:
+        """Return if work may start now; raise `Overloaded` (with retry_after) if it must wait.
+
+        Interactive work (a user's chat) is admitted first; background work
+        (timers marked non-interactive, API calls flagged background) is deferred.
+        """
+        ...

@@ -1,0 +1,106 @@
+"""The composition root: build a node's parts from its config, run them, close them in order.
+
+This is the only module that knows every part; each part only knows its seams.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from agents import assistant
+from hero.config import NodeConfig
+from hero.identity import NodeKeys, UserKey
+from hero.runtime.node import Node
+from hero.scheduler.llm import LLMService
+from hero.scheduler.model import check_model_path, default_model_path
+from hero.store.dirstore import DirStore
+from hero.users import Users
+from hero.web.app import create_app
+
+log = logging.getLogger("hero")
+
+
+@dataclass
+class Parts:
+    config: NodeConfig
+    keys: NodeKeys
+    users: Users
+    store: Any
+    llm: LLMService
+    node: Node
+    app: Starlette
+
+
+async def open_store(config: NodeConfig, keys: NodeKeys) -> Any:
+    return DirStore(config.data_dir / "store")
+
+
+@asynccontextmanager
+async def open_node(config: NodeConfig) -> AsyncIterator[Parts]:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    model = check_model_path(config.model) if config.model else default_model_path()
+    keys = NodeKeys.load_or_create(config.data_dir)
+    users = Users(config.data_dir, keys)
+    store = await open_store(config, keys)
+    llm = LLMService(model, n_ctx=config.n_ctx, threads=config.llm_threads, max_tokens=config.max_tokens)
+    node = Node(store, llm, assistant.create, node_id=keys.node_id, idle_after=config.idle_after)
+    app = create_app(config=config, node=node, users=users, llm=llm, store=store)
+    try:
+        await llm.start()
+        await node.start()
+        yield Parts(config, keys, users, store, llm, node, app)
+    finally:
+        await node.aclose()
+        await llm.aclose()
+        await store.close()
+        users.close()
+
+
+def first_start(parts: Parts, base_url: str) -> list[str]:
+    """On an empty node: create the owner's user and key, and say how to sign in (as Jupyter does)."""
+    if parts.users.list():
+        return []
+    name = re.sub(r"[^a-z0-9_.-]", "", getpass.getuser().lower()) or "owner"
+    key = UserKey.generate()
+    user = parts.users.add(name, key.agent_id)
+    key_file = parts.config.data_dir / f"{name}.user.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.secret_hex + "\n")
+    token, _ = parts.users.issue(user)
+    operator, _ = parts.users.issue_operator()
+    return [
+        f"First start: created user {name!r} (agent {user.agent_id[:16]}…); their secret key is in {key_file}.",
+        f"    Chat:      {base_url}/?token={token}",
+        f"    Dashboard: {base_url}/dashboard?token={operator}",
+        "Add more users with: hero user add NAME --data " + str(parts.config.data_dir),
+    ]
+
+
+async def serve(config: NodeConfig, *, announce: Any = print) -> None:
+    """Run the node until Ctrl-C or SIGTERM, then hibernate every agent and close cleanly."""
+    async with open_node(config) as parts:
+        base_url = f"http://{config.host}:{config.port}"
+        for line in first_start(parts, base_url):
+            announce(line)
+        model_name = Path(parts.llm.model_path).name
+        announce(
+            f"hero: model {model_name} · profile {config.profile} · data {config.data_dir} · "
+            f"{base_url} · idle_after {config.idle_after:g}s"
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(parts.app, host=config.host, port=config.port, log_level="warning", lifespan="off")
+        )
+        await server.serve()
+        announce("hero: stopping; hibernating agents")

@@ -1,0 +1,57 @@
+"""The runtime ↔ store seam: a small async, versioned, fenced object store.
+
+Every put makes a new version; nothing is overwritten. A put carries the
+writer's lease epoch and is refused with `StaleEpoch` when the object's head was
+written with a higher epoch, so two owners of one agent can never both move its
+state (fencing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version of an object."""
+
+    key: str
+    version: int
+    size: int
+    epoch: int
+    created: float
+
+
+class StateStore(Protocol):
+    async def put(self, key: str, data: bytes, *, epoch: int) -> Version:
+        """Store `data` as the next version of `key`. Raises StaleEpoch if `epoch` is older than the head's."""
+        ...
+
+    async def get(self, key: str, version: int | None = None) -> bytes:
+        """The latest (or the given) version's bytes. Raises NotFound."""
+        ...
+
+    async def versions(self, key: str) -> list[Version]:
+        """Every stored version of `key`, oldest first; empty if the key does not exist."""
+        ...
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Keys that have at least one version and start with `prefix`, sorted."""
+        ...
+
+    async def close(self) -> None:
+        """Finish background work and release resources."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Keys are path-like ASCII names; refuse anything that could escape a directory."""
+    from hero.errors import BadRequest
+
+    if not key or len(key) > 512:
+        raise BadRequest("store key must be 1..512 characters", field="key")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@")
+    if any(c not in allowed for c in key) or key.startswith("/") or ".." in key.split("/"):
+        raise BadRequest(f"invalid store key {key!r}", field="key")
+    return key

@@ -1,0 +1,1 @@
+"""The web edge: OpenAI-compatible chat API, user and operator APIs, pages. No agent logic here."""

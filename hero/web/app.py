@@ -1,0 +1,73 @@
+"""The Starlette app: routes from each API module, one error mapping, static pages.
+
+Every HeroError becomes JSON with its status (plus Retry-After when the node
+is overloaded); anything else becomes a plain 500 JSON — the traceback goes to
+the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from hero.config import NodeConfig
+from hero.errors import HeroError, Overloaded
+from hero.web import chat_api, node_api
+
+log = logging.getLogger("hero.web")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(
+    *, config: NodeConfig, node: Any, users: Any, llm: Any, store: Any, power: Any = None, extra_routes: list | None = None
+) -> Starlette:
+    routes = [
+        *chat_api.routes(),
+        *node_api.routes(),
+        *(extra_routes or []),
+        Route("/", index, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HeroError: hero_error, HTTPException: http_error, Exception: server_error},
+    )
+    app.state.config = config
+    app.state.node = node
+    app.state.users = users
+    app.state.llm = llm
+    app.state.store = store
+    app.state.power = power
+    app.state.started = time.time()
+    return app
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def hero_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HeroError)
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, Overloaded) else None
+    if exc.status >= 500:
+        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": {"message": exc.detail, "type": "http_error"}}, status_code=exc.status_code)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": {"message": "internal server error", "type": "internal_error"}}, status_code=500)

@@ -1,0 +1,208 @@
+"""OpenAI-compatible Chat Completions: the token selects the user's agent.
+
+The agent keeps its own history and memory, so only the *last* message of the
+request (which must be the user's) is delivered to it; earlier messages a
+client sends (full-history clients such as the `openai` SDK examples) are
+validated and then ignored — the agent answers from its own memory, and what
+was said stays in one place (`GET /api/me/messages`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hero.errors import HeroError, InvalidField
+from hero.runtime.events import ChatMessage, Reply
+from hero.web.auth import authenticate, require_user
+from hero.web.bodies import read_json
+
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+MODEL_ID = "hero"
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    text: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    temperature: float | None
+    model: str
+    interactive: bool
+
+
+def parse_chat_request(body: dict[str, Any], *, n_ctx: int, interactive: bool) -> ChatRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidField("messages must be a non-empty array", field="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidField(f"messages[{i}] must be an object", field=f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidField(
+                f"messages[{i}].role must be one of {sorted(ROLES)}, got {role!r}", field=f"messages[{i}].role"
+            )
+        _content_text(message.get("content"), f"messages[{i}].content")
+    last = messages[-1]
+    if last["role"] != "user":
+        raise InvalidField("the last message must have role 'user'", field=f"messages[{len(messages) - 1}].role")
+    text = _content_text(last.get("content"), f"messages[{len(messages) - 1}].content")
+    if not text.strip():
+        raise InvalidField("the last message is empty", field=f"messages[{len(messages) - 1}].content")
+    model = body.get("model", MODEL_ID)
+    if not isinstance(model, str):
+        raise InvalidField("model must be a string", field="model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidField("stream must be a boolean", field="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise InvalidField("stream_options must be an object with a boolean include_usage", field="stream_options")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= n_ctx // 2
+    ):
+        raise InvalidField(f"max_tokens must be an integer from 1 to {n_ctx // 2}", field="max_tokens")
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 2
+    ):
+        raise InvalidField("temperature must be a number from 0 to 2", field="temperature")
+    return ChatRequest(
+        text,
+        stream,
+        bool(options.get("include_usage", False)),
+        max_tokens,
+        None if temperature is None else float(temperature),
+        model,
+        interactive,
+    )
+
+
+def _content_text(content: Any, field: str) -> str:
+    """Content is a string or a list of text parts (the OpenAI multi-part form)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidField(f"{field} parts must be text parts", field=field)
+            texts.append(part["text"])
+        return "".join(texts)
+    if content is None:
+        return ""
+    raise InvalidField(f"{field} must be a string or an array of text parts", field=field)
+
+
+async def chat_completions(request: Request) -> Response:
+    claims = await require_user(request)
+    config = request.app.state.config
+    body = await read_json(request, config.max_body_bytes)
+    interactive = request.headers.get("x-hero-priority", "interactive").lower() != "background"
+    chat = parse_chat_request(body, n_ctx=config.n_ctx, interactive=interactive)
+    event = ChatMessage(chat.text, interactive, chat.max_tokens, chat.temperature)
+    reply = await request.app.state.node.deliver(claims.sub, event)
+    await reply.wait_accepted()  # 2xx only once the message is durable in the agent's history
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if chat.stream:
+        return EventSourceResponse(
+            _sse(reply, completion_id, created, chat), ping=15, send_timeout=30, headers={"Cache-Control": "no-cache"}
+        )
+    try:
+        text = await reply.text()
+    finally:
+        reply.cancel()
+    usage = _usage(reply, text)
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": chat.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+            "usage": usage,
+        }
+    )
+
+
+async def _sse(reply: Reply, completion_id: str, created: int, chat: ChatRequest) -> AsyncIterator[dict[str, str]]:
+    def chunk(delta: dict[str, str], finish: str | None) -> dict[str, str]:
+        body: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": chat.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if chat.include_usage:
+            body["usage"] = None
+        return {"data": json.dumps(body, separators=(",", ":"))}
+
+    parts: list[str] = []
+    try:
+        yield chunk({"role": "assistant", "content": ""}, None)
+        try:
+            async for delta in reply:
+                parts.append(delta)
+                yield chunk({"content": delta}, None)
+        except HeroError as exc:
+            yield {"data": json.dumps(exc.to_json())}
+            yield {"data": "[DONE]"}
+            return
+        yield chunk({}, reply.finish_reason)
+        if chat.include_usage:
+            final = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chat.model,
+                "choices": [],
+                "usage": _usage(reply, "".join(parts)),
+            }
+            yield {"data": json.dumps(final, separators=(",", ":"))}
+        yield {"data": "[DONE]"}
+    finally:
+        reply.cancel()  # the client went away or the stream ended: stop generating
+
+
+def _usage(reply: Reply, text: str) -> dict[str, int]:
+    completion = reply.usage.get("completion_tokens") or len(text.split())
+    prompt = reply.usage.get("prompt_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def models(request: Request) -> Response:
+    authenticate(request)
+    llm = request.app.state.llm
+    created = int(request.app.state.started)
+    data = [
+        {"id": MODEL_ID, "object": "model", "created": created, "owned_by": "hero"},
+        {"id": llm.name, "object": "model", "created": created, "owned_by": "hero"},
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]

@@ -1,0 +1,66 @@
+"""The user's own resources (`/api/me/...`) and the operator's view of the node (`/api/node/...`)."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hero.web.auth import require_operator, require_user
+from hero.web.bodies import query_int
+
+MAX_PAGE = 500
+
+
+async def me(request: Request) -> Response:
+    claims = await require_user(request)
+    node = request.app.state.node
+    state = "active" if node.is_active(claims.sub) else "hibernated"
+    return JSONResponse({"name": claims.name, "agent_id": claims.sub, "agent_state": state, "token_expires": claims.exp})
+
+
+async def my_messages(request: Request) -> Response:
+    """This user's history, newest last; page backwards with `before=<seq>`."""
+    claims = await require_user(request)
+    limit = query_int(request, "limit", 50, low=1, high=MAX_PAGE)
+    before = query_int(request, "before", None, low=1, high=2**62)
+    history = await request.app.state.node.history(claims.sub)
+    if before is not None:
+        history = [m for m in history if m["seq"] < before]
+    page = history[-limit:] if limit else []
+    has_more = len(history) > len(page)
+    return JSONResponse(
+        {"messages": page, "has_more": has_more, "next_before": page[0]["seq"] if has_more and page else None}
+    )
+
+
+async def node_agents(request: Request) -> Response:
+    await require_operator(request)
+    agents = await request.app.state.node.agents()
+    return JSONResponse(
+        {
+            "agents": [
+                {"agent_id": a.agent_id, "state": a.state, "last_event": a.last_event} for a in agents
+            ],
+            "active": sum(a.state == "active" for a in agents),
+            "hibernated": sum(a.state == "hibernated" for a in agents),
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    llm = request.app.state.llm
+    return JSONResponse(
+        {"status": "ok", "uptime": round(time.time() - request.app.state.started, 1), "model_loaded": llm.loaded}
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/me", me, methods=["GET"]),
+        Route("/api/me/messages", my_messages, methods=["GET"]),
+        Route("/api/node/agents", node_agents, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
