@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from agents import assistant
 from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
-from hero.runtime.node import Node
+from hero.runtime.node import AgentFactory, Node
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
 from hero.store.dirstore import DirStore
@@ -47,14 +47,14 @@ async def open_store(config: NodeConfig, keys: NodeKeys) -> Any:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig) -> AsyncIterator[Parts]:
+async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assistant.create) -> AsyncIterator[Parts]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     model = check_model_path(config.model) if config.model else default_model_path()
     keys = NodeKeys.load_or_create(config.data_dir)
     users = Users(config.data_dir, keys)
     store = await open_store(config, keys)
     llm = LLMService(model, n_ctx=config.n_ctx, threads=config.llm_threads, max_tokens=config.max_tokens)
-    node = Node(store, llm, assistant.create, node_id=keys.node_id, idle_after=config.idle_after)
+    node = Node(store, llm, agent_factory, node_id=keys.node_id, idle_after=config.idle_after)
     app = create_app(config=config, node=node, users=users, llm=llm, store=store)
     try:
         await llm.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,19 +40,22 @@ class Ping:
 
 Event = ChatMessage | TimerFired | Ping
 
-_END = object()
-
-
 class Reply:
     """What the agent says back to one event: text deltas, then the end or an error.
 
     `accepted` resolves once the event is durable (in the agent's history), so
     the edge can answer 2xx only for events that survive a crash. Deltas are
     buffered unboundedly: a slow or gone client never stalls the agent's turn.
+    It is deliberately light (a deque and at most two futures): every event has one.
     """
 
+    __slots__ = ("_done", "_error", "_items", "_waiter", "accepted", "cancelled", "finish_reason", "usage")
+
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._items: deque[str] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
         self.accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.finish_reason = "stop"
         self.usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -62,21 +66,29 @@ class Reply:
             self.accepted.set_result(None)
 
     def write(self, text: str) -> None:
-        if text:
-            self._queue.put_nowait(text)
+        if text and not self._done:
+            self._items.append(text)
+            self._wake()
 
     def close(self) -> None:
-        self._queue.put_nowait(_END)
+        self._done = True
+        self._wake()
 
     def fail(self, error: BaseException) -> None:
         if not self.accepted.done():
             self.accepted.set_exception(error)
             self.accepted.exception()  # mark retrieved; the edge reads it through `wait_accepted`
-        self._queue.put_nowait(error)
+        if self._error is None and not self._done:
+            self._error = error
+        self.close()
 
     def cancel(self) -> None:
         """The listener has gone (client disconnect, user pressed stop): the turn may cut generation short."""
         self.cancelled = True
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def wait_accepted(self) -> None:
         await asyncio.shield(self.accepted)
@@ -86,11 +98,14 @@ class Reply:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         while True:
-            item = await self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, HeroError):
-                raise item
-            if isinstance(item, BaseException):
-                raise AgentError("the agent failed to answer; the error was logged") from item
-            yield item  # type: ignore[misc]
+            while self._items:
+                yield self._items.popleft()
+            if self._done:
+                break
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        if isinstance(self._error, HeroError):
+            raise self._error
+        if self._error is not None:
+            raise AgentError("the agent failed to answer; the error was logged") from self._error

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,11 +64,12 @@ class _Activation:
     lease: Lease
     ctx: AgentContext
     agent: Agent = field(init=False)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    mailbox: deque[tuple[Event, Reply | None]] = field(default_factory=deque)
+    busy: bool = False  # a drain or the hibernation owns the agent: turns never overlap
     last_event: float = field(default_factory=time.monotonic)
     last_event_wall: float = field(default_factory=time.time)
     persisted: bytes = b""
-    hibernated: bool = False
+    hibernating: bool = False
 
 
 class Node:
@@ -97,6 +99,7 @@ class Node:
         self.timers = TimerSchedule(self._timer_due)
         self._active: dict[str, _Activation] = {}
         self._activating: dict[str, asyncio.Future[_Activation]] = {}
+        self._hibernating: dict[str, asyncio.Future[None]] = {}
         self._known: dict[str, float | None] = {}  # agent id -> last event (unix) for hibernated agents
         self._subscribers: dict[str, set[asyncio.Queue[Message]]] = {}
         self._tasks = Nursery("node")
@@ -135,35 +138,42 @@ class Node:
     # delivery
 
     async def deliver(self, agent_id: str, event: Event) -> Reply:
-        """Route an event to an agent, activating it if needed. The turn runs in the node's nursery.
+        """Route an event to an agent, activating it if needed; its turn runs in the node's nursery.
 
         Returns at once with the reply channel; `reply.wait_accepted()` says when the event is durable.
         """
-        check_agent_id(agent_id)
+        reply = Reply()
+        await self.post(agent_id, event, reply)
+        return reply
+
+    async def post(self, agent_id: str, event: Event, reply: Reply | None = None) -> None:
+        """Queue an event in the agent's mailbox. One drain task per agent with mail runs its turns in order."""
         if self._closing:
             raise Unavailable("node is shutting down")
         if self.admission is not None:
             self.admission.admit(agent_id, interactive=event.interactive)
-        act = await self._activate(agent_id)
+        act = self._active.get(agent_id)
+        if act is None or act.hibernating:
+            act = await self._activate(agent_id)
         act.last_event = time.monotonic()
         act.last_event_wall = time.time()
-        reply = Reply()
-        self._tasks.spawn(self._turn(act, event, reply), name=f"turn:{agent_id[:8]}")
-        return reply
+        act.mailbox.append((event, reply))
+        if not act.busy:
+            act.busy = True
+            self._tasks.spawn(self._drain(act), name=f"agent:{agent_id[:8]}")
 
-    async def _turn(self, act: _Activation, event: Event, reply: Reply) -> None:
+    async def _drain(self, act: _Activation) -> None:
         try:
-            while True:
-                async with act.lock:
-                    if not act.hibernated:
-                        await self._run(act, event, reply)
-                        return
-                act = await self._activate(act.agent_id)  # hibernated while we queued: wake it again
+            while act.mailbox:
+                event, reply = act.mailbox.popleft()
+                await self._run(act, event, reply or Reply())
         except asyncio.CancelledError:
-            reply.fail(Unavailable("node is shutting down"))
+            for _, reply in act.mailbox:
+                if reply is not None:
+                    reply.fail(Unavailable("node is shutting down"))
             raise
         finally:
-            reply.close()
+            act.busy = False
             act.last_event = time.monotonic()
             self._arm_idle()
 
@@ -178,6 +188,9 @@ class Node:
             if isinstance(event, TimerFired):
                 await self._unschedule(act, event.timer_id)
             reply.accept()
+        except asyncio.CancelledError:
+            reply.fail(Unavailable("node is shutting down"))
+            raise
         except HeroError as exc:
             self.stats.turn_errors += 1
             log.warning("agent %s: %s", act.agent_id[:12], exc.message)
@@ -187,6 +200,8 @@ class Node:
             log.exception("agent %s: turn failed on %s", act.agent_id[:12], type(event).__name__)
             reply.fail(AgentError("the agent failed to answer; the error was logged"))
             await self._record_failure(act, exc)
+        finally:
+            reply.close()
 
     async def _record_failure(self, act: _Activation, exc: Exception) -> None:
         """Keep the user's view honest: the failed turn leaves an error entry in the history."""
@@ -199,9 +214,13 @@ class Node:
     # activation and hibernation
 
     async def _activate(self, agent_id: str) -> _Activation:
+        hibernation = self._hibernating.get(agent_id)
+        if hibernation is not None:
+            await asyncio.shield(hibernation)  # let its state reach the store before we load it again
         act = self._active.get(agent_id)
         if act is not None:
             return act
+        check_agent_id(agent_id)
         pending = self._activating.get(agent_id)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -257,21 +276,34 @@ class Node:
             self.metering.charge_storage(act.agent_id, len(data))
 
     async def _hibernate(self, act: _Activation) -> None:
-        async with act.lock:
-            if act.hibernated:
-                return
+        """Write the state and drop the object. Only for an agent with no turn running and no mail."""
+        if act.busy or act.mailbox or act.hibernating:
+            return
+        act.busy = act.hibernating = True
+        done = asyncio.get_running_loop().create_future()
+        self._hibernating[act.agent_id] = done
+        try:
             await act.agent.on_hibernate()
             await self._persist(act)
-            act.hibernated = True
+            self.stats.hibernations += 1
+        finally:
             self._active.pop(act.agent_id, None)
             self._known[act.agent_id] = act.last_event_wall
             self.directory.release(act.lease)
-            self.stats.hibernations += 1
+            del self._hibernating[act.agent_id]
+            done.set_result(None)
+        if act.mailbox:  # events that arrived while we were writing: hand them to a fresh activation
+            fresh = await self._activate(act.agent_id)
+            fresh.mailbox.extend(act.mailbox)
+            act.mailbox.clear()
+            if not fresh.busy:
+                fresh.busy = True
+                self._tasks.spawn(self._drain(fresh), name=f"agent:{act.agent_id[:8]}")
 
     async def hibernate_idle(self, min_idle: float) -> int:
         """Hibernate every active agent idle for at least `min_idle` seconds and not in a turn."""
         now = time.monotonic()
-        due = [a for a in self._active.values() if now - a.last_event >= min_idle and not a.lock.locked()]
+        due = [a for a in self._active.values() if now - a.last_event >= min_idle and not a.busy]
         for act in due:
             await self._hibernate(act)
         return len(due)

@@ -1,0 +1,110 @@
+"""One segment's way to fragments and back: zstd -> XChaCha20-Poly1305 -> Reed–Solomon -> BLAKE3.
+
+These are plain CPU-bound functions; QSS runs them in its executor. The
+associated data binds the ciphertext to its object id, version, segment
+position and coding parameters, so fragments cannot be swapped between
+objects, segments or versions, nor replayed as a newer version.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+
+from hero.errors import IntegrityError
+from hero.store import crypto
+from hero.store.erasure import Codec
+
+AD_MAGIC = b"hero-qss/1"
+_local = threading.local()
+
+
+def fragment_hash(data: bytes | memoryview) -> str:
+    """A fragment's content address (BLAKE3-256, hex)."""
+    return blake3.blake3(data).hexdigest()
+
+
+def associated_data(
+    *, oid: str, version: int, index: int, count: int, k: int, m: int, codec: str, compressed: bool, plain: int
+) -> bytes:
+    return b"".join(
+        (
+            AD_MAGIC,
+            bytes.fromhex(oid),
+            struct.pack(">QIIHHBQ", version, index, count, k, m, int(compressed), plain),
+            codec.encode(),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class SealedSegment:
+    plain: int
+    compressed: bool
+    nonce: bytes
+    sealed: int
+    fragments: list[bytes]
+    hashes: list[str]
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    found = cache.get(level)
+    if found is None:
+        found = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    return found
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    found = getattr(_local, "decompressor", None)
+    if found is None:
+        found = _local.decompressor = zstandard.ZstdDecompressor()
+    return found
+
+
+def seal_segment(
+    plain: bytes | memoryview, *, key: bytes, oid: str, version: int, index: int, count: int, codec: Codec, level: int
+) -> SealedSegment:
+    """Compress (kept only if it saves space), encrypt, erasure-code and hash one segment."""
+    compressed = _compressor(level).compress(plain)
+    use_compressed = len(compressed) < len(plain)
+    body = compressed if use_compressed else bytes(plain)
+    ad = associated_data(
+        oid=oid, version=version, index=index, count=count, k=codec.k, m=codec.m, codec=codec.ec_type,
+        compressed=use_compressed, plain=len(plain),
+    )
+    nonce, ciphertext = crypto.seal(key, body, ad)
+    fragments = codec.encode(ciphertext)
+    return SealedSegment(
+        plain=len(plain), compressed=use_compressed, nonce=nonce, sealed=len(ciphertext), fragments=fragments,
+        hashes=[fragment_hash(f) for f in fragments],
+    )
+
+
+def open_segment(
+    fragments: dict[int, bytes], *, key: bytes, oid: str, version: int, index: int, count: int, codec: Codec,
+    nonce: bytes, compressed: bool, plain: int,
+) -> bytes:
+    """The inverse of seal_segment, from any k verified fragments."""
+    ciphertext = codec.decode(fragments)
+    ad = associated_data(
+        oid=oid, version=version, index=index, count=count, k=codec.k, m=codec.m, codec=codec.ec_type,
+        compressed=compressed, plain=plain,
+    )
+    body = crypto.unseal(key, nonce, ciphertext, ad, what=f"segment {index} of version {version}")
+    if not compressed:
+        data = body
+    else:
+        try:
+            data = _decompressor().decompress(body, max_output_size=plain)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"segment {index} of version {version}: decompression failed: {exc}") from None
+    if len(data) != plain:
+        raise IntegrityError(f"segment {index} of version {version}: expected {plain} bytes, got {len(data)}")
+    return data

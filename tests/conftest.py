@@ -1,0 +1,111 @@
+"""Shared test helpers: real nodes on 127.0.0.1, real model, real CLI processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from hero.config import NodeConfig
+from hero.identity import NodeKeys, UserKey
+from hero.runtime.node import AgentFactory
+from hero.scheduler.llm import LLMService
+from hero.scheduler.model import default_model_path
+from hero.server import Parts, open_node
+from hero.users import Users
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def llm(model_path: Path) -> LLMService:
+    """One real llama.cpp service for the whole run; its thread serves requests from any test's loop."""
+    service = LLMService(model_path, n_ctx=1024, max_tokens=24, temperature=0.0)
+    asyncio.run(service.start())
+    yield service
+    asyncio.run(service.aclose())
+
+
+def make_config(tmp_path: Path, **changes: Any) -> NodeConfig:
+    base = NodeConfig(data_dir=tmp_path / "data", port=free_port(), max_tokens=24, n_ctx=1024)
+    return replace(base, **changes)
+
+
+@asynccontextmanager
+async def serving(config: NodeConfig, *, agent_factory: AgentFactory | None = None) -> AsyncIterator[Parts]:
+    """A real node with a real HTTP server on 127.0.0.1, in this test's event loop."""
+    kwargs = {"agent_factory": agent_factory} if agent_factory else {}
+    async with open_node(config, **kwargs) as parts:
+        server = uvicorn.Server(
+            uvicorn.Config(parts.app, host="127.0.0.1", port=config.port, log_level="warning", lifespan="off")
+        )
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        try:
+            yield parts
+        finally:
+            server.should_exit = True
+            await task
+
+
+def add_user(data_dir: Path, name: str) -> dict[str, str]:
+    users = Users(data_dir, NodeKeys.load_or_create(data_dir))
+    try:
+        key = UserKey.generate()
+        user = users.add(name, key.agent_id)
+        token, _ = users.issue(user)
+        return {"name": name, "agent_id": user.agent_id, "token": token}
+    finally:
+        users.close()
+
+
+def operator_token(data_dir: Path) -> str:
+    users = Users(data_dir, NodeKeys.load_or_create(data_dir))
+    try:
+        return users.issue_operator()[0]
+    finally:
+        users.close()
+
+
+def hero_cli(*args: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real `hero` command in a subprocess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hero.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, **kwargs
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"hero {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def hero_json(*args: str) -> Any:
+    return json.loads(hero_cli(*args, "--json").stdout)
+
+
+@pytest.fixture
+def env_no_proxy() -> dict[str, str]:
+    return {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}

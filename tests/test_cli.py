@@ -1,0 +1,185 @@
+"""The `hero` command as a user runs it: JSON shapes, misuse, and a node process that restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, hero_cli, hero_json
+
+
+def test_user_add_list_revoke_and_operator_token(tmp_path):
+    data = str(tmp_path / "data")
+    alice = hero_json("user", "add", "alice", "--data", data)
+    assert set(alice) >= {"name", "agent_id", "token", "secret_key"}
+    assert alice["name"] == "alice" and len(alice["agent_id"]) == 64
+    users = hero_json("user", "list", "--data", data)
+    assert [(u["name"], u["agent_id"], u["revoked"]) for u in users] == [("alice", alice["agent_id"], False)]
+    own_key = "ab" * 32
+    bob = hero_json("user", "add", "bob", "--pubkey", own_key, "--data", data)
+    assert bob["agent_id"] == own_key and "secret_key" not in bob
+    assert hero_json("user", "revoke", "bob", "--data", data)["revoked"] is True
+    operator = hero_json("operator", "token", "--data", data)
+    assert operator["token"].startswith("hero1.") and operator["expires"] > time.time()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["user", "add", "Bad Name!"], "invalid user name"),
+        (["user", "add", "x", "--pubkey", "zz"], "agent id"),
+        (["user", "revoke", "nobody"], "no user"),
+        (["up", "--port", "notaport"], "invalid int"),
+        (["up", "--port", "70000"], "port"),
+        (["up", "--model", "/nonexistent.gguf"], "model file not found"),
+        (["frobnicate"], "invalid choice"),
+        (["user", "add"], "required"),
+    ],
+)
+def test_misuse_is_one_line_and_exit_2(tmp_path, args, needle):
+    result = hero_cli(*args, "--data", str(tmp_path / "d"), check=False) if args[0] != "frobnicate" else hero_cli(
+        *args, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hero: ") and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_duplicate_user_is_refused(tmp_path):
+    data = str(tmp_path / "data")
+    hero_json("user", "add", "alice", "--data", data)
+    result = hero_cli("user", "add", "alice", "--data", data, check=False)
+    assert result.returncode == 2 and "already exists" in result.stderr
+
+
+class NodeProcess:
+    """`hero up` in a real subprocess on a free port."""
+
+    def __init__(self, data: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hero.cli", "up", "--data", str(data), "--port", str(self.port), *extra],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("hero: model"):
+                break
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("node did not come up: " + "".join(self.lines))
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=30)
+        return "".join(self.lines) + (out or "")
+
+
+def chat(node: NodeProcess, token: str, text: str) -> httpx.Response:
+    return httpx.post(
+        f"{node.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": "hero", "messages": [{"role": "user", "content": text}]},
+        timeout=60,
+    )
+
+
+def history(node: NodeProcess, token: str) -> list[str]:
+    r = httpx.get(f"{node.url}/api/me/messages", headers={"Authorization": f"Bearer {token}"})
+    return [m["content"] for m in r.json()["messages"]]
+
+
+def test_first_start_prints_sign_in_urls_and_summary(tmp_path):
+    node = NodeProcess(tmp_path / "data")
+    try:
+        banner = "".join(node.lines)
+        assert "First start" in banner and f"{node.url}/?token=hero1." in banner
+        assert f"{node.url}/dashboard?token=hero1." in banner
+        summary = [line for line in node.lines if line.startswith("hero: model")][0]
+        for part in ("SmolLM2-135M-Instruct", "zos-edge-60w", str(tmp_path / "data"), node.url):
+            assert part in summary
+        token = banner.split("/?token=")[1].split()[0]
+        assert chat(node, token, "remember that the sky is blue").status_code == 200
+    finally:
+        node.stop()
+    again = NodeProcess(tmp_path / "data")
+    assert "First start" not in "".join(again.lines)
+    again.stop()
+
+
+def test_restart_keeps_history_and_fires_pending_timer(tmp_path):
+    data = tmp_path / "data"
+    user = hero_json("user", "add", "alice", "--data", str(data))
+    node = NodeProcess(data)
+    try:
+        assert chat(node, user["token"], "remember that I like green").status_code == 200
+        r = chat(node, user["token"], "remind me in 4 seconds to drink water")
+        assert r.json()["choices"][0]["message"]["content"].startswith("OK, I will remind you")
+    finally:
+        output = node.stop(signal.SIGTERM)
+    assert node.proc.returncode == 0, output
+    assert "hibernating agents" in output
+    agents = hero_json("agents", "--data", str(data))
+    assert [(a["agent_id"], a["state"], a["user"]) for a in agents] == [(user["agent_id"], "hibernated", "alice")]
+    node = NodeProcess(data)
+    try:
+        assert history(node, user["token"])[:2] == ["remember that I like green", "I will remember that I like green."]
+        deadline = time.time() + 15
+        while time.time() < deadline and "⏰ Reminder: drink water" not in history(node, user["token"]):
+            time.sleep(0.2)
+        assert history(node, user["token"])[-1] == "⏰ Reminder: drink water"
+    finally:
+        node.stop()
+
+
+def test_accepted_message_survives_kill_9(tmp_path):
+    data = tmp_path / "data"
+    user = hero_json("user", "add", "alice", "--data", str(data))
+    node = NodeProcess(data)
+    with httpx.stream(
+        "POST",
+        f"{node.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {user['token']}"},
+        json={"stream": True, "messages": [{"role": "user", "content": "Write a long story about a dragon"}]},
+        timeout=30,
+    ) as r:
+        assert r.status_code == 200
+        node.proc.send_signal(signal.SIGKILL)  # killed right after the 200, mid-reply
+    node.proc.communicate(timeout=10)
+    node = NodeProcess(data)
+    try:
+        assert history(node, user["token"])[0] == "Write a long story about a dragon"
+    finally:
+        node.stop()
+
+
+def test_agents_command_asks_running_node(tmp_path):
+    data = tmp_path / "data"
+    user = hero_json("user", "add", "alice", "--data", str(data))
+    node = NodeProcess(data)
+    try:
+        chat(node, user["token"], "remember that x")
+        agents = json.loads(hero_cli("agents", "--data", str(data), "--url", node.url, "--json").stdout)
+        assert [(a["state"], a["user"]) for a in agents] == [("active", "alice")]
+    finally:
+        node.stop()
