@@ -42,7 +42,7 @@ class Assistant(Agent):
         async for delta in ctx.stream_llm(self.prompt(), reply, **options):
             parts.append(delta)
             reply.write(delta)
-        reply.usage["completion_tokens"] = len(parts)
+        reply.finish_reason = str(reply.usage.pop("finish_reason", "stop"))
         ctx.add_message("assistant", "".join(parts).strip())
         await ctx.persist()
 

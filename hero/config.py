@@ -40,7 +40,8 @@ def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{toml_path}: {exc}") from None
         config = _apply(config, section, str(toml_path))
-    env = {f.name: os.environ[f"HERO_{f.name.upper()}"] for f in fields(NodeConfig) if f"HERO_{f.name.upper()}" in os.environ}
+    names = {f"HERO_{f.name.upper()}": f.name for f in fields(NodeConfig)}
+    env = {name: os.environ[var] for var, name in names.items() if var in os.environ}
     config = _apply(config, env, "environment")
     return _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
 

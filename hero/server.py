@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from starlette.applications import Starlette
 
 from agents import assistant
 from hero.config import NodeConfig
+from hero.errors import UsageError
 from hero.identity import NodeKeys, UserKey
 from hero.runtime.node import AgentFactory, Node
 from hero.scheduler.llm import LLMService
@@ -88,8 +90,23 @@ def first_start(parts: Parts, base_url: str) -> list[str]:
     ]
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before anything slow starts, so a busy port is a one-line error, not a late crash."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(config: NodeConfig, *, announce: Any = print) -> None:
     """Run the node until Ctrl-C or SIGTERM, then hibernate every agent and close cleanly."""
+    sock = listen(config.host, config.port)
     async with open_node(config) as parts:
         base_url = f"http://{config.host}:{config.port}"
         for line in first_start(parts, base_url):
@@ -102,5 +119,5 @@ async def serve(config: NodeConfig, *, announce: Any = print) -> None:
         server = uvicorn.Server(
             uvicorn.Config(parts.app, host=config.host, port=config.port, log_level="warning", lifespan="off")
         )
-        await server.serve()
+        await server.serve(sockets=[sock])
         announce("hero: stopping; hibernating agents")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,7 +116,7 @@ def test_first_start_prints_sign_in_urls_and_summary(tmp_path):
         banner = "".join(node.lines)
         assert "First start" in banner and f"{node.url}/?token=hero1." in banner
         assert f"{node.url}/dashboard?token=hero1." in banner
-        summary = [line for line in node.lines if line.startswith("hero: model")][0]
+        summary = next(line for line in node.lines if line.startswith("hero: model"))
         for part in ("SmolLM2-135M-Instruct", "zos-edge-60w", str(tmp_path / "data"), node.url):
             assert part in summary
         token = banner.split("/?token=")[1].split()[0]
@@ -183,3 +184,13 @@ def test_agents_command_asks_running_node(tmp_path):
         assert [(a["state"], a["user"]) for a in agents] == [("active", "alice")]
     finally:
         node.stop()
+
+
+def test_busy_port_is_a_one_line_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = hero_cli("up", "--data", str(tmp_path / "d"), "--port", str(port), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"hero: cannot listen on 127.0.0.1:{port}: Address already in use"

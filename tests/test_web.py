@@ -44,7 +44,7 @@ async def test_openai_client_stream_and_non_stream(node):
     result = await ai.chat.completions.create(model="hero", messages=[{"role": "user", "content": "Say hi"}])
     assert result.choices[0].message.role == "assistant"
     assert result.choices[0].message.content.strip()
-    assert result.choices[0].finish_reason == "stop"
+    assert result.choices[0].finish_reason in ("stop", "length")
     stream = await ai.chat.completions.create(
         model="hero",
         messages=[{"role": "user", "content": "Name a color"}],
@@ -60,7 +60,7 @@ async def test_openai_client_stream_and_non_stream(node):
             deltas.append(choice.delta.content or "")
             finish = choice.finish_reason or finish
     assert "".join(deltas).strip()
-    assert finish == "stop" and len(ids) == 1
+    assert finish in ("stop", "length") and len(ids) == 1
     assert usage is not None and usage.completion_tokens > 0
     models = await ai.models.list()
     assert "hero" in [m.id for m in models.data]
@@ -140,7 +140,12 @@ async def test_users_are_isolated(node):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer hero1.e30.AAAA"}],
+    [
+        {},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer hero1.e30.AAAA"},
+    ],
 )
 async def test_missing_or_invalid_token_is_401_json(node, headers):
     async with httpx.AsyncClient(base_url=node.base_url) as http:
@@ -256,3 +261,14 @@ async def test_healthz_and_chat_page(node):
         started = time.perf_counter()
         me = (await http.get("/api/me", headers=auth(node.alice["token"]))).json()
         assert me["agent_id"] == node.alice["agent_id"] and time.perf_counter() - started < 2
+
+
+async def test_usage_and_length_finish_reason(node):
+    ai = client(node, node.alice["token"])
+    result = await ai.chat.completions.create(
+        model="hero", max_tokens=3, messages=[{"role": "user", "content": "Write a long poem about the sea"}]
+    )
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage.completion_tokens == 3
+    assert result.usage.prompt_tokens > 5
+    assert result.usage.total_tokens == result.usage.prompt_tokens + 3

@@ -41,6 +41,7 @@ class LLM(Protocol):
         max_tokens: int | None = None,
         temperature: float | None = None,
         should_stop: Callable[[], bool] | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> AsyncIterator[str]: ...
 
 
@@ -95,7 +96,10 @@ class AgentContext:
         await self._unschedule(timer_id)
 
     def stream_llm(self, messages: list[dict[str, str]], reply: Reply, **options: Any) -> AsyncIterator[str]:
-        return self.llm.stream(self.agent_id, messages, should_stop=lambda: reply.cancelled, **options)
+        """Stream a completion from the node's shared model; stops early if the listener goes away."""
+        return self.llm.stream(
+            self.agent_id, messages, should_stop=lambda: reply.cancelled, usage=reply.usage, **options
+        )
 
 
 class Agent(ABC):
@@ -108,5 +112,5 @@ class Agent(ABC):
     async def handle(self, event: Event, reply: Reply) -> None:
         """Handle one event, writing what the agent says into `reply`. Must call `reply.accept()` once durable."""
 
-    async def on_hibernate(self) -> None:
+    async def on_hibernate(self) -> None:  # noqa: B027 - an optional hook; most agents keep state as it is
         """Called before the state is written for hibernation; override to compact state."""

@@ -58,7 +58,7 @@ class Reply:
         self._error: BaseException | None = None
         self.accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.finish_reason = "stop"
-        self.usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
         self.cancelled = False
 
     def accept(self) -> None:

@@ -37,6 +37,7 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     should_stop: Callable[[], bool] | None = None
+    usage: dict[str, Any] | None = None
     cancelled: bool = False
 
     def stopped(self) -> bool:
@@ -118,8 +119,13 @@ class LLMService:
         max_tokens: int | None = None,
         temperature: float | None = None,
         should_stop: Callable[[], bool] | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> AsyncIterator[str]:
-        """Queue a chat completion for `agent_id` and yield its text as it is generated."""
+        """Queue a chat completion for `agent_id` and yield its text as it is generated.
+
+        If given, `usage` is filled with prompt_tokens, completion_tokens and
+        finish_reason ("stop" or "length") by the time the stream ends.
+        """
         if self._thread is None:
             raise Unavailable("the LLM service is not running")
         request = _Request(
@@ -129,6 +135,7 @@ class LLMService:
             self.temperature if temperature is None else temperature,
             asyncio.get_running_loop(),
             should_stop=should_stop,
+            usage=usage,
         )
         self.last_request_at = time.monotonic()
         self._queue.put(agent_id, request)
@@ -181,9 +188,11 @@ class LLMService:
         with self._model_lock:
             started = time.thread_time_ns()
             tokens = 0
+            finish = "stop"
             try:
                 _apply_threads(llama, self.threads)
-                messages = trim_messages(request.messages, self._counter(llama), self.n_ctx - request.max_tokens)
+                count = self._counter(llama)
+                messages = trim_messages(request.messages, count, self.n_ctx - request.max_tokens)
                 self.requests_total += 1
                 chunks = llama.create_chat_completion(
                     messages, stream=True, max_tokens=request.max_tokens, temperature=request.temperature
@@ -191,10 +200,15 @@ class LLMService:
                 for chunk in chunks:
                     if request.stopped():
                         break
-                    text = chunk["choices"][0]["delta"].get("content")
+                    choice = chunk["choices"][0]
+                    text = choice["delta"].get("content")
                     if text:
                         tokens += 1
                         request.send(text)
+                    finish = choice.get("finish_reason") or finish
+                if request.usage is not None:
+                    prompt = sum(count(m["content"]) + _MESSAGE_OVERHEAD for m in messages)
+                    request.usage.update(prompt_tokens=prompt, completion_tokens=tokens, finish_reason=finish)
             finally:
                 self.tokens_total += tokens
                 if self.metering is not None:

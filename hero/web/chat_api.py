@@ -185,8 +185,9 @@ async def _sse(reply: Reply, completion_id: str, created: int, chat: ChatRequest
 
 
 def _usage(reply: Reply, text: str) -> dict[str, int]:
-    completion = reply.usage.get("completion_tokens") or len(text.split())
-    prompt = reply.usage.get("prompt_tokens", 0)
+    """Token counts from the model; replies made by a skill (no model) count words."""
+    completion = int(reply.usage.get("completion_tokens") or len(text.split()))
+    prompt = int(reply.usage.get("prompt_tokens", 0))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

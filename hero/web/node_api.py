@@ -18,7 +18,9 @@ async def me(request: Request) -> Response:
     claims = await require_user(request)
     node = request.app.state.node
     state = "active" if node.is_active(claims.sub) else "hibernated"
-    return JSONResponse({"name": claims.name, "agent_id": claims.sub, "agent_state": state, "token_expires": claims.exp})
+    return JSONResponse(
+        {"name": claims.name, "agent_id": claims.sub, "agent_state": state, "token_expires": claims.exp}
+    )
 
 
 async def my_messages(request: Request) -> Response:
