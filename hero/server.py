@@ -9,9 +9,10 @@ import getpass
 import logging
 import os
 import re
+import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,38 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+@contextmanager
+def shutdown_signals() -> Iterator[None]:
+    """Keep SIGINT/SIGTERM from killing the process while agents hibernate.
+
+    uvicorn turns the first signal into a graceful stop and then re-raises it
+    once serving ends; with the default handlers that would kill the process
+    before the node has written its agents' state. A second Ctrl-C still
+    interrupts an impatient shutdown.
+    """
+    received: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 async def serve(config: NodeConfig, *, announce: Any = print) -> None:
     """Run the node until Ctrl-C or SIGTERM, then hibernate every agent and close cleanly."""
     sock = listen(config.host, config.port)
+    with shutdown_signals():
+        await _serve(config, sock, announce)
+
+
+async def _serve(config: NodeConfig, sock: socket.socket, announce: Any) -> None:
     async with open_node(config) as parts:
         base_url = f"http://{config.host}:{config.port}"
         for line in first_start(parts, base_url):
