@@ -26,6 +26,7 @@ run: $(VENV)/.installed
 	$(BIN)/hero up $(ARGS)
 
 test: $(VENV)/.installed-test
+	bash scripts/install-browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

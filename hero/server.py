@@ -24,6 +24,7 @@ from agents import assistant
 from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys, UserKey
+from hero.power.service import PowerService
 from hero.runtime.node import AgentFactory, Node
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
@@ -42,6 +43,7 @@ class Parts:
     store: Any
     llm: LLMService
     node: Node
+    power: PowerService
     app: Starlette
 
 
@@ -55,15 +57,29 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
     model = check_model_path(config.model) if config.model else default_model_path()
     keys = NodeKeys.load_or_create(config.data_dir)
     users = Users(config.data_dir, keys)
+    power = PowerService(config.profile, config.data_dir)
     store = await open_store(config, keys)
-    llm = LLMService(model, n_ctx=config.n_ctx, threads=config.llm_threads, max_tokens=config.max_tokens)
-    node = Node(store, llm, agent_factory, node_id=keys.node_id, idle_after=config.idle_after)
-    app = create_app(config=config, node=node, users=users, llm=llm, store=store)
+    llm = LLMService(
+        model, n_ctx=config.n_ctx, threads=config.llm_threads, max_tokens=config.max_tokens, metering=power
+    )
+    node = Node(
+        store,
+        llm,
+        agent_factory,
+        node_id=keys.node_id,
+        idle_after=config.idle_after,
+        metering=power,
+        admission=power,
+    )
+    power.attach(node, llm)
+    app = create_app(config=config, node=node, users=users, llm=llm, store=store, power=power)
     try:
         await llm.start()
         await node.start()
-        yield Parts(config, keys, users, store, llm, node, app)
+        await power.start()
+        yield Parts(config, keys, users, store, llm, node, power, app)
     finally:
+        await power.aclose()  # first, so the governor does not hibernate or unload mid-shutdown
         await node.aclose()
         await llm.aclose()
         await store.close()

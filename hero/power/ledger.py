@@ -6,11 +6,15 @@ also counts every other agent that ran while it was suspended (measured: B/A
 `run_turn` reads the clock around each `send`/`throw` into the agent's
 coroutine, i.e. only while the agent's own code runs.
 
-Clocks: "wall" (default) reads `perf_counter_ns` (~50 ns) per step and is
-reconciled each tick by min(1, loop-thread CPU / Σ step time), which
-removes time the loop thread was preempted; "thread" reads
-`thread_time_ns` (~0.6 µs, a real syscall) and is exact per step but costs
-about 2 % at 100 µs turns. Both are tested against a CPU-time oracle.
+Clocks: "adaptive" (default) reads `perf_counter_ns` (~50 ns) around short
+steps, reconciled each tick by the loop thread's CPU time, and
+`thread_time_ns` (~0.6 µs, a real syscall, exact under preemption) for an
+agent whose last step took ≥ 250 µs, where two reads cost < 0.5 %. A
+preemption inside a short wall-timed step would be charged to it, so while
+the kernel says the loop thread is waiting for CPUs (schedstat run delay
+≥ 2 % of the last tick) every step is timed exactly. "thread" reads thread CPU time
+around every step: exact, about 3 % at 100 µs turns. Both are tested
+against a CPU-time oracle.
 
 Each tick the node's dynamic power (node − profile idle) is shared by
 CPU-seconds: W_i = P_dyn · c_i / D with D = max(machine busy CPU-s, process
@@ -36,7 +40,18 @@ T = TypeVar("T")
 CONSERVATION_TOLERANCE = 0.05
 TAU_10S = 10.0
 TAU_1H = 3600.0
-CLOCKS: dict[str, Callable[[], int]] = {"thread": time.thread_time_ns, "wall": time.perf_counter_ns}
+EXACT_AFTER_NS = {"adaptive": 250_000, "thread": 0}  # step length after which thread CPU time is read
+CONTENDED_WAIT = 0.02  # loop thread waited for a CPU ≥ 2 % of a tick: time every step exactly next tick
+SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def loop_run_delay_ns() -> int | None:
+    """Nanoseconds the calling thread has spent runnable but waiting for a CPU (None if not exposed)."""
+    try:
+        with open(SCHEDSTAT) as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def utc_day(unix: float) -> int:
@@ -48,7 +63,9 @@ class AgentAccount:
     """Everything charged to one agent. Fields marked `tick` are zeroed every tick."""
 
     agent_id: str
-    cpu_ns: int = 0  # tick; loop thread only
+    cpu_ns: int = 0  # tick; thread CPU time; loop thread only
+    wall_ns: int = 0  # tick; wall time of short steps, reconciled at the tick; loop thread only
+    exact: bool = False  # time the next step with thread CPU time (the last one was long)
     steps: int = 0  # tick; loop thread only
     open_turns: int = 0  # loop thread only
     llm_ns: int = 0  # tick; under the ledger lock
@@ -61,10 +78,8 @@ class AgentAccount:
     steps_total: int = 0
     turns_total: int = 0
     joules: float = 0.0
-    day: int = 0
-    joules_today: float = 0.0
-    watts: float = 0.0  # last tick
-    llm_watts: float = 0.0  # last tick, the LLM part of `watts`
+    day: int = 0  # UTC day of `day_base`
+    day_base: float = 0.0  # `joules` when that day began here; joules today = joules - day_base
     ew10: float = 0.0  # EWMAs, decayed lazily from ew_t so idle agents cost nothing per tick
     ew1h: float = 0.0
     ew_t: float = 0.0
@@ -77,43 +92,44 @@ class AgentAccount:
 
 @types.coroutine
 def _metered_steps(coro: Coroutine[Any, Any, T], acct: AgentAccount, ledger: Ledger) -> Generator[Any, Any, T]:
-    """Drive `coro` one step at a time, charging each step's clock time to `acct`.
+    """Drive `coro` one step at a time, charging each step's time to `acct`.
 
     A generator (not a class with Python-level `send`) so the event loop
-    resumes it natively: about half the cost per step. Time spent in a
-    metered turn nested inside this one is in `ledger.charged_ns` and is
-    subtracted, so nothing is counted twice. Steps that raise, including
-    cancellation, are charged too.
+    resumes it natively: about half the cost per step. The clock is chosen
+    per step: after a step of at least `ledger.exact_after_ns`, the agent's
+    next steps read thread CPU time (exact under preemption, 0.6 µs a read,
+    negligible against a long step); short steps read the wall clock (50 ns)
+    and are reconciled each tick. While the kernel reports the loop thread
+    waiting for a CPU, the threshold is 0: every step is timed exactly. Time spent in a metered turn nested inside
+    this one is in `ledger.charged_ns` and is subtracted, so nothing is
+    counted twice. Steps that raise, including cancellation, are charged too.
     """
-    clock = ledger.clock
+    wall = time.perf_counter_ns
+    cpu = time.thread_time_ns
     send = coro.send
     value: Any = None
     exc: BaseException | None = None
     try:
         while True:
             before = ledger.charged_ns
-            t0 = clock()
+            exact = acct.exact
+            t0 = cpu() if exact else wall()
             try:
                 if exc is None:
                     fut = send(value)
                 else:
                     fut = coro.throw(exc)
             except StopIteration as stop:
-                own = clock() - t0 - (ledger.charged_ns - before)
-                acct.cpu_ns += own
-                acct.steps += 1
-                ledger.charged_ns += own
                 return stop.value
-            except BaseException:
-                own = clock() - t0 - (ledger.charged_ns - before)
-                acct.cpu_ns += own
+            finally:
+                own = (cpu() if exact else wall()) - t0 - (ledger.charged_ns - before)
+                if exact:
+                    acct.cpu_ns += own
+                else:
+                    acct.wall_ns += own
+                acct.exact = own >= ledger.exact_after_ns
                 acct.steps += 1
                 ledger.charged_ns += own
-                raise
-            own = clock() - t0 - (ledger.charged_ns - before)
-            acct.cpu_ns += own
-            acct.steps += 1
-            ledger.charged_ns += own
             try:
                 value = yield fut
                 exc = None
@@ -145,14 +161,17 @@ class TickReport:
     utilisation: float
     agents_w: dict[str, float]  # agents that ran this tick; everyone else drew 0 W of dynamic power
     agents_llm_w: float  # part of Σ agents_w that was LLM inference
+    llm_cpu_s: float  # CPU-seconds of LLM inference this tick (after scaling to the whole thread pool)
     agents_cpu_s: dict[str, float]
     process_cpu_s: float
     busy_cpu_s: float
+    host_cpus: int
     hosted: int
     idle_share_w: float  # idle_w amortised equally over hosted agents (a second view, not added to agents_w)
     conservation_error: float
     llm_scale: float
     loop_scale: float
+    loop_wait_ratio: float = 0.0  # share of the tick the loop thread waited for a CPU (kernel schedstat)
     steps: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -171,16 +190,21 @@ class Ledger:
         self,
         idle_w: float,
         *,
-        clock: str = "wall",
+        clock: str = "adaptive",
         process_clock: Callable[[], int] = time.process_time_ns,
         loop_clock: Callable[[], int] = time.thread_time_ns,
         wall_clock: Callable[[], float] = time.time,
+        run_delay: Callable[[], int | None] = loop_run_delay_ns,
     ) -> None:
-        if clock not in CLOCKS:
-            raise ValueError(f"clock must be one of {', '.join(CLOCKS)}")
+        if clock not in EXACT_AFTER_NS:
+            raise ValueError(f"clock must be one of {', '.join(EXACT_AFTER_NS)}")
         self.idle_w = idle_w
         self.clock_name = clock
-        self.clock = CLOCKS[clock]
+        self.base_exact_after_ns = self.exact_after_ns = EXACT_AFTER_NS[clock]
+        self.contended = False  # the loop thread waited for a CPU last tick: every step is timed exactly
+        self.loop_wait_ratio = 0.0
+        self._run_delay = run_delay
+        self._last_delay = run_delay()
         self.charged_ns = 0  # running total of clock time charged by metered steps (for nesting)
         self.llm_threads = 1  # cap for scaling inference-thread CPU up to the whole thread pool's
         self._process_clock = process_clock
@@ -190,7 +214,6 @@ class Ledger:
         self._lock = threading.Lock()
         self._dirty: set[AgentAccount] = set()  # loop-charged this tick, or with a turn still open
         self._shared_dirty: set[AgentAccount] = set()  # charged from other threads; under the lock
-        self._prev_active: set[AgentAccount] = set()
         self._last_proc = process_clock()
         self._last_loop = loop_clock()
         self._last_t: float | None = None
@@ -201,6 +224,7 @@ class Ledger:
         self.other_joules = 0.0
         self.runtime_cpu_s = 0.0
         self.conservation_violations = 0
+        self.node_ew10 = 0.0  # node watts, 10 s EWMA (what /metrics exports, like the agents' figure)
         self.ticks = 0
         self.last: TickReport | None = None
 
@@ -212,12 +236,12 @@ class Ledger:
             with self._lock:
                 acct = self._accounts.get(agent_id)
                 if acct is None:
-                    acct = AgentAccount(agent_id, day=utc_day(self._wall_clock()))
+                    acct = AgentAccount(agent_id, day=utc_day(self._wall_clock()), exact=self.exact_after_ns == 0)
                     self._accounts[agent_id] = acct
         return acct
 
     def run_turn(self, agent_id: str, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
-        acct = self.account(agent_id)
+        acct = self._accounts.get(agent_id) or self.account(agent_id)
         acct.open_turns += 1
         acct.turns_total += 1
         self._dirty.add(acct)
@@ -227,6 +251,7 @@ class Ledger:
         """Charge loop-thread CPU measured elsewhere (e.g. a synchronous callback run for the agent)."""
         acct = self.account(agent_id)
         acct.cpu_ns += cpu_ns
+        acct.steps += 1
         self._dirty.add(acct)
 
     def charge_llm(self, agent_id: str, cpu_ns: int, tokens: int) -> None:
@@ -248,8 +273,9 @@ class Ledger:
         """Discard CPU charged so far; the next tick covers from now."""
         self._last_proc = self._process_clock()
         self._last_loop = self._loop_clock()
+        self._last_delay = self._run_delay()
         for acct in self._dirty:
-            acct.cpu_ns = 0
+            acct.cpu_ns = acct.wall_ns = 0
             acct.steps = 0
         with self._lock:
             for acct in self._shared_dirty:
@@ -268,6 +294,12 @@ class Ledger:
         today = utc_day(unix)
         dt = sample.dt
         now = sample.t
+        delay = self._run_delay()
+        if delay is not None and self._last_delay is not None and dt > 0:
+            self.loop_wait_ratio = max(0, delay - self._last_delay) / (dt * 1e9)
+            self.contended = self.loop_wait_ratio >= CONTENDED_WAIT
+            self.exact_after_ns = 0 if self.contended else self.base_exact_after_ns
+        self._last_delay = delay
 
         with self._lock:
             shared = self._shared_dirty
@@ -277,18 +309,22 @@ class Ledger:
                 a.llm_ns = a.llm_tokens = a.storage_bytes = 0
 
         dirty = self._dirty
-        active = dirty | shared
-        wall_ns = 0
-        llm_ns_sum = 0
-        steps = 0
-        for a in dirty:
-            wall_ns += a.cpu_ns
-            steps += a.steps
+        ran: list[AgentAccount] = []
+        cpu_ns = wall_ns = llm_ns_sum = steps = 0
+        for a in dirty:  # includes turns left open (parked on an await): they cost nothing unless they stepped
+            if a.steps:
+                ran.append(a)
+                cpu_ns += a.cpu_ns
+                wall_ns += a.wall_ns
+                steps += a.steps
+                a.steps_total += a.steps
+                a.steps = 0
+        active = shared.union(ran)
         for ns, _, _ in llm.values():
             llm_ns_sum += ns
-        loop_scale = 1.0
-        if self.clock_name == "wall" and wall_ns > 0:
-            loop_scale = min(1.0, d_loop * 1e9 / wall_ns)
+        loop_scale = 1.0  # wall-timed steps include time the loop thread was preempted: scale to its CPU
+        if wall_ns > 0:
+            loop_scale = min(1.0, max(0.0, d_loop * 1e9 - cpu_ns) / wall_ns)
         llm_scale = 1.0
         if llm_ns_sum > 0:
             off_loop = max(0.0, d_proc - d_loop) * 1e9
@@ -296,58 +332,49 @@ class Ledger:
 
         node_w = sample.watts
         dyn_w = max(0.0, node_w - self.idle_w)
-        loop_c_sum = wall_ns * loop_scale / 1e9
+        loop_c_sum = (cpu_ns + wall_ns * loop_scale) / 1e9
         llm_c_sum = llm_ns_sum * llm_scale / 1e9
         c_sum = loop_c_sum + llm_c_sum
         c_rt = max(0.0, d_proc - c_sum)
         denom = max(sample.busy_cpu_s, d_proc, c_sum)
         k = dyn_w / denom if denom > 0 else 0.0
-        loop_k = k * loop_scale / 1e9
-        llm_k = k * llm_scale / 1e9
-
         step10 = math.exp(-dt / TAU_10S) if dt > 0 else 1.0
         step1h = math.exp(-dt / TAU_1H) if dt > 0 else 1.0
         a10, a1h = 1.0 - step10, 1.0 - step1h
+        gap_limit = dt * 1.001
         agents_w: dict[str, float] = {}
         agents_cpu: dict[str, float] = {}
         sum_w = 0.0
         llm_w_sum = 0.0
-        for a in active:
-            ln, tok, sb = llm.get(a, (0, 0, 0))
-            w_loop = a.cpu_ns * loop_k
-            w_llm = ln * llm_k
-            w = w_loop + w_llm
-            c = (a.cpu_ns * loop_scale + ln * llm_scale) / 1e9
-            if a.day != today:
-                a.day = today
-                a.joules_today = 0.0
-            e = w * dt
-            a.joules += e
-            a.joules_today += e
-            a.cpu_s_total += c
-            a.llm_s_total += ln * llm_scale / 1e9
+        llm_c: dict[AgentAccount, float] = {}
+        for a, (ln, tok, sb) in llm.items():  # inference and storage: few agents per tick
+            lc = ln * llm_scale * 1e-9
+            llm_c[a] = lc
+            a.llm_s_total += lc
             a.tokens_total += tok
             a.storage_total += sb
-            a.steps_total += a.steps
-            a.watts = w
-            a.llm_watts = w_llm
-            gap = now - a.ew_t
-            if gap > dt * 1.001:  # idle ticks since the last update: decay over them (zero input)
-                a.ew10 *= math.exp(-(gap - dt) / TAU_10S)
-                a.ew1h *= math.exp(-(gap - dt) / TAU_1H)
+            llm_w_sum += k * lc
+        for a in active:  # the hot loop of the tick: only agents that ran; keep it lean
+            c = (a.cpu_ns + a.wall_ns * loop_scale) * 1e-9
+            if llm_c:
+                c += llm_c.get(a, 0.0)
+            w = k * c
+            if a.day != today:  # a new UTC day: today's energy counts from here
+                a.day = today
+                a.day_base = a.joules
+            a.joules += w * dt
+            a.cpu_s_total += c
+            if now - a.ew_t > gap_limit:  # idle ticks since the last update: decay over them (zero input)
+                gap = now - a.ew_t - dt
+                a.ew10 *= math.exp(-gap / TAU_10S)
+                a.ew1h *= math.exp(-gap / TAU_1H)
             a.ew10 = a.ew10 * step10 + a10 * w
             a.ew1h = a.ew1h * step1h + a1h * w
             a.ew_t = now
-            a.cpu_ns = 0
-            a.steps = 0
+            a.cpu_ns = a.wall_ns = 0
             agents_w[a.agent_id] = w
             agents_cpu[a.agent_id] = c
             sum_w += w
-            llm_w_sum += w_llm
-        for a in self._prev_active - active:
-            a.watts = 0.0
-            a.llm_watts = 0.0
-        self._prev_active = active
         self._dirty = {a for a in dirty if a.open_turns > 0}
 
         runtime_w = k * c_rt
@@ -361,6 +388,7 @@ class Ledger:
         self.runtime_joules += runtime_w * dt
         self.other_joules += other_w * dt
         self.runtime_cpu_s += c_rt
+        self.node_ew10 = node_w if self.ticks == 0 else self.node_ew10 * step10 + a10 * node_w
         self.ticks += 1
         report = TickReport(
             t=now,
@@ -375,14 +403,17 @@ class Ledger:
             utilisation=sample.utilisation,
             agents_w=agents_w,
             agents_llm_w=llm_w_sum,
+            llm_cpu_s=llm_c_sum,
             agents_cpu_s=agents_cpu,
             process_cpu_s=d_proc,
             busy_cpu_s=sample.busy_cpu_s,
+            host_cpus=sample.host_cpus,
             hosted=n_hosted,
             idle_share_w=self.idle_w / n_hosted if n_hosted else 0.0,
             conservation_error=error,
             llm_scale=llm_scale,
             loop_scale=loop_scale,
+            loop_wait_ratio=self.loop_wait_ratio,
             steps=steps,
         )
         if not report.conservation_ok:
@@ -399,16 +430,27 @@ class Ledger:
     def accounts(self) -> list[AgentAccount]:
         return list(self._accounts.values())
 
+    def demand(self, now: float, floor_w: float = 1e-3) -> dict[str, float]:
+        """Recently active agents' 10 s average watts: what the governor shares out when constrained."""
+        out: dict[str, float] = {}
+        for a in self.accounts():
+            if a.ew10 > floor_w:
+                w = a.ew10 * math.exp(-max(0.0, now - a.ew_t) / TAU_10S)
+                if w > floor_w:
+                    out[a.agent_id] = w
+        return out
+
     def restore_today(self, joules_by_agent: dict[str, float]) -> None:
         """Seed today's energy from history, so a restart does not reset daily quotas."""
         today = utc_day(self._wall_clock())
         for agent_id, joules in joules_by_agent.items():
             acct = self.account(agent_id)
-            acct.day = today
-            acct.joules_today = max(acct.joules_today, joules)
+            if acct.day != today:
+                acct.day, acct.day_base = today, acct.joules
+            acct.day_base = min(acct.day_base, acct.joules - joules)
 
     def joules_today(self, agent_id: str) -> float:
         acct = self._accounts.get(agent_id)
         if acct is None or acct.day != utc_day(self._wall_clock()):
             return 0.0
-        return acct.joules_today
+        return acct.joules - acct.day_base

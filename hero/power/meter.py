@@ -206,6 +206,6 @@ class NodeMeter:
             host_cpus=cpu.cpus,
         )
 
-    def watts_per_host_cpu(self) -> float:
-        """Modelled dynamic watts of one of this machine's CPUs kept busy (linear part of the model)."""
-        return self.profile.dynamic_w * self.speed_ratio / self.profile.cores
+    def utilisation_per_host_cpu(self) -> float:
+        """Profile utilisation added by keeping one of this machine's CPUs busy."""
+        return self.speed_ratio / self.profile.cores

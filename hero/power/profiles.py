@@ -9,13 +9,13 @@ with its own idle figure would break the ledger's conservation check.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hero
 from hero.errors import UsageError
 
 DEFAULT_PROFILE = "zos-edge-60w"
@@ -23,8 +23,8 @@ _CURVE_TOLERANCE_W = 0.01
 
 
 def hardware_dir() -> Path:
-    """The repo's shipped profiles live next to the `hero` package."""
-    return Path(hero.__file__).resolve().parents[1] / "hardware"
+    """The repo's shipped profiles live next to the `hero` package (a namespace package: no `hero.__file__`)."""
+    return Path(__file__).resolve().parents[2] / "hardware"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class HardwareProfile:
             raise bad("rapl_idle_w must be between 0 and idle_w (RAPL sees only part of the wall power)")
         if self.curve:
             us = [u for u, _ in self.curve]
-            if us[0] != 0.0 or us[-1] != 1.0 or any(b <= a for a, b in zip(us, us[1:], strict=False)):
+            if us[0] != 0.0 or us[-1] != 1.0 or any(b <= a for a, b in itertools.pairwise(us)):
                 raise bad("curve utilisations must rise strictly from 0.0 to 1.0")
             if abs(self.curve[0][1] - self.idle_w) > _CURVE_TOLERANCE_W:
                 raise bad(f"curve starts at {self.curve[0][1]} W but idle_w is {self.idle_w}")

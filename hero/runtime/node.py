@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -383,18 +383,36 @@ class Node:
         return json.loads(raw).get("history", [])
 
     def _publish(self, agent_id: str, message: Message) -> None:
-        for queue in self._subscribers.get(agent_id, ()):
+        subscribers = self._subscribers.get(agent_id)
+        if subscribers is None:
+            return
+        if not subscribers:
+            del self._subscribers[agent_id]  # the last listener left: forget the agent
+            return
+        for queue in subscribers:
             queue.put_nowait(message)
 
-    async def subscribe(self, agent_id: str) -> AsyncIterator[Message]:
-        """Live messages of one agent (replies, reminders) as they are added, until the caller stops."""
-        queue: asyncio.Queue[Message] = asyncio.Queue()
-        subscribers = self._subscribers.setdefault(agent_id, set())
-        subscribers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            subscribers.discard(queue)
-            if not subscribers:
-                self._subscribers.pop(agent_id, None)
+    def subscribe(self, agent_id: str) -> Subscription:
+        """Live messages of one agent (replies, reminders) from now on. Registered before this returns."""
+        return Subscription(self._subscribers.setdefault(agent_id, set()))
+
+
+class Subscription:
+    """A listener's queue of an agent's new messages; use as a context manager so it always unsubscribes."""
+
+    def __init__(self, registry: set[asyncio.Queue[Message]]) -> None:
+        self._registry = registry
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        registry.add(self._queue)
+
+    async def get(self) -> Message:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self._registry.discard(self._queue)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -21,20 +21,47 @@ from starlette.staticfiles import StaticFiles
 
 from hero.config import NodeConfig
 from hero.errors import HeroError, Overloaded
-from hero.web import chat_api, node_api
+from hero.web import (
+    chat_api,
+    events_api,
+    footprint_api,
+    history_api,
+    login_api,
+    node_api,
+    power_api,
+    status_api,
+    storage_api,
+)
 
 log = logging.getLogger("hero.web")
 STATIC = Path(__file__).parent / "static"
 
 
 def create_app(
-    *, config: NodeConfig, node: Any, users: Any, llm: Any, store: Any, power: Any = None, extra_routes: list | None = None
+    *,
+    config: NodeConfig,
+    node: Any,
+    users: Any,
+    llm: Any,
+    store: Any,
+    power: Any = None,
+    extra_routes: list | None = None,
 ) -> Starlette:
     routes = [
         *chat_api.routes(),
         *node_api.routes(),
+        *login_api.routes(),
+        *events_api.routes(),
+        *status_api.routes(),
+        *history_api.routes(),
+        *footprint_api.routes(),
+        *power_api.routes(),
+        *storage_api.routes(),
         *(extra_routes or []),
         Route("/", index, methods=["GET"]),
+        Route("/dashboard", dashboard, methods=["GET"]),
+        Route("/manifest.webmanifest", manifest, methods=["GET"]),
+        Route("/sw.js", service_worker, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
@@ -51,8 +78,39 @@ def create_app(
     return app
 
 
+# The pages load only their own files: no inline script, no CDN (nodes may be offline).
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "connect-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",  # sign-in links carry a token in the query string
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 async def index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+async def dashboard(request: Request) -> Response:
+    return FileResponse(STATIC / "dashboard.html", headers=PAGE_HEADERS)
+
+
+async def manifest(request: Request) -> Response:
+    return FileResponse(
+        STATIC / "manifest.webmanifest", media_type="application/manifest+json", headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def service_worker(request: Request) -> Response:
+    """Served from the root so its scope covers `/` and `/dashboard`; never cached, so updates land."""
+    return FileResponse(
+        STATIC / "sw.js",
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"},
+    )
 
 
 async def hero_error(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,428 @@
+"""The power governor: keeps the node's 5 s average under its budget, with headroom.
+
+Decisions are made once a tick (1 Hz) from the ledger's split and the LLM
+queue; `admit()` between ticks is a few dict/set lookups. Levers, in the
+order they cost users least:
+
+1. LLM threads: queued inference is predicted to keep `threads` CPUs busy,
+   priced with the profile's curve anchored at the current reading; threads
+   are lowered so the prediction fits, and raised one per tick when there
+   is room again.
+2. Background work (non-interactive timers and API calls) is refused with
+   `Overloaded` + retry-after while the node is constrained; interactive chat
+   is still admitted.
+3. Max-min fair share of the dynamic power left for agents (never less than
+   `agents_floor` of the dynamic budget): an agent drawing more than its
+   share is gated until the next tick; light agents never are.
+4. An agent over its optional daily energy quota is deprioritised: its work
+   waits whenever the node is not idle-ish, and the refusal says why.
+5. Idle agents are hibernated early (memory, and nothing left to wake).
+6. The model is unloaded after N minutes with no request (reloaded on demand
+   by the LLM service, which measures the reload time).
+7. Where a delegated cgroup is writable, `cpu.max` caps the process as a hard
+   backstop; where it is not, that is reported, not faked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hero.errors import Overloaded
+from hero.power.ledger import TickReport
+from hero.power.profiles import HardwareProfile
+
+log = logging.getLogger("hero.power")
+
+NORMAL, BUSY, CONSTRAINED = "normal", "busy", "constrained"
+
+
+class GovernedLLM(Protocol):
+    """What the governor needs from the node's LLM service (hero.scheduler.llm.LLMService)."""
+
+    queue_depth: int
+    loaded: bool
+    last_request_at: float | None
+    last_load_seconds: float | None
+    threads: int
+
+    def set_threads(self, n: int) -> None: ...
+
+    async def unload(self) -> None: ...
+
+
+class GovernedNode(Protocol):
+    async def hibernate_idle(self, min_idle: float) -> int: ...
+
+
+@dataclass
+class GovernorConfig:
+    headroom: float = 0.10  # target = budget × (1 − headroom)
+    window_s: float = 5.0  # the average the budget applies to
+    busy_fraction: float = 0.8  # above this share of the target, over-quota agents wait
+    retry_after_s: float = 5.0  # for deferred background work: one averaging window
+    gate_retry_after_s: float = 1.0  # gates last one tick
+    unload_after_s: float | None = 600.0  # unload the model after this long with no request; None = never
+    early_hibernate_after_s: float = 30.0  # idle time after which agents are hibernated when constrained
+    daily_quota_wh: float | None = None  # per agent, dynamic energy; None = no quota
+    release_after_ticks: int = 5  # normal ticks before the cgroup cap is lifted
+    agents_floor: float = 0.5  # agents together may always use this share of the dynamic budget
+
+
+def max_min_shares(demands: dict[str, float], capacity: float) -> dict[str, float]:
+    """Max-min fair allocation (water-filling): small demands are met in full, the rest split equally."""
+    shares: dict[str, float] = {}
+    remaining = max(0.0, capacity)
+    items = sorted(demands.items(), key=lambda kv: kv[1])
+    n = len(items)
+    for i, (agent, demand) in enumerate(items):
+        fair = remaining / (n - i)
+        if demand <= fair:
+            shares[agent] = demand
+            remaining -= demand
+        else:
+            for other, _ in items[i:]:
+                shares[other] = fair
+            break
+    return shares
+
+
+class CpuMaxBackstop:
+    """A hard CPU cap on this process's cgroup (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), if delegated to us.
+
+    Probing writes the current value back: permission bits say little for
+    root and nothing for cgroupfs semantics, so only a real write is proof.
+    """
+
+    def __init__(
+        self,
+        cgroup_fs: Path = Path("/sys/fs/cgroup"),
+        proc_self_cgroup: Path = Path("/proc/self/cgroup"),
+        period_us: int = 100_000,
+    ) -> None:
+        self.period_us = period_us
+        self.path: Path | None = None
+        self.kind = ""
+        self.available = False
+        self.reason = ""
+        self.limit_cpus: float | None = None
+        self._probe(cgroup_fs, proc_self_cgroup)
+
+    def _probe(self, fs: Path, self_cgroup: Path) -> None:
+        try:
+            lines = self_cgroup.read_text().splitlines()
+        except OSError as e:
+            self.reason = f"cannot read {self_cgroup}: {e}"
+            return
+        reasons: list[str] = []
+        for line in lines:
+            hier, controllers, rel = line.split(":", 2)
+            rel = rel.lstrip("/")
+            if hier == "0" and controllers == "":
+                candidates = [fs / rel / "cpu.max", fs / "unified" / rel / "cpu.max"]
+                kind = "v2"
+            elif "cpu" in controllers.split(","):
+                candidates = [fs / controllers / rel / "cpu.cfs_quota_us", fs / "cpu" / rel / "cpu.cfs_quota_us"]
+                kind = "v1"
+            else:
+                continue
+            if not rel:
+                reasons.append(f"{kind}: the process is in the root cgroup (capping it would cap the machine)")
+                continue
+            for f in candidates:
+                if not f.exists():
+                    continue
+                try:
+                    current = f.read_text()
+                    f.write_text(current.strip() + "\n")
+                except OSError as e:
+                    reasons.append(f"{kind}: {f} not writable ({e.strerror or e})")
+                    break
+                self.path, self.kind, self.available = f, kind, True
+                self.reason = f"ok: {f}"
+                return
+            else:
+                reasons.append(f"{kind}: no cpu controller file for /{rel} (controller not delegated)")
+        self.reason = "; ".join(reasons) or "no cgroup with a cpu controller"
+
+    def limit(self, cpus: float | None) -> None:
+        """Cap the process at `cpus` CPUs (None lifts the cap)."""
+        if not self.available or self.path is None:
+            return
+        if cpus is None:
+            value = "max" if self.kind == "v2" else "-1"
+        else:
+            quota = max(1000, int(cpus * self.period_us))
+            value = f"{quota} {self.period_us}" if self.kind == "v2" else str(quota)
+        if self.kind == "v1" and cpus is not None:
+            (self.path.parent / "cpu.cfs_period_us").write_text(f"{self.period_us}\n")
+        self.path.write_text(value + "\n")
+        self.limit_cpus = cpus
+
+
+@dataclass
+class GovernorStatus:
+    level: str = NORMAL
+    avg_w: float = 0.0  # over the window
+    predicted_w: float = 0.0
+    target_w: float = 0.0
+    budget_w: float = 0.0
+    agents_allowed_w: float = 0.0
+    gated: dict[str, float] = field(default_factory=dict)  # agent → its share when gated
+    llm_threads: int | None = None
+    llm_max_threads: int | None = None
+    llm_unloads: int = 0
+    hibernated_early: int = 0
+    admitted: int = 0
+    deferred: dict[str, int] = field(default_factory=lambda: {"background": 0, "fair_share": 0, "quota": 0})
+    backstop_cpus: float | None = None
+
+
+class Governor:
+    def __init__(
+        self,
+        profile: HardwareProfile,
+        config: GovernorConfig | None = None,
+        *,
+        u_per_cpu: float,
+        joules_today: Callable[[str], float] = lambda _agent: 0.0,
+        demand: Callable[[float], dict[str, float]] | None = None,
+        backstop: CpuMaxBackstop | None = None,
+    ) -> None:
+        self.profile = profile
+        self.config = config or GovernorConfig()
+        self.u_per_cpu = u_per_cpu  # profile utilisation added by one of this machine's CPUs kept busy
+        self.backstop = backstop
+        self._joules_today = joules_today
+        self.target_w = profile.budget_w * (1.0 - self.config.headroom)
+        self.status = GovernorStatus(target_w=self.target_w, budget_w=profile.budget_w)
+        self.node: GovernedNode | None = None
+        self.llm: GovernedLLM | None = None
+        self._window: deque[tuple[float, float]] = deque()
+        self._demand = demand
+        self._quota_wh: dict[str, float | None] = {}
+        self._llm_idle_since: float | None = None
+        self._normal_ticks = 0
+
+    def attach(self, node: GovernedNode | None, llm: GovernedLLM | None) -> None:
+        self.node = node
+        self.llm = llm
+        if llm is not None:
+            self.status.llm_threads = llm.threads
+            self.status.llm_max_threads = max(1, llm.threads)
+
+    # ---- quota ----
+
+    def set_quota(self, agent_id: str, wh: float | None) -> None:
+        """Override the daily quota for one agent (None = no quota for this agent)."""
+        self._quota_wh[agent_id] = wh
+
+    def quota_wh(self, agent_id: str) -> float | None:
+        return self._quota_wh.get(agent_id, self.config.daily_quota_wh)
+
+    def quota_status(self, agent_id: str) -> dict[str, Any]:
+        quota = self.quota_wh(agent_id)
+        used = self._joules_today(agent_id) / 3600.0
+        over = quota is not None and used >= quota
+        out: dict[str, Any] = {"quota_wh": quota, "used_wh": used, "over": over}
+        if over:
+            out["message"] = (
+                f"your agent has used {used:.3f} Wh of its {quota:.3f} Wh daily energy quota; "
+                "until 00:00 UTC its work runs only when the node has power to spare"
+            )
+        return out
+
+    # ---- admission (hot path) ----
+
+    def admit(self, agent_id: str, *, interactive: bool) -> None:
+        st = self.status
+        share = st.gated.get(agent_id)
+        if share is not None:
+            st.deferred["fair_share"] += 1
+            raise Overloaded(
+                f"the node is at its power budget and this agent is above its fair share ({share:.2f} W)",
+                retry_after=self.config.gate_retry_after_s,
+            )
+        level = st.level
+        if level != NORMAL:
+            quota = self._quota_wh.get(agent_id, self.config.daily_quota_wh)
+            if quota is not None and (level == CONSTRAINED or not interactive):
+                used = self._joules_today(agent_id) / 3600.0
+                if used >= quota:
+                    st.deferred["quota"] += 1
+                    raise Overloaded(
+                        f"this agent used {used:.3f} Wh of its {quota:.3f} Wh daily energy quota "
+                        "and the node is busy; over-quota work waits for spare power",
+                        retry_after=self.config.retry_after_s,
+                    )
+            if level == CONSTRAINED and not interactive:
+                st.deferred["background"] += 1
+                raise Overloaded(
+                    "the node is at its power budget; background work is deferred",
+                    retry_after=self.config.retry_after_s,
+                )
+        st.admitted += 1
+
+    # ---- the tick ----
+
+    def predict(self, report: TickReport, extra_cpus: float) -> float:
+        """Node watts if `extra_cpus` more of this machine's CPUs were busy than the LLM-free part of this tick.
+
+        The profile's curve gives the shape; the current reading anchors it,
+        so the prediction also works when the reading comes from RAPL.
+        """
+        dt = report.dt if report.dt > 0 else 1.0
+        u_now = report.utilisation
+        u_base = max(0.0, u_now - report.llm_cpu_s / dt * self.u_per_cpu)
+        p = self.profile
+        return report.node_w + p.watts(u_base + extra_cpus * self.u_per_cpu) - p.watts(u_now)
+
+    async def tick(self, report: TickReport) -> GovernorStatus:
+        cfg = self.config
+        st = self.status
+        now = report.t
+        self._window.append((now, report.node_w))
+        while self._window and self._window[0][0] <= now - cfg.window_s:
+            self._window.popleft()
+        st.avg_w = sum(w for _, w in self._window) / len(self._window)
+
+        llm = self.llm
+        dt = report.dt if report.dt > 0 else 1.0
+        llm_cpus = report.llm_cpu_s / dt
+        if llm is not None and llm.queue_depth > 0:
+            llm_cpus = max(llm_cpus, float(llm.threads))
+        st.predicted_w = self.predict(report, llm_cpus)
+        worst = max(st.avg_w, st.predicted_w)
+        if worst > self.target_w:
+            st.level = CONSTRAINED
+        elif worst > cfg.busy_fraction * self.target_w:
+            st.level = BUSY
+        else:
+            st.level = NORMAL
+
+        if llm is not None:
+            self._steer_llm(llm, report)
+        self._share(report)
+        if self.backstop is not None and self.backstop.available:
+            self._backstop(report)
+        if st.level == CONSTRAINED and self.node is not None:
+            n = await self.node.hibernate_idle(cfg.early_hibernate_after_s)
+            st.hibernated_early += n
+        if llm is not None and cfg.unload_after_s is not None:
+            await self._maybe_unload(llm, now)
+        return st
+
+    def _steer_llm(self, llm: GovernedLLM, report: TickReport) -> None:
+        """Fit LLM threads so the predicted node power stays under the target; rise one thread per tick."""
+        st = self.status
+        max_threads = st.llm_max_threads or max(1, llm.threads)
+        if llm.queue_depth > 0 or report.llm_cpu_s > 0:
+            fit = 1
+            for n in range(max_threads, 0, -1):
+                if self.predict(report, n) <= self.target_w:
+                    fit = n
+                    break
+            if fit < llm.threads:
+                llm.set_threads(fit)
+            elif fit > llm.threads and st.level != CONSTRAINED:
+                llm.set_threads(llm.threads + 1)  # rising is the risky direction: one step per tick
+        st.llm_threads = llm.threads
+
+    def _share(self, report: TickReport) -> None:
+        """When constrained, gate agents drawing more than their max-min share; otherwise do nothing.
+
+        Demand is each agent's recent average watts (the ledger's 10 s
+        average, asked for only here, so a normal tick costs nothing per
+        agent); without a demand source, the last tick's watts.
+        """
+        cfg = self.config
+        st = self.status
+        allowed = self.target_w - report.idle_w - report.runtime_w - report.other_w
+        floor = cfg.agents_floor * (self.target_w - report.idle_w)  # agents are the node's purpose: other
+        st.agents_allowed_w = max(floor, allowed)  # levers must cover an overload beyond their floor
+        st.gated = {}
+        if st.level != CONSTRAINED:
+            return
+        demand = self._demand(report.t) if self._demand is not None else dict(report.agents_w)
+        if demand and sum(demand.values()) > st.agents_allowed_w:
+            shares = max_min_shares(demand, st.agents_allowed_w)
+            st.gated = {agent: shares[agent] for agent, d in demand.items() if d > shares[agent] * 1.0001}
+
+    def _backstop(self, report: TickReport) -> None:
+        st = self.status
+        backstop = self.backstop
+        assert backstop is not None
+        if st.level == CONSTRAINED and st.avg_w > self.target_w:
+            self._normal_ticks = 0
+            cpus = self._cpus_within_target(report)
+            if backstop.limit_cpus is None or abs(backstop.limit_cpus - cpus) > 0.05:
+                try:
+                    backstop.limit(cpus)
+                except OSError as e:
+                    backstop.available = False
+                    backstop.reason = f"write failed: {e}"
+                    log.warning("cgroup CPU cap disabled: %s", e)
+        elif st.level == NORMAL and backstop.limit_cpus is not None:
+            self._normal_ticks += 1
+            if self._normal_ticks >= self.config.release_after_ticks:
+                backstop.limit(None)
+        st.backstop_cpus = backstop.limit_cpus
+
+    def _cpus_within_target(self, report: TickReport) -> float:
+        """How many of this machine's CPUs this process may keep busy for the node to stay at the target."""
+        dt = report.dt if report.dt > 0 else 1.0
+        others = max(0.0, report.busy_cpu_s - report.process_cpu_s) / dt  # other processes keep running
+        u_others = others * self.u_per_cpu
+        p = self.profile
+        offset = report.node_w - p.watts(report.utilisation)
+        cpus = 0.1
+        while cpus < report.host_cpus and offset + p.watts(u_others + (cpus + 0.1) * self.u_per_cpu) <= self.target_w:
+            cpus += 0.1
+        return round(cpus, 1)
+
+    async def _maybe_unload(self, llm: GovernedLLM, now: float) -> None:
+        if not llm.loaded:
+            self._llm_idle_since = None
+            return
+        last = llm.last_request_at
+        if last is None:
+            if self._llm_idle_since is None:
+                self._llm_idle_since = now
+            last = self._llm_idle_since
+        if llm.queue_depth == 0 and now - last >= (self.config.unload_after_s or math.inf):
+            await llm.unload()
+            self._llm_idle_since = None
+            self.status.llm_unloads += 1
+            log.info("model unloaded after %.0f s with no request", now - last)
+
+    def describe(self) -> dict[str, Any]:
+        st = self.status
+        out: dict[str, Any] = {
+            "level": st.level,
+            "avg_watts": st.avg_w,
+            "window_s": self.config.window_s,
+            "predicted_watts": st.predicted_w,
+            "target_watts": self.target_w,
+            "headroom": self.config.headroom,
+            "agents_allowed_watts": st.agents_allowed_w,
+            "gated_agents": len(st.gated),
+            "admitted": st.admitted,
+            "deferred": dict(st.deferred),
+            "hibernated_early": st.hibernated_early,
+            "llm_threads": st.llm_threads,
+            "llm_max_threads": st.llm_max_threads,
+            "llm_unloads": st.llm_unloads,
+            "daily_quota_wh": self.config.daily_quota_wh,
+        }
+        b = self.backstop
+        out["cgroup_backstop"] = (
+            {"available": b.available, "kind": b.kind or None, "reason": b.reason, "limit_cpus": b.limit_cpus}
+            if b is not None
+            else {"available": False, "reason": "disabled", "limit_cpus": None}
+        )
+        return out

@@ -1,0 +1,115 @@
+"""Prometheus exposition of the power ledger, in Kepler's naming style.
+
+A custom collector reads the ledger at scrape time, so nothing is updated
+per tick for Prometheus' sake and idle agents add no work. Counters
+(`*_joules_total`, `*_cpu_seconds_total`) make the scrape interval
+irrelevant; `*_watts` are 10 s EWMAs. Three series per agent, no more:
+per-agent state lives in the `hero_agents{state}` count instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from hero.power.service import PowerService
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PowerCollector(Collector):
+    def __init__(self, service: PowerService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        ledger = svc.ledger
+        last = ledger.last
+        now = svc.now()
+        source = svc.meter.source
+
+        g = GaugeMetricFamily("hero_node_watts", "Node power at the wall, 10 s average", labels=["source"])
+        g.add_metric([source], ledger.node_ew10)
+        yield g
+        yield GaugeMetricFamily("hero_node_idle_watts", "Profile idle power (not attributed to agents)", ledger.idle_w)
+        yield GaugeMetricFamily("hero_node_budget_watts", "Power budget", svc.profile.budget_w)
+        yield GaugeMetricFamily(
+            "hero_node_headroom_watts",
+            "Budget minus the governor's 5 s average",
+            svc.profile.budget_w - svc.governor.status.avg_w,
+        )
+        yield GaugeMetricFamily(
+            "hero_node_runtime_watts", "Dynamic power of runtime work no agent caused", last.runtime_w if last else 0.0
+        )
+        yield GaugeMetricFamily(
+            "hero_node_other_watts", "Dynamic power of other processes on the machine", last.other_w if last else 0.0
+        )
+        yield GaugeMetricFamily(
+            "hero_node_cpu_usage_ratio", "Utilisation of the profiled hardware", last.utilisation if last else 0.0
+        )
+        c = CounterMetricFamily("hero_node_joules", "Node energy", labels=["source"])
+        c.add_metric([source], ledger.node_joules)
+        yield c
+        yield GaugeMetricFamily(
+            "hero_power_conservation_error_ratio",
+            "|idle + agents + runtime + other - node| / node, last tick",
+            last.conservation_error if last else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "hero_loop_wait_ratio",
+            "Share of the last tick the event-loop thread waited for a CPU (kernel schedstat)",
+            ledger.loop_wait_ratio,
+        )
+        yield CounterMetricFamily(
+            "hero_power_conservation_violations",
+            "Ticks whose split missed the node by > 5 %",
+            ledger.conservation_violations,
+        )
+
+        watts = GaugeMetricFamily("hero_agent_watts", "Agent dynamic power, 10 s average", labels=["agent"])
+        joules = CounterMetricFamily("hero_agent_joules", "Agent dynamic energy", labels=["agent"])
+        cpu = CounterMetricFamily("hero_agent_cpu_seconds", "Agent CPU time (loop + LLM)", labels=["agent"])
+        for acct in ledger.accounts():
+            w10, _ = acct.averages(now)
+            watts.add_metric([acct.agent_id], w10)
+            joules.add_metric([acct.agent_id], acct.joules)
+            cpu.add_metric([acct.agent_id], acct.cpu_s_total)
+        yield watts
+        yield joules
+        yield cpu
+
+        states = GaugeMetricFamily("hero_agents", "Agents hosted on this node by state", labels=["state"])
+        for state, n in sorted(svc.agent_states().items()):
+            states.add_metric([state], n)
+        yield states
+
+        gov = svc.governor.status
+        level = GaugeMetricFamily("hero_governor_level", "1 for the governor's current level", labels=["level"])
+        for name in ("normal", "busy", "constrained"):
+            level.add_metric([name], 1.0 if gov.level == name else 0.0)
+        yield level
+        deferred = CounterMetricFamily("hero_governor_deferred", "Work refused with 429", labels=["reason"])
+        for reason, n in sorted(gov.deferred.items()):
+            deferred.add_metric([reason], n)
+        yield deferred
+        llm = svc.llm
+        if llm is not None:
+            yield GaugeMetricFamily("hero_llm_threads", "LLM inference threads", llm.threads)
+            yield GaugeMetricFamily("hero_llm_loaded", "1 if the model is in memory", 1.0 if llm.loaded else 0.0)
+            if llm.last_load_seconds is not None:
+                yield GaugeMetricFamily("hero_llm_load_seconds", "Last model (re)load time", llm.last_load_seconds)
+
+
+def make_registry(service: PowerService) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PowerCollector(service))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

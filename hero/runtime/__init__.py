@@ -1,0 +1,1 @@
+"""Agents as virtual actors: activation, mailboxes, hibernation, durable timers."""

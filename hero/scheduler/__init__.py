@@ -1,0 +1,1 @@
+"""What runs when: the shared LLM service and its fair queue."""

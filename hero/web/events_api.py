@@ -1,0 +1,96 @@
+"""Live messages of the user's own agent as Server-Sent Events: `GET /api/me/events`.
+
+Replies, reminders and messages from other devices or agents arrive here
+without a reload. Each event's `id` is the message's `seq`, so a phone that
+drops the connection reconnects with `Last-Event-ID` (or `?last_event_id=`)
+and first gets every message it missed from the history, then the live ones.
+We subscribe *before* reading the history and drop anything already sent, so
+a message added between the two reads is neither lost nor sent twice.
+
+The stream ends when the token expires or is revoked (an `auth` event says
+why), so a client is asked to sign in again instead of listening forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hero.errors import BadRequest, HeroError
+from hero.identity import TokenClaims
+from hero.web.auth import bearer, require_user
+
+RECHECK_S = 30.0  # how often a quiet stream re-checks its token (revocation reaches open streams too)
+RETRY_MS = 2000  # what the client should wait before reconnecting
+
+
+def last_event_id(request: Request) -> int:
+    """The last seq the client has seen: the `Last-Event-ID` header wins over the query parameter."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest("Last-Event-ID must be a message seq (an integer)", field="last_event_id") from None
+    if value < 0:
+        raise BadRequest("Last-Event-ID must not be negative", field="last_event_id")
+    return value
+
+
+async def my_events(request: Request) -> Response:
+    claims = await require_user(request)
+    since = last_event_id(request)
+    return EventSourceResponse(
+        _events(request, claims, since), ping=15, send_timeout=30, headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _event(message: dict[str, Any]) -> dict[str, Any]:
+    return {"event": "message", "id": str(message["seq"]), "data": json.dumps(message, separators=(",", ":"))}
+
+
+async def _events(request: Request, claims: TokenClaims, since: int) -> AsyncIterator[dict[str, Any]]:
+    node = request.app.state.node
+    with node.subscribe(claims.sub) as live:
+        yield {"retry": RETRY_MS, "event": "ready", "data": json.dumps({"last_event_id": since})}
+        sent = since
+        if since > 0:
+            for message in await node.history(claims.sub):
+                if message["seq"] > sent:
+                    sent = message["seq"]
+                    yield _event(message)
+        while True:
+            wait = max(0.1, min(RECHECK_S, claims.exp - time.time()))
+            try:
+                message = await asyncio.wait_for(live.get(), wait)
+            except TimeoutError:
+                reason = _still_valid(request)
+                if reason is not None:
+                    yield {"event": "auth", "data": json.dumps({"error": {"message": reason, "type": "unauthorized"}})}
+                    return
+                continue
+            if message.seq > sent:
+                sent = message.seq
+                yield _event(message.to_json())
+
+
+def _still_valid(request: Request) -> str | None:
+    """None if the stream's token still authenticates, else why not (expired, revoked)."""
+    try:
+        request.app.state.users.authenticate(bearer(request))
+    except HeroError as exc:
+        return exc.message
+    return None
+
+
+def routes() -> list[Route]:
+    return [Route("/api/me/events", my_events, methods=["GET"])]

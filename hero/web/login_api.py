@@ -1,0 +1,136 @@
+"""Sign-in with the user's own Ed25519 key: `POST /api/auth/challenge`, then `POST /api/auth/login`.
+
+The user's secret key never leaves their device: the browser signs a
+challenge with WebCrypto and the node checks the signature against the
+agent id (which *is* the public key). The challenge is stateless — a blob
+signed by the node carrying the agent id, a random nonce and a 2-minute
+expiry — so any worker of the node can check it without shared state; a
+small in-memory set of used nonces stops a captured answer being replayed
+on this node while the challenge is still fresh.
+
+`POST /api/auth/logout` revokes the caller's token (sign-out everywhere that
+copy of the token went).
+
+Challenge: `hero-login1.<b64url JSON {aid, n, exp}>.<b64url node signature>`;
+the user signs the UTF-8 bytes of that whole string.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import secrets
+import time
+from typing import Any
+
+import nacl.exceptions
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hero.errors import InvalidField, Unauthorized
+from hero.identity import NodeKeys, b64u, check_agent_id, unb64u, verify_signature
+from hero.web.auth import authenticate
+from hero.web.bodies import read_json
+
+CHALLENGE_PREFIX = "hero-login1"
+CHALLENGE_TTL = 120.0
+MAX_BODY = 4096
+
+
+def make_challenge(keys: NodeKeys, agent_id: str, *, now: float | None = None) -> tuple[str, int]:
+    """A node-signed challenge for `agent_id`, and its expiry (unix seconds)."""
+    exp = int((time.time() if now is None else now) + CHALLENGE_TTL)
+    claims = {"aid": agent_id, "n": secrets.token_hex(16), "exp": exp}
+    payload = b64u(json.dumps(claims, separators=(",", ":")).encode())
+    signed = f"{CHALLENGE_PREFIX}.{payload}"
+    return f"{signed}.{b64u(keys.sign(signed.encode()))}", exp
+
+
+def open_challenge(keys: NodeKeys, challenge: str, *, now: float | None = None) -> dict[str, Any]:
+    """The challenge's claims if this node issued it and it has not expired; Unauthorized otherwise."""
+    parts = challenge.split(".")
+    if len(parts) != 3 or parts[0] != CHALLENGE_PREFIX:
+        raise Unauthorized("malformed challenge")
+    signed = f"{parts[0]}.{parts[1]}"
+    try:
+        keys.signing.verify_key.verify(signed.encode(), unb64u(parts[2]))
+        claims = json.loads(unb64u(parts[1]))
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError, binascii.Error):
+        raise Unauthorized("challenge was not issued by this node") from None
+    if not isinstance(claims, dict) or not {"aid", "n", "exp"} <= claims.keys():
+        raise Unauthorized("malformed challenge")
+    if claims["exp"] < (time.time() if now is None else now):
+        raise Unauthorized("challenge expired: ask for a new one")
+    return claims
+
+
+def decode_signature(raw: Any) -> bytes:
+    """A 64-byte Ed25519 signature given as hex or base64url."""
+    if not isinstance(raw, str) or not raw:
+        raise InvalidField("signature must be a string (hex or base64url)", field="signature")
+    try:
+        sig = bytes.fromhex(raw) if len(raw) == 128 else unb64u(raw)
+    except (ValueError, binascii.Error):
+        raise InvalidField("signature is neither hex nor base64url", field="signature") from None
+    if len(sig) != 64:
+        raise InvalidField("signature must be 64 bytes", field="signature")
+    return sig
+
+
+async def challenge(request: Request) -> Response:
+    body = await read_json(request, MAX_BODY)
+    agent_id = body.get("agent_id")
+    if not isinstance(agent_id, str):
+        raise InvalidField("agent_id must be a string (your Ed25519 public key, hex)", field="agent_id")
+    check_agent_id(agent_id)
+    text, exp = make_challenge(request.app.state.users.keys, agent_id)
+    return JSONResponse({"challenge": text, "expires": exp})
+
+
+async def login(request: Request) -> Response:
+    body = await read_json(request, MAX_BODY)
+    text = body.get("challenge")
+    if not isinstance(text, str):
+        raise InvalidField("challenge must be the string from /api/auth/challenge", field="challenge")
+    signature = decode_signature(body.get("signature"))
+    users = request.app.state.users
+    claims = open_challenge(users.keys, text)
+    agent_id = claims["aid"]
+    if not verify_signature(agent_id, text.encode(), signature):
+        raise Unauthorized("signature does not match the agent's key")
+    _spend_nonce(request, claims["n"], claims["exp"])
+    user = users.by_agent(agent_id)
+    if user is None or user.revoked:
+        raise Unauthorized("no active user has this key on this node")
+    token, issued = users.issue(user)
+    return JSONResponse({"token": token, "name": user.name, "agent_id": user.agent_id, "expires": issued.exp})
+
+
+async def logout(request: Request) -> Response:
+    """Sign-out revokes the token itself, so a copy left on a lost phone stops working too."""
+    claims = authenticate(request)
+    request.app.state.users.revoke_token(claims.jti)
+    return Response(status_code=204)
+
+
+def _spend_nonce(request: Request, nonce: str, exp: float) -> None:
+    """Each answered challenge works once on this node; forget nonces once their challenge has expired."""
+    used: dict[str, float] | None = getattr(request.app.state, "login_nonces", None)
+    if used is None:
+        used = request.app.state.login_nonces = {}
+    now = time.time()
+    for old in [n for n, e in used.items() if e < now]:
+        del used[old]
+    if nonce in used:
+        raise Unauthorized("challenge already used: ask for a new one")
+    used[nonce] = exp
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/auth/challenge", challenge, methods=["POST"]),
+        Route("/api/auth/login", login, methods=["POST"]),
+        Route("/api/auth/logout", logout, methods=["POST"]),
+    ]
+

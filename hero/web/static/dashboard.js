@@ -1,0 +1,379 @@
+// The operator dashboard: live node power (SSE, 1 Hz), agents and LLM, top consumers, DuckDB history,
+// and storage / overlay panels when this node has those parts.
+import {
+  ApiError, TokenStore, follow, fmtEnergyWh, fmtJoules, fmtWatts, getJSON, registerServiceWorker, tokenFromInput,
+} from "./lib/api.js";
+import { drawChart, palette } from "./lib/chart.js";
+
+const $ = (id) => document.getElementById(id);
+const tokens = new TokenStore("hero.operator");
+const LIVE_SPAN_S = 3600;
+const TABLE_ROWS = 50;
+const PANELS_MS = 10000;
+const HISTORY_MS = 60000;
+const HISTORY_EMPTY_MS = 5000; // a new node flushes its first history rows within seconds: look again soon
+
+const state = {
+  streams: null, // AbortController for both live streams and the pollers
+  live: [], // [unix, watts] for the live chart: minute buckets from history, then 1 Hz samples
+  budget: null,
+  historyWindow: "1h",
+  history: null,
+  timers: [],
+  historyTimer: null,
+};
+
+// ---------- views ----------
+
+function showSignIn(message = "") {
+  stop();
+  $("dash").hidden = true;
+  $("signout").hidden = true;
+  $("live").hidden = true;
+  $("node-id").textContent = "";
+  $("signin-view").hidden = false;
+  $("signin-error").textContent = message;
+  $("token-input").focus();
+}
+
+function showDash() {
+  $("signin-view").hidden = true;
+  $("dash").hidden = false;
+  $("signout").hidden = false;
+  $("live").hidden = false;
+}
+
+function setLive(kind) {
+  $("live").dataset.state = kind;
+  $("live").textContent = { live: "Live", connecting: "Connecting…", offline: "Offline" }[kind] || kind;
+}
+
+function authFailed(err) {
+  tokens.clear();
+  showSignIn(err.status === 403 ? "That token is not the operator token: it gets no dashboard data." : err.message);
+}
+
+function short(id) {
+  return id.length > 16 ? id.slice(0, 12) + "…" : id;
+}
+
+function cell(row, content, className) {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  if (content instanceof Node) td.append(content);
+  else td.textContent = content;
+  row.append(td);
+  return td;
+}
+
+// ---------- live power ----------
+
+function onPower(r) {
+  state.budget = r.budget_watts;
+  $("node-watts").textContent = fmtWatts(r.node_watts);
+  $("budget").textContent = fmtWatts(r.budget_watts);
+  const src = $("source");
+  src.textContent = r.source === "rapl" ? "RAPL" : "model";
+  src.className = "badge " + (r.source === "rapl" ? "ok" : "warn");
+  src.title = r.source === "rapl" ? "Measured by RAPL energy counters"
+    : `Modelled from the hardware profile${r.rapl ? " (" + r.rapl + ")" : ""}`;
+  const meter = $("budget-meter");
+  meter.max = r.budget_watts;
+  meter.low = r.budget_watts * 0.75;
+  meter.high = r.budget_watts * 0.9;
+  meter.value = Math.min(r.budget_watts, r.avg_watts ?? r.node_watts);
+  const parts = [
+    `${fmtWatts(r.headroom_watts)} headroom`,
+    `average ${fmtWatts(r.avg_watts)}`,
+    `idle ${fmtWatts(r.idle_watts)}`,
+    `agents ${fmtWatts(r.agents_watts)}`,
+    `runtime ${fmtWatts(r.runtime_watts)}`,
+  ];
+  $("headroom").textContent = parts.join(" · ");
+  while (state.live.length && state.live[state.live.length - 1][0] >= r.ts) state.live.pop();
+  state.live.push([r.ts, r.node_watts]);
+  const cutoff = r.ts - LIVE_SPAN_S;
+  while (state.live.length && state.live[0][0] < cutoff) state.live.shift();
+  drawLive();
+  renderTable(r.agents || []);
+}
+
+function drawLive() {
+  const now = state.live.length ? state.live[state.live.length - 1][0] : Date.now() / 1000;
+  // The window is the last hour, or less on a node younger than that, so its first minutes are readable.
+  const first = state.live.length ? state.live[0][0] : now;
+  const from = Math.max(now - LIVE_SPAN_S, Math.min(first, now - 60));
+  const color = palette(0);
+  $("live-swatch").style.background = color;
+  drawChart($("live-chart"), {
+    series: [{ name: "node", color, fill: true, points: state.live }],
+    from, to: now, budget: state.budget, height: 190,
+  });
+  const last = state.live[state.live.length - 1];
+  $("live-chart").setAttribute("aria-label",
+    `Node watts over the last hour; now ${last ? fmtWatts(last[1]) : "unknown"} of a ${fmtWatts(state.budget)} budget`);
+}
+
+function renderTable(agents) {
+  const rows = [...agents].sort((a, b) => b.watts - a.watts);
+  const max = Math.max(1e-9, ...rows.map((a) => a.watts));
+  const body = $("top-table").tBodies[0];
+  const frag = document.createDocumentFragment();
+  for (const a of rows.slice(0, TABLE_ROWS)) {
+    const tr = document.createElement("tr");
+    tr.dataset.agent = a.agent_id;
+    tr.dataset.watts = String(a.watts);
+    const code = document.createElement("code");
+    code.textContent = a.agent_id.slice(0, 10) + "…";
+    code.title = `${a.agent_id} (${a.state})`;
+    cell(tr, code, "left");
+    const st = document.createElement("span");
+    st.className = "state " + a.state;
+    st.textContent = a.state === "active" ? "awake" : a.state;
+    cell(tr, st, "left col-state");
+    const w = document.createElement("span");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.round((a.watts / max) * 48)}px`;
+    bar.setAttribute("aria-hidden", "true");
+    w.append(bar, fmtWatts(a.watts));
+    cell(tr, w, "watts");
+    cell(tr, fmtJoules(a.joules), "joules");
+    cell(tr, fmtEnergyWh(a.wh_today), "today");
+    frag.append(tr);
+  }
+  body.replaceChildren(frag);
+  $("agents-count").textContent = `${agents.length} agent${agents.length === 1 ? "" : "s"}`;
+  $("top-note").textContent = rows.length > TABLE_ROWS ? `Showing the top ${TABLE_ROWS} of ${rows.length}.` : "";
+}
+
+// ---------- status (agents, LLM) ----------
+
+function onStatus(s) {
+  $("node-id").textContent = s.node_id ? `node ${short(s.node_id)}` : "";
+  $("agents-active").textContent = s.agents.active;
+  $("agents-hibernated").textContent = s.agents.hibernated;
+  $("wake-rate").textContent = s.wake_rate_per_min.toFixed(1);
+  $("llm-queue").textContent = s.llm.queue_depth;
+  $("llm-tps").textContent = s.llm.tokens_per_s.toFixed(1);
+  $("llm-loaded").textContent = s.llm.loaded ? "loaded" : "unloaded";
+  $("llm-loaded").title = s.llm.model || "";
+  const rt = s.runtime;
+  $("runtime-note").textContent =
+    `${rt.turns} turns · ${rt.activations} wakes · ${rt.hibernations} hibernations · ${rt.timers_pending} timers pending · ` +
+    `${s.llm.tokens_total} tokens generated`;
+}
+
+// ---------- history ----------
+
+async function loadHistory() {
+  try {
+    state.history = await getJSON(tokens.get(), `/api/node/power/chart?window=${state.historyWindow}`);
+  } catch (err) {
+    if (err instanceof ApiError && (err.status === 401 || err.status === 403)) return authFailed(err);
+    $("history-card").hidden = true;
+    return;
+  }
+  $("history-card").hidden = false;
+  drawHistory();
+}
+
+function drawHistory() {
+  const h = state.history;
+  if (!h) return;
+  const at = (t) => Math.min(t + h.bucket_s / 2, h.end); // a bucket's middle; the current one at "now"
+  const node = h.ts.map((t, i) => [at(t), h.node_watts[i]]);
+  drawChart($("hist-node"), {
+    series: [{ name: "node", color: palette(0), fill: true, points: node }],
+    from: h.start, to: h.end, budget: h.budget_watts.find((b) => b != null) ?? state.budget, height: 170,
+  });
+  const series = h.agents.map((a, i) => ({
+    name: a.agent_id, color: palette(i), points: h.ts.map((t, j) => [at(t), a.watts[j]]),
+  }));
+  drawChart($("hist-agents"), { series, from: h.start, to: h.end, height: 170 });
+  const legend = $("hist-legend");
+  legend.replaceChildren(...h.agents.map((a, i) => {
+    const li = document.createElement("li");
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = palette(i);
+    const code = document.createElement("code");
+    code.textContent = short(a.agent_id);
+    code.title = a.agent_id;
+    li.append(sw, code, ` ${fmtEnergyWh(a.wh)}`);
+    return li;
+  }));
+  if (!h.agents.length) {
+    const li = document.createElement("li");
+    li.textContent = "No agent drew power in this window.";
+    legend.append(li);
+  }
+  const peak = Math.max(0, ...h.node_watts.filter((v) => v != null));
+  $("hist-node").setAttribute("aria-label", `Node watts, ${h.window === "1h" ? "last hour" : "last day"}; peak ${fmtWatts(peak)}`);
+}
+
+// ---------- optional parts: storage (QSS) and the overlay network ----------
+
+async function probe(path) {
+  try {
+    return await getJSON(tokens.get(), path);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) authFailed(err);
+    return null; // 404/503: this node has no such part; the panel stays hidden
+  }
+}
+
+function kpis(dl, pairs) {
+  dl.replaceChildren(...pairs.map(([k, v]) => {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    div.append(dt, dd);
+    return div;
+  }));
+}
+
+function fillTable(table, headers, rows) {
+  const tr = document.createElement("tr");
+  for (const h of headers) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.className = "left";
+    th.textContent = h;
+    tr.append(th);
+  }
+  table.tHead.replaceChildren(tr);
+  table.tBodies[0].replaceChildren(...rows.map((r) => {
+    const row = document.createElement("tr");
+    for (const v of r) cell(row, v == null ? "–" : String(v), "left");
+    return row;
+  }));
+}
+
+function ago(unix) {
+  if (!unix) return "never";
+  const s = Math.max(0, Date.now() / 1000 - unix);
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} days ago`;
+}
+
+async function refreshStorage() {
+  const s = await probe("/api/node/storage");
+  const backends = s?.backends || [];
+  if (!backends.length) { $("storage-card").hidden = true; return; } // a store that reports no health (not QSS)
+  const up = s.up ?? backends.filter((b) => b.state === "up").length;
+  const down = backends.length - up;
+  const health = $("storage-health");
+  health.textContent = down ? `${down} down` : "healthy";
+  health.className = "badge " + (down ? "bad" : "ok");
+  kpis($("storage-kpis"), [
+    ["Backends up", `${up} / ${backends.length}`],
+    ["To repair", s.repairs?.queued ?? 0],
+    ["Repaired", s.repairs?.repaired_total ?? 0],
+    ["Last scrub", ago(s.scrub?.last_finished)],
+    ["Coding", s.k ? `${s.k} + ${s.m}` : "–"],
+  ]);
+  fillTable($("storage-table"), ["Backend", "Location", "State", "Fragments"],
+    backends.map((b) => [b.name, b.location, b.state, b.fragments]));
+  $("storage-card").hidden = false;
+}
+
+async function refreshNetwork() {
+  const peers = await probe("/api/v1/admin/peers");
+  if (!Array.isArray(peers)) { $("net-card").hidden = true; return; }
+  const routes = (await probe("/api/v1/admin/routes/selected")) || [];
+  const connected = peers.filter((p) => (p.connectionState || p.state) === "connected").length;
+  kpis($("net-kpis"), [["Peers", `${connected} / ${peers.length} connected`], ["Routes", routes.length]]);
+  fillTable($("net-table"), ["Peer", "Type", "State"], peers.map((p) => [
+    p.endpoint ? `${p.endpoint.proto}://${p.endpoint.socketAddr}` : p.id ?? "?", p.type ?? "", p.connectionState ?? p.state ?? "",
+  ]));
+  $("net-card").hidden = false;
+}
+
+// ---------- session ----------
+
+function stop() {
+  state.streams?.abort();
+  state.streams = null;
+  for (const t of state.timers) clearInterval(t);
+  clearTimeout(state.historyTimer);
+  state.timers = [];
+}
+
+async function start() {
+  let status;
+  try {
+    status = await getJSON(tokens.get(), "/api/node/status");
+  } catch (err) {
+    if (err instanceof ApiError && (err.status === 401 || err.status === 403)) authFailed(err);
+    else { setTimeout(start, 3000); $("signin-error").textContent = "Cannot reach the node. Retrying…"; }
+    return;
+  }
+  stop();
+  showDash();
+  onStatus(status);
+  const signal = (state.streams = new AbortController()).signal;
+  const common = { token: () => tokens.get(), signal, onAuthError: authFailed };
+  follow("/api/node/status/stream", {
+    ...common, onState: setLive, onEvent: (ev) => ev.event === "status" && onStatus(JSON.parse(ev.data)),
+  });
+  const metered = status.parts.power;
+  $("power-card").hidden = !metered;
+  $("top-card").hidden = !metered;
+  $("nopower-card").hidden = metered;
+  if (metered) {
+    await loadHistory();
+    // Seed the live chart with the finished minutes of the last hour; 1 Hz samples follow.
+    const h = state.history;
+    const now = Date.now() / 1000;
+    state.live = (h?.ts || []).map((t, i) => [t + h.bucket_s / 2, h.node_watts[i], t + h.bucket_s])
+      .filter(([, v, end]) => v != null && end <= now).map(([t, v]) => [t, v]);
+    follow("/api/node/power/stream", { ...common, onEvent: (ev) => ev.event === "power" && onPower(JSON.parse(ev.data)) });
+    const again = () => {
+      if (signal.aborted) return;
+      const empty = !state.history || !state.history.node_watts.some((v) => v != null);
+      state.historyTimer = setTimeout(() => loadHistory().then(again), empty ? HISTORY_EMPTY_MS : HISTORY_MS);
+    };
+    again();
+  }
+  const panels = () => {
+    if (status.parts.storage) refreshStorage();
+    if (status.parts.network) refreshNetwork();
+  };
+  panels();
+  state.timers.push(setInterval(panels, PANELS_MS));
+}
+
+function wire() {
+  $("signin-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const token = tokenFromInput($("token-input").value);
+    if (!token) return;
+    tokens.set(token);
+    $("token-input").value = "";
+    start();
+  });
+  $("signout").addEventListener("click", () => { tokens.clear(); showSignIn(""); });
+  for (const b of document.querySelectorAll("[data-window]")) {
+    b.addEventListener("click", () => {
+      state.historyWindow = b.dataset.window;
+      for (const o of document.querySelectorAll("[data-window]")) o.setAttribute("aria-pressed", String(o === b));
+      loadHistory();
+    });
+  }
+  let resize;
+  addEventListener("resize", () => {
+    clearTimeout(resize);
+    resize = setTimeout(() => { if (state.live.length) drawLive(); drawHistory(); }, 150);
+  });
+}
+
+wire();
+registerServiceWorker();
+tokens.adoptFromUrl();
+if (tokens.get()) start();
+else showSignIn();

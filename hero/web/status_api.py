@@ -1,0 +1,140 @@
+"""The operator's view of the node that is neither power nor storage: `GET /api/node/status` (+ `/stream`, 1 Hz).
+
+Agents awake vs hibernated, how often agents wake, the shared LLM's queue and
+throughput, and which optional parts (power, storage, overlay) this node has,
+so the dashboard shows only the panels whose data exists. Rates are deltas of the
+runtime's and LLM's counters over a short window of samples kept per app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hero.errors import HeroError
+from hero.web.auth import require_operator
+
+WAKE_WINDOW_S = 60.0  # wake rate: activations per minute over the last minute
+TOKENS_WINDOW_S = 5.0  # tokens/s over the last few seconds: responsive, not jumpy
+STREAM_PERIOD_S = 1.0
+STORAGE_PATH = "/api/node/storage"  # QSS health, when the node runs QSS
+PEERS_PATH = "/api/v1/admin/peers"  # the overlay's Mycelium-compatible admin API, when present
+
+
+class Rates:
+    """Counter samples (at most one per second) and the rates between them."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, int, int]] = deque()
+
+    def add(self, now: float, activations: int, tokens: int) -> None:
+        if self.samples and now - self.samples[-1][0] < 0.5:
+            return
+        self.samples.append((now, activations, tokens))
+        while self.samples and now - self.samples[0][0] > WAKE_WINDOW_S + 1:
+            self.samples.popleft()
+
+    def per_second(self, index: int, window: float, *, full_window: bool = False) -> float:
+        """Rate of counter `index` over the last `window` seconds; `full_window` divides by the whole
+        window even when fewer seconds have been seen, so one wake just after start is 1/min, not 3/min."""
+        if len(self.samples) < 2:
+            return 0.0
+        last = self.samples[-1]
+        first = next((s for s in self.samples if last[0] - s[0] <= window), self.samples[0])
+        if first is last:
+            first = self.samples[-2]
+        span = max(last[0] - first[0], window) if full_window else last[0] - first[0]
+        return max(0.0, (last[index] - first[index]) / span) if span > 0 else 0.0
+
+
+def _rates(request: Request) -> Rates:
+    rates = getattr(request.app.state, "status_rates", None)
+    if rates is None:
+        rates = request.app.state.status_rates = Rates()
+    return rates
+
+
+async def node_status(request: Request) -> dict[str, Any]:
+    """One snapshot of the node's runtime and LLM counters, with rates."""
+    state = request.app.state
+    node, llm = state.node, state.llm
+    agents = await node.agents()
+    tokens = int(getattr(llm, "tokens_total", 0) or 0)
+    now = time.monotonic()
+    rates = _rates(request)
+    rates.add(now, node.stats.activations, tokens)
+    active = sum(a.state == "active" for a in agents)
+    return {
+        "ts": time.time(),
+        "uptime": round(time.time() - state.started, 1),
+        "node_id": getattr(node, "node_id", None),
+        "agents": {"active": active, "hibernated": len(agents) - active, "total": len(agents)},
+        "wake_rate_per_min": round(rates.per_second(1, WAKE_WINDOW_S, full_window=True) * 60.0, 2),
+        "runtime": {
+            "activations": node.stats.activations,
+            "hibernations": node.stats.hibernations,
+            "turns": node.stats.turns,
+            "turn_errors": node.stats.turn_errors,
+            "timers_fired": node.stats.timers_fired,
+            "timers_pending": len(node.timers),
+        },
+        "llm": {
+            "model": getattr(llm, "name", None),
+            "loaded": bool(getattr(llm, "loaded", False)),
+            "queue_depth": int(getattr(llm, "queue_depth", 0) or 0),
+            "tokens_total": tokens,
+            "tokens_per_s": round(rates.per_second(2, TOKENS_WINDOW_S), 2),
+            "requests_total": int(getattr(llm, "requests_total", 0) or 0),
+            "threads": getattr(llm, "threads", None),
+        },
+        "parts": {
+            "power": state.power is not None,
+            "storage": _serves(request, STORAGE_PATH),
+            "network": _serves(request, PEERS_PATH),
+        },
+    }
+
+
+def _serves(request: Request, path: str) -> bool:
+    """Whether this app has a route for `path` (the storage and overlay APIs are optional parts)."""
+    return any(getattr(route, "path", None) == path for route in request.app.routes)
+
+
+async def status(request: Request) -> Response:
+    await require_operator(request)
+    return JSONResponse(await node_status(request))
+
+
+async def status_stream(request: Request) -> Response:
+    await require_operator(request)
+    return EventSourceResponse(_stream(request), ping=15, send_timeout=30, headers={"Cache-Control": "no-cache"})
+
+
+async def _stream(request: Request) -> AsyncIterator[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        try:
+            await require_operator(request)  # a revoked or expired operator token ends the stream
+        except HeroError as exc:
+            yield {"event": "auth", "data": json.dumps(exc.to_json())}
+            return
+        yield {"event": "status", "data": json.dumps(await node_status(request), separators=(",", ":"))}
+        due += STREAM_PERIOD_S
+        await asyncio.sleep(max(0.0, due - loop.time()))
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/node/status", status, methods=["GET"]),
+        Route("/api/node/status/stream", status_stream, methods=["GET"]),
+    ]

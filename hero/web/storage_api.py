@@ -1,0 +1,27 @@
+"""`GET /api/node/storage`: the storage health the operator dashboard shows (operator only).
+
+Backends with location and up/down/full, fragment counts, last scrub and
+repairs come from the store's own `status()`; a store without one (another
+StateStore) is reported as such rather than failing the dashboard.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from hero.web.auth import require_operator
+
+
+async def storage_status(request: Request) -> JSONResponse:
+    await require_operator(request)
+    store = request.app.state.store
+    status = getattr(store, "status", None)
+    if status is None:
+        return JSONResponse({"store": type(store).__name__, "backends": [], "detail": "this store reports no status"})
+    return JSONResponse(await status())
+
+
+def routes() -> list[Route]:
+    return [Route("/api/node/storage", storage_status, methods=["GET"])]

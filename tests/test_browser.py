@@ -1,0 +1,396 @@
+"""The chat app and the operator dashboard in a real headless Chromium against a real node.
+
+Debian's /usr/bin/chromium (scripts/install-browser.sh installs it), driven by
+Playwright for Python; one node and one browser for the whole module. Screenshots
+of both pages at phone and desktop sizes go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from hero.identity import NodeKeys, UserKey
+from hero.runtime.events import ChatMessage
+from hero.server import Parts
+from hero.store.qss import open_qss
+from tests.conftest import ROOT, add_user, make_config, operator_token, serving
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 860}
+MAX_TOKENS = 160
+
+
+@dataclass
+class Site:
+    parts: Parts
+    base: str
+    operator: str
+    users: dict[str, dict[str, str]]
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
+    config = make_config(tmp_path_factory.mktemp("browser"), max_tokens=MAX_TOKENS)
+    async with serving(config) as parts:
+        users = {name: add_user(config.data_dir, name) for name in ("alice", "bob", "carol")}
+        yield Site(parts, f"http://127.0.0.1:{config.port}", operator_token(config.data_dir), users)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    assert os.access(CHROMIUM, os.X_OK), "run scripts/install-browser.sh (Debian's chromium) before the browser tests"
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        await chromium.close()
+
+
+@asynccontextmanager
+async def page_at(
+    browser: Browser, url: str, *, phone: bool = False, dark: bool = False, service_workers: str = "block"
+) -> AsyncIterator[Page]:
+    """A fresh profile (own storage) with one page; any uncaught script error fails the test."""
+    context = await browser.new_context(
+        viewport=PHONE if phone else DESKTOP,
+        color_scheme="dark" if dark else "light",
+        is_mobile=phone,
+        has_touch=phone,
+        service_workers=service_workers,
+    )
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(url)
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert errors == [], errors
+
+
+def bubbles(page: Page, kind: str = "") -> Any:
+    return page.locator(f"#log .msg{kind}")
+
+
+async def send(page: Page, text: str) -> None:
+    box = page.get_by_label("Message to your agent")
+    await box.fill(text)
+    await box.press("Enter")
+
+
+async def test_sign_in_link_history_and_streamed_reply(site: Site, browser: Browser):
+    alice = site.users["alice"]
+    async with page_at(browser, site.url(f"/?token={alice['token']}")) as page:
+        await expect(page.locator("#chat-view")).to_be_visible()
+        assert "token" not in page.url  # the sign-in link's token is stripped from the address bar
+        assert await page.evaluate("localStorage.getItem('hero.token')") == alice["token"]
+        await expect(page.locator("#who")).to_have_text("alice")
+        await expect(page.locator("#live")).to_have_text("Live")
+        assert await page.evaluate("document.activeElement.id") == "text"  # ready to type
+        log = page.get_by_role("log", name="Conversation")
+        assert await log.get_attribute("aria-live") == "polite"
+        # record every length the reply's text goes through while it streams
+        await page.evaluate(
+            """() => { window.lengths = [];
+                new MutationObserver(() => { const b = document.querySelector('.msg.streaming .body');
+                    if (b) window.lengths.push(b.textContent.length); })
+                .observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); }"""
+        )
+        await send(page, "Say hello to me")
+        reply = bubbles(page, ".assistant").last
+        await expect(reply).to_have_attribute("data-seq", "2", timeout=30_000)  # confirmed by the event stream
+        await expect(page.get_by_role("button", name="Send")).to_be_visible()
+        lengths = await page.evaluate("window.lengths")
+        assert len(set(lengths)) >= 3, f"the reply did not stream token by token: {lengths}"
+        text = (await reply.locator(".body").text_content()).strip()
+        assert text
+        await expect(bubbles(page)).to_have_count(2)  # the event stream confirmed, it did not duplicate
+        assert await page.get_by_label("Message to your agent").input_value() == ""
+    history = await site.parts.node.history(alice["agent_id"])
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[1]["content"] == text
+    # opening the app again loads the history
+    async with page_at(browser, site.url(f"/?token={alice['token']}"), phone=True) as page:
+        await expect(bubbles(page)).to_have_count(2)
+        await expect(bubbles(page, ".user").locator(".body")).to_have_text("Say hello to me")
+        await expect(bubbles(page, ".assistant").locator(".body")).to_have_text(text)
+
+
+async def test_a_reply_in_progress_can_be_stopped(site: Site, browser: Browser):
+    bob = site.users["bob"]
+    llm = site.parts.llm
+    async with page_at(browser, site.url(f"/?token={bob['token']}")) as page:
+        await expect(page.locator("#chat-view")).to_be_visible()
+        before = llm.tokens_total
+        await send(page, "Tell me a very long story about a dragon, a knight and a village.")
+        reply = bubbles(page, ".assistant").last
+        await expect(reply.locator(".body")).not_to_have_text("", timeout=30_000)  # the first tokens are here
+        await page.get_by_role("button", name="Stop").click()
+        await expect(reply).to_have_class(re.compile(r"\bstopped\b"))
+        await expect(page.get_by_role("button", name="Send")).to_be_visible()
+        await expect(reply).to_have_attribute("data-seq", "2", timeout=15_000)  # the partial reply was kept
+    history = await site.parts.node.history(bob["agent_id"])
+    assert history[-1]["role"] == "assistant"
+    assert llm.tokens_total - before < MAX_TOKENS, "generation went on after Stop"
+
+
+async def test_reminder_and_runtime_message_arrive_live_without_reload(site: Site, browser: Browser):
+    carol = site.users["carol"]
+    async with page_at(browser, site.url(f"/?token={carol['token']}"), phone=True) as page:
+        await expect(page.locator("#live")).to_have_text("Live")
+        await page.evaluate("window.notReloaded = true")
+        await send(page, "remind me in 2 seconds to stretch")
+        await expect(bubbles(page, ".assistant").first.locator(".body")).to_have_text(
+            "OK, I will remind you to stretch in 2 seconds.", timeout=15_000
+        )
+        reminder = bubbles(page, ".reminder")
+        await expect(reminder.locator(".body")).to_have_text("⏰ Reminder: stretch", timeout=15_000)
+        # a message delivered through the runtime (another device, another agent) shows up too
+        reply = await site.parts.node.deliver(carol["agent_id"], ChatMessage("remember that I water plants on Sunday"))
+        await reply.text()
+        await expect(bubbles(page).locator(".body").last).to_have_text("I will remember that I water plants on Sunday.")
+        await expect(bubbles(page)).to_have_count(5)
+        assert await page.evaluate("window.notReloaded") is True
+        await save(page, "chat-phone-light")
+
+
+async def test_expired_session_asks_to_sign_in_again_and_keeps_the_message(site: Site, browser: Browser):
+    users = site.parts.users
+    user = users.by_agent(site.users["carol"]["agent_id"])
+    short, _ = users.issue(user, ttl=3)
+    fresh, _ = users.issue(user)
+    async with page_at(browser, site.url(f"/?token={short}")) as page:
+        await expect(page.locator("#chat-view")).to_be_visible()
+        await page.get_by_label("Message to your agent").fill("remember that drafts survive sign-in")
+        # the live stream ends when the token expires, and the app asks to sign in again
+        await expect(page.get_by_role("heading", name="Sign in again")).to_be_visible(timeout=15_000)
+        await expect(page.locator("#signin-kept")).to_contain_text("your unsent message is kept")
+        await page.get_by_label("Token or sign-in link").fill(f"{site.base}/?token={fresh}")  # a pasted link works
+        await page.get_by_role("button", name="Sign in", exact=True).click()
+        box = page.get_by_label("Message to your agent")
+        await expect(box).to_have_value("remember that drafts survive sign-in")
+        await box.press("Enter")
+        await expect(bubbles(page).locator(".body").last).to_have_text("I will remember that drafts survive sign-in.")
+        await expect(box).to_have_value("")
+
+
+async def test_sign_in_with_own_key_and_sign_out(site: Site, browser: Browser):
+    key = UserKey.generate()
+    site.parts.users.add("dave", key.agent_id)
+    async with page_at(browser, site.url("/"), phone=True) as page:
+        await expect(page.get_by_role("heading", name="Sign in to your agent")).to_be_visible()
+        await page.get_by_role("tab", name="Secret key").click()
+        await page.get_by_label("Your secret key").fill(UserKey.generate().secret_hex)  # a key the node does not know
+        await page.get_by_role("button", name="Sign in with key").click()
+        await expect(page.get_by_role("alert")).to_contain_text("not a user of this node")
+        await page.get_by_label("Your secret key").fill(key.secret_hex)
+        await page.get_by_role("button", name="Sign in with key").click()
+        await expect(page.locator("#who")).to_have_text("dave")
+        assert await page.get_by_label("Your secret key").input_value() == ""  # the key is not kept around
+        token = await page.evaluate("localStorage.getItem('hero.token')")
+        assert site.parts.users.authenticate(token).sub == key.agent_id
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.get_by_role("heading", name="Sign in to your agent")).to_be_visible()
+        assert await page.evaluate("localStorage.getItem('hero.token')") is None
+    async with httpx.AsyncClient(base_url=site.base) as http:
+        r = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401  # signing out revoked the token on the node
+
+
+async def test_dashboard_live_power_top_consumers_and_history(site: Site, browser: Browser):
+    alice = site.users["alice"]
+    for user in site.users.values():  # every user's agent has done something the ledger can show
+        await (await site.parts.node.deliver(user["agent_id"], ChatMessage("remember that I use the dashboard"))).text()
+    async with page_at(browser, site.url(f"/dashboard?token={site.operator}"), dark=True) as page:
+        assert "token" not in page.url
+        await expect(page.locator("#power-card")).to_be_visible()
+        watts = page.locator("#node-watts")
+        await expect(watts).to_have_text(re.compile(r"^\d+(\.\d+)? W$"), timeout=10_000)
+        await expect(page.locator("#source")).to_have_text("model")  # no RAPL in CI VMs; the badge says so
+        first = await watts.text_content()
+
+        async def load() -> None:  # give the node something to meter while we watch
+            async with httpx.AsyncClient(base_url=site.base, timeout=60) as http:
+                await http.post(
+                    "/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {alice['token']}"},
+                    json={"messages": [{"role": "user", "content": "Describe the sea in detail."}]},
+                )
+
+        worker = asyncio.create_task(load())
+        await expect(watts).not_to_have_text(first, timeout=15_000)  # the figure moves, 1 Hz
+        await worker
+        await expect(page.locator("#live-chart path.line")).to_have_count(1)
+        rows = page.locator("#top-table tbody tr")
+        await expect(rows.first).to_be_visible()
+        assert await rows.count() >= 3  # alice, bob, carol (and dave) have all talked
+        agents = await page.evaluate(
+            """() => [...document.querySelectorAll('#top-table tbody tr')].map(r => r.dataset.agent)"""
+        )
+        async with httpx.AsyncClient(base_url=site.base) as http:
+            r = await http.get("/api/node/power", headers={"Authorization": f"Bearer {site.operator}"})
+            report = r.json()
+        by_watts = [a["agent_id"] for a in sorted(report["agents"], key=lambda a: a["watts"], reverse=True)]
+        assert set(agents) == set(by_watts)
+        shown = await page.evaluate(
+            "() => [...document.querySelectorAll('#top-table tbody tr')].map(r => Number(r.dataset.watts))"
+        )
+        assert shown == sorted(shown, reverse=True)  # top consumers first
+        await expect(rows.first.locator("td.joules")).to_have_text(re.compile(r"\d [mkM]?J$"))
+        await expect(rows.first.locator("td.today")).to_have_text(re.compile(r"\d [µmk]?Wh$"))
+        await expect(page.locator("#agents-active")).to_have_text(re.compile(r"^[1-9]\d*$"))
+        await expect(page.locator("#llm-loaded")).to_have_text("loaded")
+        # history from DuckDB: node watts and the top agents, for the hour and the day
+        await expect(page.locator("#history-card")).to_be_visible()
+        await expect(page.locator("#hist-node path.line, #hist-node circle").first).to_be_attached(timeout=20_000)
+        await page.get_by_role("button", name="Last day").click()
+        await expect(page.get_by_role("button", name="Last day")).to_have_attribute("aria-pressed", "true")
+        await expect(page.locator("#hist-legend li").first).to_be_visible()
+        await expect(page.locator("#storage-card")).to_be_hidden()  # this node runs no QSS, so no panel
+        await save(page, "dashboard-desktop-dark", full_page=True)
+
+
+async def test_dashboard_storage_panel_shows_qss_health(site: Site, browser: Browser, tmp_path: Path):
+    """With QSS as the node's store, the storage panel shows backends, repairs and the last scrub."""
+    qss = await open_qss(tmp_path, NodeKeys.load_or_create(tmp_path), k=4, m=2, local_backends=6)
+    await qss.put("agent/x/state", b"hello", epoch=1)
+    store, site.parts.app.state.store = site.parts.app.state.store, qss
+    try:
+        async with page_at(browser, site.url(f"/dashboard?token={site.operator}"), phone=True) as page:
+            card = page.get_by_role("region", name=re.compile("^Storage"))
+            await expect(card).to_be_visible()
+            await expect(page.locator("#storage-health")).to_have_text("healthy")
+            await expect(card.locator("dd").first).to_have_text("6 / 6")
+            await expect(page.locator("#storage-table tbody tr")).to_have_count(6)
+            await expect(page.locator("#storage-table tbody tr").first).to_contain_text("up")
+            await expect(page.locator("#net-card")).to_be_hidden()  # no overlay on this node: no panel
+    finally:
+        site.parts.app.state.store = store
+        await qss.close()
+
+
+async def test_a_user_token_gets_no_dashboard_data(site: Site, browser: Browser):
+    alice = site.users["alice"]
+    async with page_at(browser, site.url(f"/dashboard?token={alice['token']}")) as page:
+        await expect(page.get_by_role("alert")).to_contain_text("not the operator token")
+        await expect(page.locator("#dash")).to_be_hidden()
+        statuses = await page.evaluate(
+            """async (token) => {
+                const out = {};
+                for (const path of ['/api/node/status', '/api/node/status/stream', '/api/node/power',
+                                    '/api/node/power/stream', '/api/node/power/chart?window=1h',
+                                    '/api/node/power/history', '/api/node/agents', '/api/node/storage',
+                                    '/metrics']) {
+                    out[path] = (await fetch(path, {headers: {Authorization: 'Bearer ' + token}})).status;
+                }
+                return out;
+            }""",
+            alice["token"],
+        )
+    assert set(statuses.values()) == {403}, statuses
+
+
+async def test_pwa_manifest_service_worker_and_offline_shell(site: Site, browser: Browser):
+    async with httpx.AsyncClient(base_url=site.base) as http:
+        r = await http.get("/manifest.webmanifest")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/manifest+json")
+        manifest = r.json()
+        assert manifest["start_url"] == "/" and manifest["scope"] == "/" and manifest["display"] == "standalone"
+        assert manifest["name"] and manifest["short_name"] and manifest["theme_color"] and manifest["background_color"]
+        sizes = {}
+        for icon in manifest["icons"]:
+            got = await http.get(icon["src"])
+            assert got.status_code == 200, icon["src"]
+            if icon["type"] == "image/png":
+                assert got.content[:8] == b"\x89PNG\r\n\x1a\n"
+                width, height = struct.unpack(">II", got.content[16:24])
+                assert icon["sizes"] == f"{width}x{height}"
+                sizes.setdefault(icon.get("purpose", "any"), set()).add(width)
+        assert {192, 512} <= sizes["any"] and 512 in sizes["maskable"]  # what install prompts require
+        sw = await http.get("/sw.js")
+        assert sw.headers["content-type"].startswith("text/javascript")
+        assert sw.headers["service-worker-allowed"] == "/" and "no-cache" in sw.headers["cache-control"]
+    alice = site.users["alice"]
+    async with page_at(browser, site.url(f"/?token={alice['token']}"), phone=True, service_workers="allow") as page:
+        reg = await page.evaluate(
+            "navigator.serviceWorker.ready.then(r => ({scope: r.scope, script: r.active.scriptURL}))"
+        )
+        assert reg == {"scope": site.url("/"), "script": site.url("/sw.js")}
+        await page.reload()
+        assert await page.evaluate("navigator.serviceWorker.controller !== null")
+        cached = await page.evaluate(
+            """async () => { const names = await caches.keys();
+                const cache = await caches.open(names.find(n => n.startsWith('hero-shell-')));
+                return (await cache.keys()).map(r => r.url); }"""
+        )
+        paths = {u.removeprefix(site.base) for u in cached}
+        assert {"/", "/dashboard", "/static/chat.js", "/static/app.css", "/manifest.webmanifest"} <= paths
+        assert not any("token" in u for u in cached)  # sign-in links are never stored
+        await page.context.set_offline(True)
+        await page.reload()
+        await expect(page).to_have_title("Hero — your agent")  # the shell comes from the cache
+        await expect(page.locator("#banner")).to_contain_text("Cannot reach your node")
+        await page.context.set_offline(False)
+        await expect(page.locator("#chat-view")).to_be_visible(timeout=15_000)  # and it recovers by itself
+
+
+async def test_pages_fit_phone_and_desktop_in_light_and_dark(site: Site, browser: Browser):
+    alice = site.users["alice"]
+    backgrounds = set()
+    for name, url, phone, dark in (
+        ("chat-desktop-dark", f"/?token={alice['token']}", False, True),
+        ("chat-signin-phone-dark", "/", True, True),
+        ("dashboard-phone-light", f"/dashboard?token={site.operator}", True, False),
+        ("dashboard-desktop-light", f"/dashboard?token={site.operator}", False, False),
+    ):
+        async with page_at(browser, site.url(url), phone=phone, dark=dark) as page:
+            ready = "#dash" if "dashboard" in name else ("#signin-view" if "signin" in name else "#chat-view")
+            await expect(page.locator(ready)).to_be_visible()
+            if "dashboard" in name:
+                await expect(page.locator("#top-table tbody tr").first).to_be_visible(timeout=10_000)
+                await expect(page.locator("#hist-node path, #hist-node circle").first).to_be_attached(timeout=20_000)
+            elif "signin" not in name:
+                await expect(page.locator("#live")).to_have_text("Live")
+                await expect(bubbles(page).first).to_be_visible()
+            overflow = await page.evaluate("document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 0, f"{name}: the page scrolls sideways by {overflow}px"
+            backgrounds.add((dark, await page.evaluate("getComputedStyle(document.body).backgroundColor")))
+            await save(page, name, full_page="dashboard" in name)
+    assert len({bg for dark, bg in backgrounds if dark} & {bg for dark, bg in backgrounds if not dark}) == 0
+
+
+async def save(page: Page, name: str, *, full_page: bool = False) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=full_page)
+    assert path.stat().st_size > 5000
+

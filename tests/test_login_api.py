@@ -1,0 +1,122 @@
+"""Sign-in with the user's Ed25519 key (challenge, signature, token) and sign-out, on a real server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from hero.identity import NodeKeys, UserKey, b64u, unb64u
+from hero.users import Users
+from hero.web.login_api import make_challenge
+from tests.conftest import make_config, serving
+
+
+@pytest.fixture
+async def node(tmp_path):
+    config = make_config(tmp_path)
+    async with serving(config) as parts:
+        parts.base_url = f"http://127.0.0.1:{config.port}"
+        parts.key = UserKey.generate()
+        parts.users.add("alice", parts.key.agent_id)
+        yield parts
+
+
+async def challenge(http: httpx.AsyncClient, agent_id: str) -> str:
+    r = await http.post("/api/auth/challenge", json={"agent_id": agent_id})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert 100 <= body["expires"] - time.time() <= 121
+    return body["challenge"]
+
+
+def sign(key: UserKey, text: str) -> str:
+    return key.signing.sign(text.encode()).signature.hex()
+
+
+async def test_key_login_issues_a_working_token(node):
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+        text = await challenge(http, node.key.agent_id)
+        r = await http.post("/api/auth/login", json={"challenge": text, "signature": sign(node.key, text)})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["name"] == "alice" and body["agent_id"] == node.key.agent_id
+        me = await http.get("/api/me", headers={"Authorization": f"Bearer {body['token']}"})
+        assert me.status_code == 200 and me.json()["agent_id"] == node.key.agent_id
+        # base64url signatures are accepted as well as hex
+        text = await challenge(http, node.key.agent_id)
+        sig = b64u(node.key.signing.sign(text.encode()).signature)
+        assert (await http.post("/api/auth/login", json={"challenge": text, "signature": sig})).status_code == 200
+
+
+async def test_wrong_key_unknown_or_revoked_user_and_replay_are_401(node):
+    stranger = UserKey.generate()
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+
+        async def login(text: str, signature: str) -> httpx.Response:
+            return await http.post("/api/auth/login", json={"challenge": text, "signature": signature})
+
+        text = await challenge(http, node.key.agent_id)
+        r = await login(text, sign(stranger, text))  # someone else's key cannot answer alice's challenge
+        assert r.status_code == 401 and "signature" in r.json()["error"]["message"]
+        # a valid key that is no user of this node
+        text = await challenge(http, stranger.agent_id)
+        r = await login(text, sign(stranger, text))
+        assert r.status_code == 401 and "no active user" in r.json()["error"]["message"]
+        # an answered challenge works once
+        text = await challenge(http, node.key.agent_id)
+        assert (await login(text, sign(node.key, text))).status_code == 200
+        r = await login(text, sign(node.key, text))
+        assert r.status_code == 401 and "already used" in r.json()["error"]["message"]
+        # the challenge is signed by the node: its agent id cannot be swapped
+        head, payload, sig = (await challenge(http, stranger.agent_id)).split(".")
+        claims = json.loads(unb64u(payload)) | {"aid": node.key.agent_id}
+        forged = f"{head}.{b64u(json.dumps(claims).encode())}.{sig}"
+        r = await login(forged, sign(node.key, forged))
+        assert r.status_code == 401 and "not issued by this node" in r.json()["error"]["message"]
+        # expired challenges are refused
+        keys = NodeKeys.load_or_create(node.config.data_dir)
+        old, _ = make_challenge(keys, node.key.agent_id, now=time.time() - 300)
+        r = await login(old, sign(node.key, old))
+        assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+        # revoked users cannot sign in, even with a correct signature
+        node.users.revoke("alice")
+        text = await challenge(http, node.key.agent_id)
+        assert (await login(text, sign(node.key, text))).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/api/auth/challenge", {"agent_id": "zz"}, 400, "agent_id"),
+        ("/api/auth/challenge", {"agent_id": 5}, 422, "agent_id"),
+        ("/api/auth/challenge", {}, 422, "agent_id"),
+        ("/api/auth/login", {"challenge": 1, "signature": "00"}, 422, "challenge"),
+        ("/api/auth/login", {"challenge": "x.y.z", "signature": "00" * 10}, 422, "signature"),
+        ("/api/auth/login", {"challenge": "x.y.z", "signature": "!!"}, 422, "signature"),
+        ("/api/auth/login", {"challenge": "x.y.z", "signature": "00" * 64}, 401, None),
+    ],
+)
+async def test_bad_login_requests_name_the_field(node, path, body, status, field):
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+        r = await http.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"].get("param") == field
+
+
+async def test_logout_revokes_only_that_token(node):
+    users = Users(node.config.data_dir, NodeKeys.load_or_create(node.config.data_dir))
+    try:
+        first, _ = users.issue(users.get("alice"))
+        second, _ = users.issue(users.get("alice"))
+    finally:
+        users.close()
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+        assert (await http.post("/api/auth/logout")).status_code == 401
+        r = await http.post("/api/auth/logout", headers={"Authorization": f"Bearer {first}"})
+        assert r.status_code == 204
+        r = await http.get("/api/me", headers={"Authorization": f"Bearer {first}"})
+        assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+        assert (await http.get("/api/me", headers={"Authorization": f"Bearer {second}"})).status_code == 200
