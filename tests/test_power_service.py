@@ -270,3 +270,28 @@ async def test_real_llm_inference_is_charged_to_the_agent_that_asked(tmp_path: P
     finally:
         await llm.aclose()
         await power.aclose()
+
+
+async def test_quiet_node_ticks_rarely_and_wakes_at_once_for_work(tmp_path: Path) -> None:
+    config = PowerConfig(tick_s=0.05, quiet_tick_s=0.6, quiet_after_s=0.2, cgroup_backstop=False)
+    async with power_node(tmp_path, config=config) as (_, _, node, power, _):
+        ticks: list[float] = []
+        real_tick = power.tick
+
+        async def counted():
+            ticks.append(asyncio.get_running_loop().time())
+            return await real_tick()
+
+        power.tick = counted  # type: ignore[method-assign]
+        await asyncio.sleep(1.0)
+        assert len(ticks) <= 3, "a node with every agent asleep must not tick at 1 Hz"
+        quiet_until = len(ticks)
+        agent = UserKey.generate().agent_id
+        await (await node.deliver(agent, Ping())).text()  # work arrives: the tick comes back at once
+        await asyncio.sleep(0.5)
+        assert len(ticks) - quiet_until >= 5
+        await node.hibernate_idle(0.0)
+        await asyncio.sleep(0.4)
+        settled = len(ticks)
+        await asyncio.sleep(0.5)
+        assert len(ticks) - settled <= 1

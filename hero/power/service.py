@@ -37,6 +37,8 @@ NOTE = (
 class PowerConfig:
     clock: str = "adaptive"  # per-step clock: "adaptive" (wall for short steps, CPU for long) or "thread"
     tick_s: float = 1.0
+    quiet_tick_s: float = 10.0  # tick period while no agent is awake, no model work waits and nobody watches
+    quiet_after_s: float = 5.0  # ... and no work was admitted for this long (the governor's averaging window)
     flush_every_s: float = 10.0
     compact_every_s: float = 600.0
     agents_refresh_s: float = 60.0  # how often the hosted-agent list is re-read from the node
@@ -96,7 +98,9 @@ class PowerService:
         self.run_turn = self.ledger.run_turn  # type: ignore[method-assign]
         self.charge_llm = self.ledger.charge_llm  # type: ignore[method-assign]
         self.charge_storage = self.ledger.charge_storage  # type: ignore[method-assign]
-        self.admit = self.governor.admit  # type: ignore[method-assign]
+        self._quiet: asyncio.Event | None = None  # set by the first admission after a quiet spell
+        self._listeners = 0
+        self._last_admit = 0.0  # monotonic time of the last admission
         self.node: Any = None
         self.llm: Any = None
         self.last_tick_seconds = 0.0
@@ -154,16 +158,40 @@ class PowerService:
             await asyncio.to_thread(self.history.close)
             self.history = None
 
+    def _is_quiet(self) -> bool:
+        """Nothing to govern or show: every agent asleep, no model work queued, no dashboard listening."""
+        node, llm = self.node, self.llm
+        return (
+            self._listeners == 0
+            and time.monotonic() - self._last_admit > self.config.quiet_after_s
+            and (node is None or node.active_count == 0)
+            and (llm is None or llm.queue_depth == 0)
+        )
+
     async def _run(self) -> None:
+        """Tick at 1 Hz while the node works; every `quiet_tick_s` while it is quiet, woken early by work.
+
+        Energy still integrates exactly (the meter uses counter deltas over the real interval);
+        a quiet node just wakes 10× less often, which is what "near-zero idle" asks.
+        """
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
-            due += self.config.tick_s
-            delay = due - loop.time()
-            if delay < 0:  # fell behind (a long hibernation pass): skip, don't burst
+            if self._is_quiet():
+                self._quiet = asyncio.Event()
+                try:
+                    await asyncio.wait_for(self._quiet.wait(), self.config.quiet_tick_s)
+                except TimeoutError:
+                    pass
+                self._quiet = None
                 due = loop.time()
-                delay = 0.0
-            await asyncio.sleep(delay)
+            else:
+                due += self.config.tick_s
+                delay = due - loop.time()
+                if delay < 0:  # fell behind (a long hibernation pass): skip, don't burst
+                    due = loop.time()
+                    delay = 0.0
+                await asyncio.sleep(delay)
             try:
                 await self.tick()
             except Exception:
@@ -212,14 +240,20 @@ class PowerService:
 
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
         """Yield `node_report()` after every tick until the service closes (slow readers skip ticks)."""
-        while not self._closed:
-            ev = self._updated
-            if ev is None:
-                return
-            await ev.wait()
-            if self._closed:
-                return
-            yield self.node_report()
+        self._listeners += 1
+        if self._quiet is not None:
+            self._quiet.set()  # someone is watching: back to 1 Hz now
+        try:
+            while not self._closed:
+                ev = self._updated
+                if ev is None:
+                    return
+                await ev.wait()
+                if self._closed:
+                    return
+                yield self.node_report()
+        finally:
+            self._listeners -= 1
 
     # ---- Metering and Admission: bound in __init__ straight to the ledger and governor ----
 
@@ -233,6 +267,11 @@ class PowerService:
         self.ledger.charge_storage(agent_id, nbytes)
 
     def admit(self, agent_id: str, *, interactive: bool) -> None:
+        """The governor decides; the first work after a quiet spell also brings the tick back to 1 Hz."""
+        quiet = self._quiet
+        if quiet is not None:
+            quiet.set()
+        self._last_admit = time.monotonic()
         self.governor.admit(agent_id, interactive=interactive)
 
     def set_quota(self, agent_id: str, wh: float | None) -> None:

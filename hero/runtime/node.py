@@ -362,6 +362,10 @@ class Node:
     def is_active(self, agent_id: str) -> bool:
         return agent_id in self._active
 
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
     async def agents(self) -> list[AgentInfo]:
         out = [AgentInfo(a.agent_id, "active", a.last_event_wall) for a in self._active.values()]
         for agent_id, last in self._known.items():
