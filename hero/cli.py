@@ -206,8 +206,8 @@ async def _stored_agents(config: Any) -> list[dict[str, Any]]:
         for key in await store.keys("agent/"):
             agent_id, _, kind = key[len("agent/") :].partition("/")
             if kind == "state":
-                versions = await store.versions(key)
-                out.append({"agent_id": agent_id, "state": "hibernated", "last_event": versions[-1].created})
+                head = await store.head(key)
+                out.append({"agent_id": agent_id, "state": "hibernated", "last_event": head.created if head else None})
         return out
     finally:
         await store.close()

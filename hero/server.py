@@ -28,7 +28,7 @@ from hero.power.service import PowerService
 from hero.runtime.node import AgentFactory, Node
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
-from hero.store.dirstore import DirStore
+from hero.store.qss import QSS, open_qss
 from hero.users import Users
 from hero.web.app import create_app
 
@@ -40,15 +40,16 @@ class Parts:
     config: NodeConfig
     keys: NodeKeys
     users: Users
-    store: Any
+    store: QSS
     llm: LLMService
     node: Node
     power: PowerService
     app: Starlette
 
 
-async def open_store(config: NodeConfig, keys: NodeKeys) -> Any:
-    return DirStore(config.data_dir / "store")
+async def open_store(config: NodeConfig, keys: NodeKeys) -> QSS:
+    """The node's QSS (its background scrubber is started by `open_node`, never by one-shot commands)."""
+    return await open_qss(config.data_dir, keys)
 
 
 @asynccontextmanager
@@ -74,6 +75,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
     power.attach(node, llm)
     app = create_app(config=config, node=node, users=users, llm=llm, store=store, power=power)
     try:
+        await store.start()
         await llm.start()
         await node.start()
         await power.start()

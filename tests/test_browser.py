@@ -22,10 +22,9 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from hero.identity import NodeKeys, UserKey
+from hero.identity import UserKey
 from hero.runtime.events import ChatMessage
 from hero.server import Parts
-from hero.store.qss import open_qss
 from tests.conftest import ROOT, add_user, make_config, operator_token, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -275,27 +274,19 @@ async def test_dashboard_live_power_top_consumers_and_history(site: Site, browse
         await page.get_by_role("button", name="Last day").click()
         await expect(page.get_by_role("button", name="Last day")).to_have_attribute("aria-pressed", "true")
         await expect(page.locator("#hist-legend li").first).to_be_visible()
-        await expect(page.locator("#storage-card")).to_be_hidden()  # this node runs no QSS, so no panel
         await save(page, "dashboard-desktop-dark", full_page=True)
 
 
-async def test_dashboard_storage_panel_shows_qss_health(site: Site, browser: Browser, tmp_path: Path):
-    """With QSS as the node's store, the storage panel shows backends, repairs and the last scrub."""
-    qss = await open_qss(tmp_path, NodeKeys.load_or_create(tmp_path), k=4, m=2, local_backends=6)
-    await qss.put("agent/x/state", b"hello", epoch=1)
-    store, site.parts.app.state.store = site.parts.app.state.store, qss
-    try:
-        async with page_at(browser, site.url(f"/dashboard?token={site.operator}"), phone=True) as page:
-            card = page.get_by_role("region", name=re.compile("^Storage"))
-            await expect(card).to_be_visible()
-            await expect(page.locator("#storage-health")).to_have_text("healthy")
-            await expect(card.locator("dd").first).to_have_text("6 / 6")
-            await expect(page.locator("#storage-table tbody tr")).to_have_count(6)
-            await expect(page.locator("#storage-table tbody tr").first).to_contain_text("up")
-            await expect(page.locator("#net-card")).to_be_hidden()  # no overlay on this node: no panel
-    finally:
-        site.parts.app.state.store = store
-        await qss.close()
+async def test_dashboard_storage_panel_shows_qss_health(site: Site, browser: Browser):
+    """QSS is the node's store: the storage panel shows its 20 backends, repairs and the last scrub."""
+    async with page_at(browser, site.url(f"/dashboard?token={site.operator}"), phone=True) as page:
+        card = page.get_by_role("region", name=re.compile("^Storage"))
+        await expect(card).to_be_visible()
+        await expect(page.locator("#storage-health")).to_have_text("healthy")
+        await expect(card.locator("dd").first).to_have_text("20 / 20")
+        await expect(page.locator("#storage-table tbody tr")).to_have_count(20)
+        await expect(page.locator("#storage-table tbody tr").first).to_contain_text("up")
+        await expect(page.locator("#net-card")).to_be_hidden()  # no overlay on this node: no panel
 
 
 async def test_a_user_token_gets_no_dashboard_data(site: Site, browser: Browser):

@@ -239,11 +239,10 @@ class Node:
             del self._activating[agent_id]
 
     async def _load(self, agent_id: str) -> _Activation:
-        versions = await self.store.versions(state_key(agent_id))
-        floor = versions[-1].epoch if versions else 0
+        head = await self.store.latest(state_key(agent_id))
+        floor, raw = (head[0].epoch, head[1]) if head else (0, b"")
         lease = self.directory.acquire(agent_id, self.node_id, floor=floor)
         try:
-            raw = await self.store.get(state_key(agent_id)) if versions else b""
             state: dict[str, Any] = json.loads(raw) if raw else {}
             ctx = AgentContext(
                 agent_id,
@@ -370,8 +369,8 @@ class Node:
         out = [AgentInfo(a.agent_id, "active", a.last_event_wall) for a in self._active.values()]
         for agent_id, last in self._known.items():
             if last is None:
-                versions = await self.store.versions(state_key(agent_id))
-                last = versions[-1].created if versions else None
+                head = await self.store.head(state_key(agent_id))
+                last = head.created if head else None
             out.append(AgentInfo(agent_id, "hibernated", last))
         return sorted(out, key=lambda info: info.agent_id)
 

@@ -32,6 +32,18 @@ class StateStore(Protocol):
         """The latest (or the given) version's bytes. Raises NotFound."""
         ...
 
+    async def head(self, key: str) -> Version | None:
+        """The newest version's record without its data, or None if the key does not exist."""
+        ...
+
+    async def latest(self, key: str) -> tuple[Version, bytes] | None:
+        """The head version and its bytes in one read, or None if the key does not exist.
+
+        Activation needs both (the head's epoch fences the new owner), and reading
+        them together costs one lookup instead of a scan of every version.
+        """
+        ...
+
     async def versions(self, key: str) -> list[Version]:
         """Every stored version of `key`, oldest first; empty if the key does not exist."""
         ...

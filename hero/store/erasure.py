@@ -56,7 +56,10 @@ class Codec:
             rebuilt = self._driver.reconstruct(chosen, list(missing))
         except ECDriverError as exc:
             raise IntegrityError(f"erasure reconstruct failed: {exc}") from None
-        return dict(zip(missing, rebuilt, strict=True))
+        by_index = {self.index_of(f): f for f in rebuilt}  # pyeclib returns them in index order, not ours
+        if set(by_index) != set(missing):
+            raise IntegrityError(f"erasure reconstruct returned fragments {sorted(by_index)}, not {sorted(missing)}")
+        return by_index
 
     def index_of(self, fragment: bytes) -> int:
         return int(self._driver.get_metadata(fragment, formatted=1)["index"])

@@ -32,7 +32,9 @@ def create_app(backend: DirBackend, trusted: Iterable[str], *, max_body: int = M
         body = await request.body()
         if len(body) > max_body:
             raise PayloadTooLarge(f"request body over {max_body} bytes")
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string", b"")
+        target = (raw + (b"?" + query if query else b"")).decode("latin-1")  # exactly what the client signed
         verifier.verify(request.headers, request.method, target, body)
         return body
 

@@ -23,12 +23,12 @@ import blake3
 
 from hero.errors import IntegrityError
 from hero.identity import NodeKeys, verify_signature
+from hero.store.pipeline import HEX64
 
 MANIFEST_MAGIC = b"HQM1"
 PATCH_MAGIC = b"HQP1"
 SIG_BYTES = 64
 OBJECTS = "obj"
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^(\d{12})\.(m|p\.[0-9a-f]{32})$")
 
 

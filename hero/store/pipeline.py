@@ -8,6 +8,8 @@ objects, segments or versions, nor replayed as a newer version.
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 import threading
 from dataclasses import dataclass
@@ -19,7 +21,12 @@ from hero.errors import IntegrityError
 from hero.store import crypto
 from hero.store.erasure import Codec
 
+HEX64 = re.compile(r"^[0-9a-f]{64}$")  # a BLAKE3-256 hash in hex: how fragments and objects are named
 AD_MAGIC = b"hero-qss/1"
+# Ciphertext is padded with random bytes to a multiple of k * 64 before coding: then no fragment is
+# all zero padding, so no two fragments anywhere are byte-identical (gc deletes by hash; it must never
+# delete a fragment another version shares).
+PAD_ALIGN = 64
 _local = threading.local()
 
 
@@ -71,7 +78,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 def seal_segment(
     plain: bytes | memoryview, *, key: bytes, oid: str, version: int, index: int, count: int, codec: Codec, level: int
 ) -> SealedSegment:
-    """Compress (kept only if it saves space), encrypt, erasure-code and hash one segment."""
+    """Compress (kept only if it saves space), encrypt, pad, erasure-code and hash one segment."""
     compressed = _compressor(level).compress(plain)
     use_compressed = len(compressed) < len(plain)
     body = compressed if use_compressed else bytes(plain)
@@ -80,7 +87,7 @@ def seal_segment(
         compressed=use_compressed, plain=len(plain),
     )
     nonce, ciphertext = crypto.seal(key, body, ad)
-    fragments = codec.encode(ciphertext)
+    fragments = codec.encode(ciphertext + os.urandom(-len(ciphertext) % (codec.k * PAD_ALIGN)))
     return SealedSegment(
         plain=len(plain), compressed=use_compressed, nonce=nonce, sealed=len(ciphertext), fragments=fragments,
         hashes=[fragment_hash(f) for f in fragments],
@@ -89,10 +96,10 @@ def seal_segment(
 
 def open_segment(
     fragments: dict[int, bytes], *, key: bytes, oid: str, version: int, index: int, count: int, codec: Codec,
-    nonce: bytes, compressed: bool, plain: int,
+    nonce: bytes, compressed: bool, plain: int, sealed: int,
 ) -> bytes:
     """The inverse of seal_segment, from any k verified fragments."""
-    ciphertext = codec.decode(fragments)
+    ciphertext = codec.decode(fragments)[:sealed]
     ad = associated_data(
         oid=oid, version=version, index=index, count=count, k=codec.k, m=codec.m, codec=codec.ec_type,
         compressed=compressed, plain=plain,

@@ -1,0 +1,381 @@
+"""Self-healing: re-hash every fragment on a schedule, rebuild what is lost, record where it went.
+
+Unlike zstor (bitrot found only on read) and MinIO (deep scan off by default),
+a pass reads every fragment of every version, at a configured rate so it never
+crowds out agents. A missing or rotten fragment is rebuilt from k verified
+survivors with pyeclib's reconstruct — on ciphertext, so no data key is needed —
+written back to its backend or to another healthy one, and the new place is
+recorded in a signed placement patch. Reads and degraded writes queue their
+object here; queued repairs run first, fewest spare fragments first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hero.errors import StorageError
+from hero.store import manifest, pipeline
+from hero.store.manifest import Patch
+from hero.store.placement import rendezvous, replica_targets
+
+if TYPE_CHECKING:
+    from hero.store.qss import QSS, Fetched, ObjectIndex, Resolved
+
+log = logging.getLogger("hero.store")
+FIRST_PASS_DELAY = 600.0
+DRAIN_ON_CLOSE = 30.0
+SCRUB_WINDOW_BYTES = 8 << 20
+
+
+@dataclass
+class ScrubReport:
+    checked: int = 0
+    corrupt: int = 0
+    missing: int = 0
+    repaired: int = 0
+    unrecoverable: int = 0
+    objects: int = 0
+    versions: int = 0
+    manifests_repaired: int = 0
+    bytes: int = 0
+    started: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pacer:
+    """Keeps a pass at or under its byte rate by sleeping; None runs at full speed."""
+
+    def __init__(self, rate_mb_s: float | None) -> None:
+        self.rate = rate_mb_s * 1e6 if rate_mb_s else None
+        self.began = time.monotonic()
+        self.spent = 0
+
+    async def spend(self, nbytes: int) -> None:
+        self.spent += nbytes
+        if self.rate:
+            ahead = self.spent / self.rate - (time.monotonic() - self.began)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+class Scrubber:
+    def __init__(self, qss: QSS, *, state_file: Path) -> None:
+        self.qss = qss
+        self.state_file = state_file
+        self._heap: list[tuple[int, int, str, int]] = []
+        self._queued: set[tuple[str, int]] = set()
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._started = time.time()
+        self._running_pass = False
+        self._repairs = {"done": 0, "failed": 0}
+
+    # Queue
+
+    def request(self, oid: str, version: int, *, spare: int) -> None:
+        """Queue one object version for a full check and repair; fewer spare fragments go first."""
+        if (oid, version) in self._queued:
+            return
+        self._queued.add((oid, version))
+        heapq.heappush(self._heap, (spare, next(self._seq), oid, version))
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Run every queued repair now."""
+        while self._heap:
+            _, _, oid, version = heapq.heappop(self._heap)
+            self._queued.discard((oid, version))
+            report = ScrubReport(started=time.time())
+            try:
+                index = await self.qss.index(oid)
+                if version in index.versions():
+                    await self.check_version(oid, index, version, report, Pacer(None))
+            except StorageError as exc:
+                log.warning("repair of %s version %d failed: %s", oid[:16], version, exc.message)
+                report.unrecoverable += 1
+            self._repairs["done"] += report.repaired
+            self._repairs["failed"] += report.unrecoverable
+            await self._save(repairs=report)
+
+    # Background task
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="qss-scrubber")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._heap:
+            try:
+                async with asyncio.timeout(DRAIN_ON_CLOSE):
+                    await self.drain()
+            except TimeoutError:
+                log.warning("%d queued repairs left for the next scrub pass", len(self._heap))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.drain()
+                due = await self._seconds_to_next_pass()
+                if due <= 0:
+                    await self.scrub_pass(rate_mb_s=self.qss.config.scrub_rate_mb_s)
+                    continue
+                self._wake.clear()
+                if not self._heap:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=due)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scrubber failed; trying again in a minute")
+                await asyncio.sleep(60)
+
+    async def _seconds_to_next_pass(self) -> float:
+        state = await self._load()
+        last = state.get("last_finished")
+        base = last + self.qss.config.scrub_interval_s if last else self._started + FIRST_PASS_DELAY
+        return base - time.time()
+
+    # Passes
+
+    async def scrub_pass(
+        self, *, rate_mb_s: float | None = None, progress: Callable[[int], None] | None = None
+    ) -> ScrubReport:
+        """Check every version of every object of ours once."""
+        report = ScrubReport(started=time.time())
+        pacer = Pacer(rate_mb_s)
+        self._running_pass = True
+        await self._save(started=report.started)
+        try:
+            oids, holders, _ = await self.qss.oids()
+            for oid in sorted(oids):
+                if await self.qss.name_of(oid, holders[oid]) is None:
+                    continue
+                report.objects += 1
+                index = await self.qss.index(oid)
+                for version in index.versions():
+                    await self.check_version(oid, index, version, report, pacer, progress)
+        finally:
+            self._running_pass = False
+            report.seconds = time.time() - report.started
+            await self._save(finished=report)
+        return report
+
+    async def check_version(
+        self, oid: str, index: ObjectIndex, version: int, report: ScrubReport, pacer: Pacer,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        qss = self.qss
+        entry = f"{version:012d}.m"
+        try:
+            report.manifests_repaired += await self._heal_meta(oid, index, entry, patch=False)
+            for name in index.patches(version):
+                report.manifests_repaired += await self._heal_meta(oid, index, name, patch=True)
+            resolved = await qss.resolve(oid, index, version)
+        except StorageError as exc:
+            log.error("scrub: version %d of object %s: %s", version, oid[:16], exc.message)
+            report.unrecoverable += 1
+            return
+        report.versions += 1
+        m = resolved.manifest
+        largest = max(1, max(s.plain for s in m.segments))
+        per_window = max(1, SCRUB_WINDOW_BYTES // largest)
+        moves: list[tuple[int, int, str, str]] = []
+        for first in range(0, len(m.segments), per_window):
+            segs = list(range(first, min(len(m.segments), first + per_window)))
+            fetched = await qss.fetch(resolved, segs, want_all=True)
+            report.checked += len(segs) * m.n
+            report.missing += len(fetched.missing)
+            report.corrupt += len(fetched.corrupt)
+            report.bytes += fetched.bytes
+            moves.extend(await self._rebuild(resolved, segs, fetched, report))
+            await pacer.spend(fetched.bytes)
+            if progress:
+                progress(fetched.bytes)
+        if moves:
+            await self._write_patch(resolved, moves)
+
+    async def _rebuild(
+        self, resolved: Resolved, segs: list[int], fetched: Fetched, report: ScrubReport
+    ) -> list[tuple[int, int, str, str]]:
+        """Rebuild the lost fragments of these segments; the placement moves to record."""
+        qss = self.qss
+        m = resolved.manifest
+        codec = qss.codec_of(m)
+        moves: list[tuple[int, int, str, str]] = []
+        lost = fetched.missing | fetched.corrupt
+        for s in segs:
+            bad = sorted(i for ss, i in lost if ss == s)
+            if not bad:
+                continue
+            for i in bad:
+                if (s, i) in fetched.found_elsewhere and (s, i) not in fetched.corrupt:
+                    moves.append((s, i, m.segments[s].hashes[i], fetched.found_elsewhere[(s, i)]))
+                    report.repaired += 1
+            need = [i for i in bad if (s, i) in fetched.corrupt or (s, i) not in fetched.found_elsewhere]
+            if not need:
+                continue
+            good = {i: f for i, f in fetched.good[s].items() if i not in need}
+            if len(good) < m.k:
+                log.error("scrub: version %d of %s segment %d has %d of %d fragments: cannot rebuild",
+                          m.version, m.oid[:16], s, len(good), m.k)
+                report.unrecoverable += len(need)
+                continue
+            rebuilt = await qss.cpu(codec.reconstruct, good, need)
+            hashes = await qss.cpu(lambda r=rebuilt: {i: pipeline.fragment_hash(f) for i, f in r.items()})
+            wrong = [i for i in need if hashes[i] != m.segments[s].hashes[i]]
+            if wrong:
+                log.error("scrub: rebuilt fragments %s of %s do not match their manifest hashes", wrong, m.oid[:16])
+                report.unrecoverable += len(wrong)
+            targets = self._targets(resolved, s, [i for i in need if i not in wrong])
+            for name, indices in targets.items():
+                backend = qss.pool.by_name[name]
+                items = [(m.segments[s].hashes[i], rebuilt[i]) for i in indices]
+                result = await qss.attempt(backend, backend.put_fragments, items, replace=True)
+                if isinstance(result, StorageError):
+                    report.unrecoverable += len(indices)
+                    continue
+                report.repaired += len(indices)
+                moves.extend((s, i, m.segments[s].hashes[i], name) for i in indices if name != resolved.places[s][i])
+        return moves
+
+    def _targets(self, resolved: Resolved, s: int, need: list[int]) -> dict[str, list[int]]:
+        """Where rebuilt fragments go: back to their backend if it is healthy, else the least-loaded location."""
+        qss = self.qss
+        writable = qss.pool.writable()
+        names = {b.name for b in writable if qss.pool.is_up(b.name)}
+        location = {b.name: b.location for b in qss.pool.backends}
+        places = resolved.places[s]
+        keep = [places[i] for i in range(len(places)) if i not in need]
+        per_backend = Counter(keep)
+        per_location = Counter(location.get(p, "?") for p in keep)
+        rank = {slot.name: r for r, slot in enumerate(rendezvous(qss.pool.slots, f"{resolved.manifest.oid}/{s}"))}
+        out: dict[str, list[int]] = {}
+        for i in need:
+            if places[i] in names:
+                choice = places[i]
+            elif names:
+                choice = min(names, key=lambda n: (per_backend[n], per_location[location[n]], rank[n]))
+            else:
+                continue
+            per_backend[choice] += 1
+            per_location[location[choice]] += 1
+            out.setdefault(choice, []).append(i)
+        return out
+
+    async def _write_patch(self, resolved: Resolved, moves: list[tuple[int, int, str, str]]) -> None:
+        qss = self.qss
+        m = resolved.manifest
+        patch = Patch(m.oid, m.version, resolved.digest, time.time(), qss.node_keys.node_id, tuple(moves))
+        blob = manifest.sign_patch(patch, qss.node_keys)
+        name = manifest.patch_name(m.oid, m.version, blob)
+        usable = {b.name for b in qss.pool.writable()}
+        targets = replica_targets(qss.pool.slots, usable, m.oid, qss.config.replicas)
+        results = await asyncio.gather(
+            *(qss.attempt(b, b.put_meta, name, blob) for b in qss.pool.named(targets))
+        )
+        if not any(r is True or r is False for r in results):
+            log.warning("scrub: placement patch for %s version %d reached no backend; reads will search",
+                        m.oid[:16], m.version)
+
+    async def _heal_meta(self, oid: str, index: ObjectIndex, entry: str, *, patch: bool) -> int:
+        """Bring a manifest or patch back to its full replica count and replace bad copies."""
+        qss = self.qss
+        holders = index.where.get(entry, [])
+        found = await qss.read_meta(oid, entry, holders, patch=patch, fresh=True)
+        name = f"{manifest.object_dir(oid)}/{entry}"
+        fixed = 0
+        for holder in found.bad:
+            backend = qss.pool.by_name[holder]
+            result = await qss.attempt(backend, backend.put_meta, name, found.blob, replace=True)
+            if result is True:
+                fixed += 1
+        present = set(found.good) | set(found.bad)
+        usable = {b.name for b in qss.pool.writable() if qss.pool.is_up(b.name)}
+        for target in replica_targets(qss.pool.slots, usable, oid, qss.config.replicas):
+            if len(present) >= qss.config.replicas:
+                break
+            if target in present:
+                continue
+            backend = qss.pool.by_name[target]
+            result = await qss.attempt(backend, backend.put_meta, name, found.blob)
+            if result is True or result is False:
+                present.add(target)
+                index.where.setdefault(entry, []).append(target)
+                fixed += int(result is True)
+        return fixed
+
+    # State shared with `hero storage status` (a node-local file: losing it loses nothing but history)
+
+    async def _load(self) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            try:
+                return json.loads(self.state_file.read_text())
+            except (OSError, ValueError):
+                return {}
+
+        return await asyncio.to_thread(read)
+
+    async def _save(
+        self, *, started: float | None = None, finished: ScrubReport | None = None, repairs: ScrubReport | None = None
+    ) -> None:
+        def write() -> None:
+            try:
+                state = json.loads(self.state_file.read_text())
+            except (OSError, ValueError):
+                state = {}
+            if started is not None:
+                state["last_started"] = started
+            if finished is not None:
+                state["last_finished"] = time.time()
+                state["last"] = finished.to_json()
+                state["repaired_total"] = state.get("repaired_total", 0) + finished.repaired
+            if repairs is not None:
+                state["repaired_total"] = state.get("repaired_total", 0) + repairs.repaired
+                state["unrecoverable_total"] = state.get("unrecoverable_total", 0) + repairs.unrecoverable
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.state_file)
+
+        await asyncio.to_thread(write)
+
+    async def status(self) -> dict[str, Any]:
+        state = await self._load()
+        cfg = self.qss.config
+        return {
+            "scrub": {
+                "background": self._task is not None,
+                "running": self._running_pass,
+                "rate_mb_s": cfg.scrub_rate_mb_s,
+                "interval_s": cfg.scrub_interval_s,
+                "last_started": state.get("last_started"),
+                "last_finished": state.get("last_finished"),
+                "last": state.get("last"),
+            },
+            "repairs": {
+                "queued": len(self._heap),
+                "repaired_total": state.get("repaired_total", 0),
+                "unrecoverable_total": state.get("unrecoverable_total", 0),
+            },
+        }
