@@ -27,6 +27,7 @@ import psutil
 from agents import assistant
 from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
+from hero.power.service import PowerService
 from hero.runtime.events import Ping
 from hero.runtime.node import Node
 from hero.scheduler.model import default_model_path
@@ -119,15 +120,31 @@ async def idle_cost(data: Path, hibernated: int, resident: int, seconds: float) 
     for act in [a for a in node._active.values() if a.agent_id not in resident_ids]:
         await node._hibernate(act)
     assert len(node._active) == resident
-    cpu_before = process.cpu_times()
-    wall = time.perf_counter()
-    await asyncio.sleep(seconds)
-    cpu_after = process.cpu_times()
-    busy = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / (time.perf_counter() - wall)
+    busy = await cpu_share(process, seconds)
     print(f"(c) {hibernated} hibernated + {resident} resident idle agents over {seconds:.0f} s: "
           f"{busy * 100:.3f} % of one core; per resident agent {rss_per_agent / 1024:.1f} KB RSS "
           f"({heap_per_agent / 1024:.1f} KB Python heap)  [target <= 0.1 %, <= 50 KB]")
+    power = PowerService("zos-edge-60w", data)
+    power.attach(node, None)
+    await power.start()
+    awake = await cpu_share(process, seconds)
+    await node.hibernate_idle(0)
+    await asyncio.sleep(power.config.quiet_after_s)
+    asleep = await cpu_share(process, seconds)
+    await power.aclose()
+    print(f"    whole node with the power service: {awake * 100:.3f} % of one core with {resident} agents awake "
+          f"(1 Hz tick), {asleep * 100:.3f} % with all {hibernated + resident} hibernated (quiet tick)")
     await node.aclose()
+
+
+async def cpu_share(process: psutil.Process, seconds: float) -> float:
+    """CPU seconds this process used per wall second, over `seconds` of doing nothing."""
+    before = process.cpu_times()
+    wall = time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = process.cpu_times()
+    used = after.user + after.system - before.user - before.system
+    return max(0.0, used) / (time.perf_counter() - wall)
 
 
 def raw_tokens_per_second(messages: list[dict], max_tokens: int, threads: int, n_ctx: int) -> tuple[float, int]:
