@@ -9,13 +9,15 @@ are derived. All three live in `DATA/keys/`, the only node files that matter.
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
 import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import nacl.encoding
@@ -121,24 +123,37 @@ class NodeKeys:
             purpose.encode(), key=self.master, digest_size=32, encoder=nacl.encoding.RawEncoder
         )
 
-    def issue_token(self, *, sub: str, name: str, role: str, ttl: float) -> tuple[str, TokenClaims]:
-        claims = TokenClaims(sub=sub, name=name, role=role, exp=int(time.time() + ttl), jti=secrets.token_hex(8))
-        payload = b64u(json.dumps(claims.__dict__, separators=(",", ":"), sort_keys=True).encode())
-        signed = f"{TOKEN_PREFIX}.{payload}"
-        return f"{signed}.{b64u(self.sign(signed.encode()))}", claims
+    def seal_claims(self, prefix: str, claims: dict[str, Any]) -> str:
+        """`prefix.payload.signature`: JSON claims this node vouches for (tokens, login challenges)."""
+        payload = b64u(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        signed = f"{prefix}.{payload}"
+        return f"{signed}.{b64u(self.sign(signed.encode()))}"
 
-    def verify_token(self, token: str, *, now: float | None = None) -> TokenClaims:
-        """Check signature and expiry. Revocation is the user registry's job."""
-        parts = token.split(".")
-        if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
-            raise Unauthorized("malformed token")
+    def open_claims(self, prefix: str, blob: str, *, what: str) -> dict[str, Any]:
+        """The claims of a blob this node sealed; Unauthorized if malformed or signed by anyone else."""
+        parts = blob.split(".")
+        if len(parts) != 3 or parts[0] != prefix:
+            raise Unauthorized(f"malformed {what}")
         signed = f"{parts[0]}.{parts[1]}"
         try:
             self.signing.verify_key.verify(signed.encode(), unb64u(parts[2]))
-            raw = json.loads(unb64u(parts[1]))
-            claims = TokenClaims(**raw)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            raise Unauthorized("invalid token") from None
+            claims = json.loads(unb64u(parts[1]))
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError, binascii.Error):
+            raise Unauthorized(f"invalid {what}: not issued by this node") from None
+        if not isinstance(claims, dict):
+            raise Unauthorized(f"malformed {what}")
+        return claims
+
+    def issue_token(self, *, sub: str, name: str, role: str, ttl: float) -> tuple[str, TokenClaims]:
+        claims = TokenClaims(sub=sub, name=name, role=role, exp=int(time.time() + ttl), jti=secrets.token_hex(8))
+        return self.seal_claims(TOKEN_PREFIX, asdict(claims)), claims
+
+    def verify_token(self, token: str, *, now: float | None = None) -> TokenClaims:
+        """Check signature and expiry. Revocation is the user registry's job."""
+        try:
+            claims = TokenClaims(**self.open_claims(TOKEN_PREFIX, token, what="token"))
+        except TypeError:
+            raise Unauthorized("malformed token") from None
         if claims.exp < (time.time() if now is None else now):
             raise Unauthorized("token expired")
         return claims

@@ -109,3 +109,22 @@ def hero_json(*args: str) -> Any:
 @pytest.fixture
 def env_no_proxy() -> dict[str, str]:
     return {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+
+
+def auth(token: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Parts]:
+    """A served node with users alice and bob and an operator token; openai clients in `clients` are closed."""
+    config = make_config(tmp_path)
+    async with serving(config) as parts:
+        parts.base_url = f"http://127.0.0.1:{config.port}"
+        parts.alice = add_user(config.data_dir, "alice")
+        parts.bob = add_user(config.data_dir, "bob")
+        parts.operator = operator_token(config.data_dir)
+        parts.clients = []
+        yield parts
+        for client in parts.clients:
+            await client.close()

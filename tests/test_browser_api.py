@@ -13,7 +13,7 @@ import pytest
 from hero.power.history import PowerHistory, Retention
 from hero.power.history_query import power_history
 from hero.runtime.events import ChatMessage
-from tests.conftest import add_user, make_config, operator_token, serving
+from tests.conftest import auth
 
 OPERATOR_PATHS = (
     "/api/node/status",
@@ -28,19 +28,6 @@ OPERATOR_PATHS = (
 )
 
 
-@pytest.fixture
-async def node(tmp_path):
-    config = make_config(tmp_path)
-    async with serving(config) as parts:
-        parts.base_url = f"http://127.0.0.1:{config.port}"
-        parts.alice = add_user(config.data_dir, "alice")
-        parts.bob = add_user(config.data_dir, "bob")
-        parts.operator = operator_token(config.data_dir)
-        yield parts
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_operator_apis_refuse_user_tokens_and_anonymous_callers(node):

@@ -8,27 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from hero.identity import NodeKeys
 from hero.runtime.events import ChatMessage
 from hero.users import Users
 from hero.web import events_api
-from tests.conftest import add_user, make_config, operator_token, serving
-
-
-@pytest.fixture
-async def node(tmp_path):
-    config = make_config(tmp_path)
-    async with serving(config) as parts:
-        parts.base_url = f"http://127.0.0.1:{config.port}"
-        parts.alice = add_user(config.data_dir, "alice")
-        parts.bob = add_user(config.data_dir, "bob")
-        yield parts
-
-
-def auth(token: str, **extra: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", **extra}
+from tests.conftest import auth, operator_token
 
 
 async def sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

@@ -25,7 +25,7 @@ from hero.scheduler.llm import LLMService
 from hero.server import open_store
 from hero.users import Users
 from hero.web.app import create_app
-from tests.conftest import make_config
+from tests.conftest import auth, make_config
 from tests.test_power_ledger import burn
 
 
@@ -156,10 +156,6 @@ async def web(tmp_path: Path) -> AsyncIterator[dict]:
             server.should_exit = True
             await task
             users.close()
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_metrics_are_prometheus_text_with_kepler_style_names(tmp_path: Path) -> None:

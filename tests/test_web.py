@@ -13,30 +13,13 @@ from hero.identity import NodeKeys
 from hero.runtime.agent import Agent
 from hero.runtime.events import ChatMessage, Event, Reply
 from hero.users import Users
-from tests.conftest import add_user, make_config, operator_token, serving
-
-
-@pytest.fixture
-async def node(tmp_path):
-    config = make_config(tmp_path)
-    async with serving(config) as parts:
-        parts.base_url = f"http://127.0.0.1:{config.port}"
-        parts.alice = add_user(config.data_dir, "alice")
-        parts.bob = add_user(config.data_dir, "bob")
-        parts.clients = []
-        yield parts
-        for ai in parts.clients:
-            await ai.close()
+from tests.conftest import add_user, auth, make_config, operator_token, serving
 
 
 def client(parts, token: str) -> openai.AsyncOpenAI:
     ai = openai.AsyncOpenAI(base_url=f"{parts.base_url}/v1", api_key=token, max_retries=0)
     parts.clients.append(ai)
     return ai
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_openai_client_stream_and_non_stream(node):

@@ -18,18 +18,16 @@ the user signs the UTF-8 bytes of that whole string.
 from __future__ import annotations
 
 import binascii
-import json
 import secrets
 import time
 from typing import Any
 
-import nacl.exceptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.errors import InvalidField, Unauthorized
-from hero.identity import NodeKeys, b64u, check_agent_id, unb64u, verify_signature
+from hero.identity import NodeKeys, check_agent_id, unb64u, verify_signature
 from hero.web.auth import authenticate
 from hero.web.bodies import read_json
 
@@ -42,23 +40,13 @@ def make_challenge(keys: NodeKeys, agent_id: str, *, now: float | None = None) -
     """A node-signed challenge for `agent_id`, and its expiry (unix seconds)."""
     exp = int((time.time() if now is None else now) + CHALLENGE_TTL)
     claims = {"aid": agent_id, "n": secrets.token_hex(16), "exp": exp}
-    payload = b64u(json.dumps(claims, separators=(",", ":")).encode())
-    signed = f"{CHALLENGE_PREFIX}.{payload}"
-    return f"{signed}.{b64u(keys.sign(signed.encode()))}", exp
+    return keys.seal_claims(CHALLENGE_PREFIX, claims), exp
 
 
 def open_challenge(keys: NodeKeys, challenge: str, *, now: float | None = None) -> dict[str, Any]:
     """The challenge's claims if this node issued it and it has not expired; Unauthorized otherwise."""
-    parts = challenge.split(".")
-    if len(parts) != 3 or parts[0] != CHALLENGE_PREFIX:
-        raise Unauthorized("malformed challenge")
-    signed = f"{parts[0]}.{parts[1]}"
-    try:
-        keys.signing.verify_key.verify(signed.encode(), unb64u(parts[2]))
-        claims = json.loads(unb64u(parts[1]))
-    except (nacl.exceptions.BadSignatureError, ValueError, TypeError, binascii.Error):
-        raise Unauthorized("challenge was not issued by this node") from None
-    if not isinstance(claims, dict) or not {"aid", "n", "exp"} <= claims.keys():
+    claims = keys.open_claims(CHALLENGE_PREFIX, challenge, what="challenge")
+    if not {"aid", "n", "exp"} <= claims.keys():
         raise Unauthorized("malformed challenge")
     if claims["exp"] < (time.time() if now is None else now):
         raise Unauthorized("challenge expired: ask for a new one")
