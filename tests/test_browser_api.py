@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hero.power.charts import power_history
 from hero.power.history import PowerHistory, Retention
-from hero.power.history_query import power_history
 from hero.runtime.events import ChatMessage
 from tests.conftest import auth
 

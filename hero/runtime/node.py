@@ -23,6 +23,7 @@ from hero.errors import AgentError, HeroError, NotFound, Overloaded, Unavailable
 from hero.identity import check_agent_id
 from hero.runtime.agent import LLM, Agent, AgentContext, Message
 from hero.runtime.directory import Directory, Lease
+from hero.runtime.eager import start_eager
 from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.nursery import Nursery
 from hero.runtime.seams import Admission, Metering
@@ -160,7 +161,7 @@ class Node:
         act.mailbox.append((event, reply))
         if not act.busy:
             act.busy = True
-            self._tasks.spawn(self._drain(act), name=f"agent:{agent_id[:8]}")
+            start_eager(self._drain(act), self._tasks, name=f"agent:{agent_id[:8]}")
 
     async def _drain(self, act: _Activation) -> None:
         try:
@@ -297,7 +298,7 @@ class Node:
             act.mailbox.clear()
             if not fresh.busy:
                 fresh.busy = True
-                self._tasks.spawn(self._drain(fresh), name=f"agent:{act.agent_id[:8]}")
+                start_eager(self._drain(fresh), self._tasks, name=f"agent:{act.agent_id[:8]}")
 
     async def hibernate_idle(self, min_idle: float) -> int:
         """Hibernate every active agent idle for at least `min_idle` seconds and not in a turn."""

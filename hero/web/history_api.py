@@ -3,7 +3,7 @@
 Node watts and the top-10 agents by energy, one point per bucket (1 min for
 an hour, 10 min for a day) from the power service's DuckDB history, ready to
 plot; `/api/node/power/history` gives the raw rows. The query lives in
-`hero.power.history_query`.
+`hero.power.charts`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.errors import InvalidField, Unavailable
-from hero.power.history_query import WINDOWS, power_history
+from hero.power.charts import WINDOWS, power_history
 from hero.web.auth import require_operator
 
 
