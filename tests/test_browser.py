@@ -200,6 +200,8 @@ async def test_expired_session_asks_to_sign_in_again_and_keeps_the_message(site:
         await box.press("Enter")
         await expect(bubbles(page).locator(".body").last).to_have_text("I will remember that drafts survive sign-in.")
         await expect(box).to_have_value("")
+    history = await site.parts.node.history(user.agent_id)
+    assert history[-2]["content"] == "remember that drafts survive sign-in"  # the kept draft reached the agent
 
 
 async def test_sign_in_with_own_key_and_sign_out(site: Site, browser: Browser):
@@ -287,6 +289,8 @@ async def test_dashboard_storage_panel_shows_qss_health(site: Site, browser: Bro
         await expect(page.locator("#storage-table tbody tr")).to_have_count(20)
         await expect(page.locator("#storage-table tbody tr").first).to_contain_text("up")
         await expect(page.locator("#net-card")).to_be_hidden()  # no overlay on this node: no panel
+        status = await site.parts.store.status()
+        assert await page.locator("#storage-table tbody tr").count() == len(status["backends"]) == 20
 
 
 async def test_a_user_token_gets_no_dashboard_data(site: Site, browser: Browser):

@@ -8,6 +8,7 @@ Everything periodic happens in one 1 Hz tick task owned by this service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -147,10 +148,8 @@ class PowerService:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._notify()
         if self.history is not None:
@@ -179,10 +178,8 @@ class PowerService:
         while True:
             if self._is_quiet():
                 self._quiet = asyncio.Event()
-                try:
+                with contextlib.suppress(TimeoutError):  # no work came: tick anyway, rarely
                     await asyncio.wait_for(self._quiet.wait(), self.config.quiet_tick_s)
-                except TimeoutError:
-                    pass
                 self._quiet = None
                 due = loop.time()
             else:

@@ -258,11 +258,9 @@ class DirBackend:
         try:
             self._check_root()
             for digest in digests:
-                try:
+                with contextlib.suppress(FileNotFoundError):  # already gone: deleting is idempotent
                     os.unlink(self._fragment_path(digest))
                     removed += 1
-                except FileNotFoundError:
-                    pass
         except OSError as exc:
             raise self._error(exc) from None
         return removed
@@ -341,10 +339,8 @@ class DirBackend:
                     removed += 1
                 except FileNotFoundError:
                     continue
-                try:
+                with contextlib.suppress(OSError):  # still holds other versions
                     path.parent.rmdir()  # drop a directory left empty, so listings stay short
-                except OSError:
-                    pass
         except OSError as exc:
             raise self._error(exc) from None
         return removed
