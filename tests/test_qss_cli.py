@@ -16,7 +16,6 @@ import uvicorn
 from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
 from hero.users import Users
-from hero.web import storage_api
 from hero.web.app import create_app
 from tests.conftest import ROOT, free_port, hero_cli
 from tests.store.helpers import AGENT, open_store, storage_parser
@@ -128,8 +127,7 @@ async def test_storage_api_is_for_the_operator_only(tmp_path: Path):
         user = users.add("alice", UserKey.generate().agent_id)
         user_token, _ = users.issue(user)
         operator_token, _ = users.issue_operator()
-        app = create_app(config=NodeConfig(data_dir=data), node=None, users=users, llm=None, store=store,
-                         extra_routes=storage_api.routes())
+        app = create_app(config=NodeConfig(data_dir=data), node=None, users=users, llm=None, store=store)
         sock = socket.create_server(("127.0.0.1", port))  # listening now: requests queue until uvicorn accepts
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         task = asyncio.create_task(server.serve(sockets=[sock]))

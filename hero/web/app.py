@@ -45,7 +45,6 @@ def create_app(
     llm: Any,
     store: Any,
     power: Any = None,
-    extra_routes: list | None = None,
 ) -> Starlette:
     routes = [
         *chat_api.routes(),
@@ -57,7 +56,6 @@ def create_app(
         *footprint_api.routes(),
         *power_api.routes(),
         *storage_api.routes(),
-        *(extra_routes or []),
         Route("/", index, methods=["GET"]),
         Route("/dashboard", dashboard, methods=["GET"]),
         Route("/manifest.webmanifest", manifest, methods=["GET"]),

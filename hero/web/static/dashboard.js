@@ -86,7 +86,7 @@ function onPower(r) {
     `${fmtWatts(r.headroom_watts)} headroom`,
     `average ${fmtWatts(r.avg_watts)}`,
     `idle ${fmtWatts(r.idle_watts)}`,
-    `agents ${fmtWatts(r.agents_watts)}`,
+    `agents ${fmtWatts(r.agents_watts)} this second`,
     `runtime ${fmtWatts(r.runtime_watts)}`,
   ];
   $("headroom").textContent = parts.join(" · ");
