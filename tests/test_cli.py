@@ -194,3 +194,12 @@ def test_busy_port_is_a_one_line_error(tmp_path):
         result = hero_cli("up", "--data", str(tmp_path / "d"), "--port", str(port), check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == f"hero: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_unknown_profile_lists_the_available_ones(tmp_path):
+    result = hero_cli("up", "--data", str(tmp_path / "d"), "--port", str(free_port()), "--profile", "nope",
+                      check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "hero: unknown hardware profile 'nope'; available: sbc-15w, server-1u-250w, zos-edge-60w"
+    )
