@@ -299,3 +299,29 @@ async def test_head_and_latest_read_the_newest_version_in_one_lookup(tmp_path):
         assert version == head and data == b"two!"
     finally:
         await qss.close()
+
+
+async def test_a_writer_that_remembers_its_head_still_sees_other_writers(tmp_path):
+    """The remembered head saves listing every version; a newer version by anyone else is still found."""
+    from hero.errors import StaleEpoch
+    from hero.identity import NodeKeys
+    from hero.store.qss import open_qss
+
+    keys = NodeKeys.load_or_create(tmp_path)
+    a = await open_qss(tmp_path, keys)
+    b = await open_qss(tmp_path, keys)
+    try:
+        await a.put("agent/y/state", b"a1", epoch=1)
+        await b.put("agent/y/state", b"b2", epoch=1)  # a's remembered head (version 1) is now stale
+        third = await a.put("agent/y/state", b"a3", epoch=1)
+        assert third.version == 3
+        chain = await a.versions("agent/y/state")  # raises if version 3 does not follow version 2's digest
+        assert [v.version for v in chain] == [1, 2, 3]
+        assert await b.get("agent/y/state") == b"a3"
+        await b.put("agent/y/state", b"b4", epoch=2)  # a new owner fences the old one out
+        with pytest.raises(StaleEpoch):
+            await a.put("agent/y/state", b"a5", epoch=1)
+        assert await a.get("agent/y/state") == b"b4"
+    finally:
+        await a.close()
+        await b.close()

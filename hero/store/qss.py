@@ -50,6 +50,7 @@ Progress = Callable[[int], None]
 KEY_AD = b"hero-qss-key/1"
 WINDOW_BYTES = 8 << 20
 CACHE_ENTRIES = 4096
+HEAD_ENTRIES = 16384  # heads this node committed, kept so the next put need not list every version
 STATS_TTL = 5.0
 UNPLACED = ""  # the place of a fragment no backend could take at write time; the repair queue places it
 
@@ -88,6 +89,19 @@ class Resolved:
     manifest: Manifest
     digest: str
     places: list[list[str]]
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What a put needs of the current head: its number, its epoch (the fence) and its digest (the chain)."""
+
+    version: int
+    epoch: int
+    digest: str
+
+    @classmethod
+    def of(cls, resolved: Resolved) -> _Head:
+        return cls(resolved.manifest.version, resolved.manifest.epoch, resolved.digest)
 
 
 @dataclass
@@ -142,6 +156,7 @@ class QSS:
         self._locks: dict[str, asyncio.Lock] = {}
         self._blobs: OrderedDict[str, MetaRead] = OrderedDict()
         self._names: dict[str, str] = {}
+        self._heads: OrderedDict[str, _Head] = OrderedDict()  # oid -> the head this node last committed
         self._stats: tuple[float, list[Any]] = (-STATS_TTL, [])
         self.scrubber = Scrubber(self, state_file=self.data_dir / "qss" / "scrub.json")
         self._closed = False
@@ -298,22 +313,43 @@ class QSS:
         oid = self.ring.object_id(key)
         lock = self._locks.setdefault(oid, asyncio.Lock())
         async with lock:
-            for _ in range(8):
-                index = await self.index(oid)
-                head = await self._head(oid, index)
-                if head is not None and head.manifest.epoch > epoch:
-                    raise StaleEpoch(
-                        f"write to {key} with epoch {epoch} refused: head has epoch {head.manifest.epoch}"
-                    )
-                version = head.manifest.version + 1 if head else 1
+            for attempt in range(8):
+                head = await self._known_head(oid) if attempt == 0 else None
+                if head is None:
+                    resolved = await self._head(oid, await self.index(oid))
+                    head = _Head.of(resolved) if resolved else None
+                if head is not None and head.epoch > epoch:
+                    raise StaleEpoch(f"write to {key} with epoch {epoch} refused: head has epoch {head.epoch}")
+                version = head.version + 1 if head else 1
                 try:
-                    return await self._write(key, oid, version, epoch, head, data, progress)
+                    report = await self._write(key, oid, version, epoch, head, data, progress)
                 except _VersionTaken:
+                    self._heads.pop(oid, None)
                     log.info("version %d of %s was taken by another writer; retrying", version, key)
+                    continue
+                return report
             raise Conflict(f"could not commit a version of {key}: other writers keep taking the next number")
 
+    async def _known_head(self, oid: str) -> _Head | None:
+        """The head this node last committed, if no backend holds a newer version.
+
+        Listing every manifest costs time in proportion to the number of versions; a
+        node that keeps writing one object (an agent's state, every turn) knows its
+        head already. One probe of every backend for the next version's manifest
+        (O(1) per backend) catches any other writer; then we list as before.
+        """
+        head = self._heads.get(oid)
+        if head is None:
+            return None
+        name = manifest.manifest_name(oid, head.version + 1)
+        found = await self.pool.fanout([(b, "get_meta", (name,)) for b in self.pool.backends])
+        if any(blob is not None for blob in found):  # a newer version, or a backend we could not ask
+            self._heads.pop(oid, None)
+            return None
+        return head
+
     async def _write(
-        self, key: str, oid: str, version: int, epoch: int, head: Resolved | None, data: bytes,
+        self, key: str, oid: str, version: int, epoch: int, head: _Head | None, data: bytes,
         progress: Progress | None,
     ) -> WriteReport:
         cfg = self.config
@@ -395,6 +431,10 @@ class QSS:
             await self._discard(written)
             raise
         self._names[oid] = key
+        self._heads[oid] = _Head(version, epoch, manifest.digest(blob))
+        self._heads.move_to_end(oid)
+        while len(self._heads) > HEAD_ENTRIES:
+            self._heads.popitem(last=False)
         expected = codec.n * count
         if stored < expected or replicas < cfg.replicas:
             self.scrubber.request(oid, version, spare=fewest - codec.k)
