@@ -62,12 +62,23 @@ class ObjectIndex:
     oid: str
     where: dict[str, list[str]] = field(default_factory=dict)
     complete: bool = True
+    kinds: dict[str, tuple[int, bool]] = field(default_factory=dict)  # entry -> (version, is_manifest), parsed once
+
+    def add(self, name: str, backend: str) -> None:
+        holders = self.where.get(name)
+        if holders is None:
+            parsed = manifest.parse_name(name)
+            if parsed is None:
+                return
+            self.kinds[name] = parsed
+            holders = self.where[name] = []
+        holders.append(backend)
 
     def versions(self) -> list[int]:
-        return sorted({parsed[0] for name in self.where if (parsed := manifest.parse_name(name)) and parsed[1]})
+        return sorted({version for version, is_manifest in self.kinds.values() if is_manifest})
 
     def patches(self, version: int) -> list[str]:
-        return sorted(n for n in self.where if (p := manifest.parse_name(n)) and p[0] == version and not p[1])
+        return sorted(n for n, (v, is_manifest) in self.kinds.items() if v == version and not is_manifest)
 
 
 @dataclass
@@ -219,8 +230,7 @@ class QSS:
                 index.complete = False
                 continue
             for name in names:
-                if manifest.parse_name(name):
-                    index.where.setdefault(name, []).append(backend.name)
+                index.add(name, backend.name)
         return index
 
     async def read_meta(
@@ -785,6 +795,7 @@ class QSS:
                 if isinstance(removed, int):
                     report["meta_removed"] += removed
             index.where.pop(entry, None)
+            index.kinds.pop(entry, None)
             self._blobs.pop(name, None)
         if resolved is not None:
             by_backend: dict[str, set[str]] = {}

@@ -321,7 +321,7 @@ class Scrubber:
             result = await qss.attempt(backend, backend.put_meta, name, found.blob)
             if result is True or result is False:
                 present.add(target)
-                index.where.setdefault(entry, []).append(target)
+                index.add(entry, target)
                 fixed += int(result is True)
         return fixed
 
