@@ -139,16 +139,20 @@ class Node:
     # delivery
 
     async def deliver(self, agent_id: str, event: Event) -> Reply:
-        """Route an event to an agent, activating it if needed; its turn runs in the node's nursery.
+        """Route an event to an agent, activating it if needed, and return the reply channel.
 
-        Returns at once with the reply channel; `reply.wait_accepted()` says when the event is durable.
+        `reply.wait_accepted()` says when the event is durable; iterating the reply streams what the agent says.
         """
         reply = Reply()
         await self.post(agent_id, event, reply)
         return reply
 
     async def post(self, agent_id: str, event: Event, reply: Reply | None = None) -> None:
-        """Queue an event in the agent's mailbox. One drain task per agent with mail runs its turns in order."""
+        """Queue an event in the agent's mailbox; its turns run in order, one at a time.
+
+        The drain starts eagerly, in this call: a turn that never waits finishes
+        before `post` returns; one that waits continues in a task of the node's nursery.
+        """
         if self._closing:
             raise Unavailable("node is shutting down")
         if self.admission is not None:
