@@ -355,3 +355,31 @@ def test_every_four_backend_loss_pattern_on_the_store_layout(tmp_path: Path):
                                      nonce=seg.nonce, compressed=seg.compressed, plain=seg.plain, sealed=seg.sealed)
         assert data == b"small agent state"
     asyncio.run(store.close())
+
+
+async def test_remembered_head_reads_see_other_writers_and_repairs_by_others(tmp_path: Path):
+    """A node reads its own last write without listing; another writer's version and another process's
+    repair (fragments moved, patch written elsewhere) are still seen."""
+    a = await open_store(tmp_path)
+    b = await open_store(tmp_path)
+    key = AGENT + "/state"
+    try:
+        await a.put(key, b"first" * 500, epoch=1)
+        assert (await a.latest(key))[1] == b"first" * 500
+        await b.put(key, b"second" * 500, epoch=1)
+        version, data = await a.latest(key)
+        assert (version.version, data) == (2, b"second" * 500)
+        await a.put(key, b"third" * 500, epoch=1)
+        head = await resolved_head(a, key)
+        lost = segment_files(a, tmp_path / "backends", head)[0][:4]
+        for path in lost:
+            path.unlink()
+        scrub = await b.scrub()  # another process repairs: rebuilt fragments land where `a` does not expect
+        assert scrub["missing"] == 4 and scrub["repaired"] == 4
+        for path in segment_files(a, tmp_path / "backends", head)[0][4:8]:
+            path.unlink()  # four more lost: the read needs the fragments b rebuilt elsewhere
+        assert (await a.latest(key))[1] == b"third" * 500
+        assert await a.get(key) == b"third" * 500
+    finally:
+        await a.close()
+        await b.close()

@@ -340,6 +340,23 @@ class QSS:
                 return report
             raise Conflict(f"could not commit a version of {key}: other writers keep taking the next number")
 
+    async def _remembered_head(self, oid: str) -> Resolved | None:
+        """The head this node committed, resolved without listing the object (see `_known_head`).
+
+        Placement patches written since by this node drop the memory (`forget_head`);
+        fragments moved by another process's repair are still found by hash (`fetch`).
+        """
+        head = await self._known_head(oid)
+        if head is None:
+            return None
+        entry = f"{head.version:012d}.m"
+        found = await self.read_meta(oid, entry, [b.name for b in self.pool.backends], patch=False)
+        record = found.record
+        if found.digest != head.digest or not isinstance(record, Manifest):
+            self.forget_head(oid)
+            return None
+        return Resolved(record, found.digest, [list(s.places) for s in record.segments])
+
     async def _known_head(self, oid: str) -> _Head | None:
         """The head this node last committed, if no backend holds a newer version.
 
@@ -531,10 +548,15 @@ class QSS:
             raise IntegrityError(f"manifest of {key!r} names another key")
         return await self._read(key, resolved, progress)
 
+    def forget_head(self, oid: str) -> None:
+        self._heads.pop(oid, None)
+
     async def _resolve_head(self, key: str) -> Resolved | None:
         check_key(key)
         oid = self.ring.object_id(key)
-        resolved = await self._head(oid, await self.index(oid))
+        resolved = await self._remembered_head(oid)
+        if resolved is None:
+            resolved = await self._head(oid, await self.index(oid))
         if resolved is not None and self.unseal_key(resolved.manifest) != key:
             raise IntegrityError(f"manifest of {key!r} names another key")
         return resolved

@@ -289,6 +289,7 @@ class Scrubber:
         patch = Patch(m.oid, m.version, resolved.digest, time.time(), qss.node_keys.node_id, tuple(moves))
         blob = manifest.sign_patch(patch, qss.node_keys)
         name = manifest.patch_name(m.oid, m.version, blob)
+        qss.forget_head(m.oid)  # the next read lists the object, so it sees this patch
         usable = {b.name for b in qss.pool.writable()}
         targets = replica_targets(qss.pool.slots, usable, m.oid, qss.config.replicas)
         results = await asyncio.gather(
