@@ -104,6 +104,9 @@ async def wake_latency(data: Path, agents: int) -> None:
 async def idle_cost(data: Path, hibernated: int, resident: int, seconds: float) -> None:
     process = psutil.Process()
     node = await make_node(data)
+    for agent in (UserKey.generate().agent_id for _ in range(20)):  # warm-up: store threads and caches
+        await node.post(agent, Ping())
+    await node._tasks.join()
     tracemalloc.start()
     rss_before = process.memory_info().rss
     heap_before = tracemalloc.get_traced_memory()[0]
@@ -113,13 +116,13 @@ async def idle_cost(data: Path, hibernated: int, resident: int, seconds: float) 
     heap_per_agent = (tracemalloc.get_traced_memory()[0] - heap_before) / resident
     tracemalloc.stop()
     rss_per_agent = (process.memory_info().rss - rss_before) / resident
-    resident_ids = set(node._active)
+    resident_ids = set(node._active)  # the 20 warm-up agents stay resident too
     for agent in (UserKey.generate().agent_id for _ in range(hibernated)):
         await node.post(agent, Ping())
     await node._tasks.join()
     for act in [a for a in node._active.values() if a.agent_id not in resident_ids]:
         await node._hibernate(act)
-    assert len(node._active) == resident
+    assert len(node._active) == resident + 20
     busy = await cpu_share(process, seconds)
     print(f"(c) {hibernated} hibernated + {resident} resident idle agents over {seconds:.0f} s: "
           f"{busy * 100:.3f} % of one core; per resident agent {rss_per_agent / 1024:.1f} KB RSS "
