@@ -1,4 +1,4 @@
-"""The APIs behind the browser pages: node status (+ stream), chart-ready power history, the user's footprint."""
+"""The APIs behind the browser pages: node status (+ stream), chart-ready power history, the user's own power."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ async def test_footprint_and_chart_from_the_power_service(node):
         for user in (node.alice, node.bob):
             await (await node.node.deliver(user["agent_id"], ChatMessage("Tell me about rivers"))).text()
         await asyncio.sleep(2.5)  # two ticks split the work
-        mine = (await http.get("/api/me/footprint", headers=auth(node.alice["token"]))).json()
+        mine = (await http.get("/api/me/power", headers=auth(node.alice["token"]))).json()
         report = power.node_report()
         await asyncio.to_thread(power.history.flush)
         chart = (await http.get("/api/node/power/chart?window=1h", headers=auth(node.operator))).json()

@@ -431,4 +431,18 @@ class PowerService:
             ),
             "source": self.meter.source,
             "note": NOTE,
+            "node_average": self.agent_average(),
         }
+
+    def agent_average(self) -> dict[str, Any]:
+        """Mean watts (10 s) and Wh today over hosted agents, awake or asleep: all a user may see of others."""
+        hosted = self._hosted_ids()
+        now = self.now()
+        watts = wh = 0.0
+        for agent_id in hosted:
+            acct = self.ledger.get(agent_id)
+            if acct is not None:
+                watts += acct.averages(now)[0]
+            wh += self.ledger.joules_today(agent_id) / 3600.0
+        count = len(hosted)
+        return {"agents": count, "watts": watts / count if count else 0.0, "wh_today": wh / count if count else 0.0}

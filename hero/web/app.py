@@ -24,7 +24,6 @@ from hero.errors import HeroError, Overloaded
 from hero.web import (
     chat_api,
     events_api,
-    footprint_api,
     history_api,
     login_api,
     node_api,
@@ -53,7 +52,6 @@ def create_app(
         *events_api.routes(),
         *status_api.routes(),
         *history_api.routes(),
-        *footprint_api.routes(),
         *power_api.routes(),
         *storage_api.routes(),
         Route("/", index, methods=["GET"]),

@@ -265,7 +265,7 @@ function connectEvents() {
 async function refreshFootprint() {
   if (document.visibilityState !== "visible" || !tokens.get()) return;
   try {
-    const p = await getJSON(tokens.get(), "/api/me/footprint");
+    const p = await getJSON(tokens.get(), "/api/me/power");
     $("fp-watts").textContent = fmtWatts(p.watts);
     $("fp-today").textContent = fmtEnergyWh(p.wh_today);
     const avg = p.node_average?.watts;
