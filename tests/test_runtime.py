@@ -93,6 +93,7 @@ async def test_hibernate_and_wake_with_history_intact(store, llm):
     assert not node.is_active(agent), "agent should hibernate after idle_after"
     assert node.stats.hibernations == 1
     assert [a.state for a in await node.agents()] == ["hibernated"]
+    assert node.agent_states() == {agent: "hibernated"} and node.agent_state(new_agent()) is None
     assert node._idle_handle is None and len(node.timers) == 0 and len(node._tasks) == 0  # nothing left to wake
     text = await (await node.deliver(agent, ChatMessage("second"))).text()
     assert text == "echo second"

@@ -42,7 +42,6 @@ class PowerConfig:
     quiet_after_s: float = 5.0  # ... and no work was admitted for this long (the governor's averaging window)
     flush_every_s: float = 10.0
     compact_every_s: float = 600.0
-    agents_refresh_s: float = 60.0  # how often the hosted-agent list is re-read from the node
     governor: GovernorConfig = field(default_factory=GovernorConfig)
     retention: Retention = field(default_factory=Retention)
     host_speed: float | None = None  # this machine's cpu_speed, to emulate a profile on other hardware
@@ -110,13 +109,11 @@ class PowerService:
         self._closed = False
         self._last_flush = 0.0
         self._last_compact = 0.0
-        self._last_refresh = 0.0
-        self._hosted: dict[str, str] = {}  # agent → state at the last refresh
 
     # ---- wiring and lifecycle ----
 
     def attach(self, node: Any, llm: Any) -> None:
-        """Give the governor its levers: `node.hibernate_idle`, `node.agents()`, and the LLM service."""
+        """Give the governor its levers (`node.hibernate_idle`, the LLM service) and the reports their agents."""
         self.node = node
         self.llm = llm
         self.governor.attach(node, llm)
@@ -139,8 +136,7 @@ class PowerService:
         self._updated = asyncio.Event()
         self.meter.prime()
         self.ledger.prime()
-        self._last_flush = self._last_compact = self._last_refresh = time.monotonic()
-        await self.refresh_agents()
+        self._last_flush = self._last_compact = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="hero-power-tick")
 
     async def aclose(self) -> None:
@@ -201,9 +197,6 @@ class PowerService:
         if sample.dt <= 0:
             return None
         now = time.monotonic()
-        if self.node is not None and now - self._last_refresh >= self.config.agents_refresh_s:
-            self._last_refresh = now
-            await self.refresh_agents()
         hosted = len(self._hosted_ids())
         if self.llm is not None:
             self.ledger.llm_threads = max(1, int(self.llm.threads))
@@ -279,30 +272,20 @@ class PowerService:
     def now(self) -> float:
         return self.meter.clock()
 
-    async def refresh_agents(self) -> None:
-        """Re-read the node's agent list (async: hibernated agents are found in the store).
-
-        Done at start and every `agents_refresh_s` in the tick, not per scrape:
-        the list can cost a store look-up per hibernated agent. Between
-        refreshes, live state comes from `node.is_active`, which is free.
-        """
-        if self.node is None:
-            return
-        infos = await self.node.agents()
-        self._hosted = {info.agent_id: info.state for info in infos}
-
     def _hosted_ids(self) -> set[str]:
-        return set(self._hosted) | {a.agent_id for a in self.ledger.accounts()}
+        hosted = {a.agent_id for a in self.ledger.accounts()}
+        if self.node is not None:
+            hosted.update(self.node.agent_states())
+        return hosted
 
     def agent_state(self, agent_id: str) -> str:
         node = self.node
         if node is None:
             return "active" if self.ledger.get(agent_id) is not None else "unknown"
-        if node.is_active(agent_id):
-            return "active"
-        if agent_id in self._hosted or self.ledger.get(agent_id) is not None:
-            return "hibernated"
-        return "unknown"
+        state = node.agent_state(agent_id)
+        if state is not None:
+            return state
+        return "hibernated" if self.ledger.get(agent_id) is not None else "unknown"
 
     def agent_states(self) -> dict[str, int]:
         counts = {"active": 0, "hibernated": 0}

@@ -370,6 +370,18 @@ class Node:
     def active_count(self) -> int:
         return len(self._active)
 
+    def agent_state(self, agent_id: str) -> str | None:
+        """ "active", "hibernated", or None for an agent this node has never seen; no store I/O."""
+        if agent_id in self._active:
+            return "active"
+        return "hibernated" if agent_id in self._known else None
+
+    def agent_states(self) -> dict[str, str]:
+        """Every agent this node knows, "active" or "hibernated", from memory alone (no store I/O)."""
+        states = dict.fromkeys(self._known, "hibernated")
+        states.update(dict.fromkeys(self._active, "active"))
+        return states
+
     async def agents(self) -> list[AgentInfo]:
         out = [AgentInfo(a.agent_id, "active", a.last_event_wall) for a in self._active.values()]
         for agent_id, last in self._known.items():

@@ -67,17 +67,17 @@ async def node_status(request: Request) -> dict[str, Any]:
     """One snapshot of the node's runtime and LLM counters, with rates."""
     state = request.app.state
     node, llm = state.node, state.llm
-    agents = await node.agents()
-    tokens = int(getattr(llm, "tokens_total", 0) or 0)
+    states = list(node.agent_states().values())
+    tokens = llm.tokens_total
     now = time.monotonic()
     rates = _rates(request)
     rates.add(now, node.stats.activations, tokens)
-    active = sum(a.state == "active" for a in agents)
+    active = states.count("active")
     return {
         "ts": time.time(),
         "uptime": round(time.time() - state.started, 1),
-        "node_id": getattr(node, "node_id", None),
-        "agents": {"active": active, "hibernated": len(agents) - active, "total": len(agents)},
+        "node_id": node.node_id,
+        "agents": {"active": active, "hibernated": len(states) - active, "total": len(states)},
         "wake_rate_per_min": round(rates.per_second(1, WAKE_WINDOW_S, full_window=True) * 60.0, 2),
         "runtime": {
             "activations": node.stats.activations,
@@ -88,13 +88,13 @@ async def node_status(request: Request) -> dict[str, Any]:
             "timers_pending": len(node.timers),
         },
         "llm": {
-            "model": getattr(llm, "name", None),
-            "loaded": bool(getattr(llm, "loaded", False)),
-            "queue_depth": int(getattr(llm, "queue_depth", 0) or 0),
+            "model": llm.name,
+            "loaded": llm.loaded,
+            "queue_depth": llm.queue_depth,
             "tokens_total": tokens,
             "tokens_per_s": round(rates.per_second(2, TOKENS_WINDOW_S), 2),
-            "requests_total": int(getattr(llm, "requests_total", 0) or 0),
-            "threads": getattr(llm, "threads", None),
+            "requests_total": llm.requests_total,
+            "threads": llm.threads,
         },
         "parts": {
             "power": state.power is not None,
