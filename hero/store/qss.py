@@ -40,7 +40,7 @@ from hero.store.base import Version, check_key
 from hero.store.config import QSSConfig
 from hero.store.manifest import Manifest, Patch
 from hero.store.placement import place, replica_targets
-from hero.store.pool import BackendPool
+from hero.store.pool import BackendPool, Call
 from hero.store.scrubber import Scrubber
 from hero.store.tuning import tune_malloc
 
@@ -49,6 +49,7 @@ log = logging.getLogger("hero.store")
 Progress = Callable[[int], None]
 KEY_AD = b"hero-qss-key/1"
 WINDOW_BYTES = 8 << 20
+INLINE_SEAL_BYTES = 64 << 10  # objects this small are sealed on the event loop (~0.1-0.3 ms), not in a thread
 CACHE_ENTRIES = 4096
 HEAD_ENTRIES = 16384  # heads this node committed, kept so the next put need not list every version
 STATS_TTL = 5.0
@@ -324,7 +325,9 @@ class QSS:
         lock = self._locks.setdefault(oid, asyncio.Lock())
         async with lock:
             for attempt in range(8):
-                head = await self._known_head(oid) if attempt == 0 else None
+                # This node's own last commit, checked for newer versions by the write itself (`_write`).
+                head = self._heads.get(oid) if attempt == 0 else None
+                probe = head is not None
                 if head is None:
                     resolved = await self._head(oid, await self.index(oid))
                     head = _Head.of(resolved) if resolved else None
@@ -332,7 +335,7 @@ class QSS:
                     raise StaleEpoch(f"write to {key} with epoch {epoch} refused: head has epoch {head.epoch}")
                 version = head.version + 1 if head else 1
                 try:
-                    report = await self._write(key, oid, version, epoch, head, data, progress)
+                    report = await self._write(key, oid, version, epoch, head, data, progress, probe=probe)
                 except _VersionTaken:
                     self._heads.pop(oid, None)
                     log.info("version %d of %s was taken by another writer; retrying", version, key)
@@ -377,8 +380,16 @@ class QSS:
 
     async def _write(
         self, key: str, oid: str, version: int, epoch: int, head: _Head | None, data: bytes,
-        progress: Progress | None,
+        progress: Progress | None, *, probe: bool = False,
     ) -> WriteReport:
+        """Seal, store and commit one version.
+
+        With `probe`, `head` is only what this node last committed: the first window's
+        fragment writes also ask every backend for a manifest of `version`, in the same
+        round trip, and a hit means another writer got there first (`_VersionTaken`).
+        A one-window object is made durable in that same round; larger ones sync once
+        at the end. Small segments are sealed on the loop: cheaper than a thread hop.
+        """
         cfg = self.config
         codec = erasure.codec(cfg.k, cfg.m, self.ec_type)
         view = memoryview(data).cast("B")
@@ -386,18 +397,25 @@ class QSS:
         count = max(1, math.ceil(len(view) / seg_size))
         per_window = max(1, WINDOW_BYTES // seg_size)
         data_key = self.ring.data_key(key)
-        writable = {b.name for b in self.pool.writable()}
-        skipped = {n: h.error or h.state for n, h in self.pool.health.items() if n not in writable}
-        slots = [s for s in self.pool.slots if s.name in writable]
         # At most this many fragments of a segment on one backend: 1 with >= k + m backends, so losing a
         # backend loses one fragment; doubling up only where fewer backends are configured than fragments.
         cap = math.ceil(codec.n / len(self.pool.backends))
+        writable = {b.name for b in self.pool.writable()}
+        if cap * len(writable) < cfg.quorum:
+            # Too few for a write: before refusing it, ask the backends in back-off whether they are back.
+            resting = [b for b in self.pool.backends if b.name not in writable]
+            await self.pool.fanout([(b, "get_meta", (manifest.manifest_name(oid, version),)) for b in resting])
+            writable = {b.name for b in self.pool.writable() + [b for b in resting if self.pool.is_up(b.name)]}
+        skipped = {n: h.error or h.state for n, h in self.pool.health.items() if n not in writable}
+        slots = [s for s in self.pool.slots if s.name in writable]
         placeable = min(codec.n, cap * len(slots))
         if placeable < cfg.quorum:
             raise StorageError(
                 f"write of {key} failed: only {placeable} of {codec.n} fragments can be stored (need {cfg.quorum}); "
                 + _skipped_text(skipped)
             )
+
+        sync_each = count <= per_window
 
         def seal(i: int) -> pipeline.SealedSegment:
             return pipeline.seal_segment(
@@ -416,15 +434,19 @@ class QSS:
         submitted = 0
         try:
             for first in range(0, count, per_window):
-                while submitted < count and len(pending) < ahead:
-                    pending.append(loop.run_in_executor(self._cpu, seal, submitted))
-                    submitted += 1
-                sealed = [await pending.popleft() for _ in range(min(per_window, count - first))]
+                if len(view) <= INLINE_SEAL_BYTES:
+                    sealed = [seal(0)]
+                else:
+                    while submitted < count and len(pending) < ahead:
+                        pending.append(loop.run_in_executor(self._cpu, seal, submitted))
+                        submitted += 1
+                    sealed = [await pending.popleft() for _ in range(min(per_window, count - first))]
                 plans = [
                     place(slots, placeable, f"{oid}/{version}/{first + i}") + [UNPLACED] * (codec.n - placeable)
                     for i in range(len(sealed))
                 ]
-                failed |= await self._store(sealed, plans, written, skipped)
+                check = (oid, version) if probe and first == 0 else None
+                failed |= await self._store(sealed, plans, written, skipped, sync=sync_each, probe=check)
                 self._check_quorum(key, plans, failed, first, skipped)
                 records.extend(
                     manifest.SegmentRecord(seg.plain, seg.compressed, seg.nonce, seg.sealed, tuple(seg.hashes),
@@ -433,11 +455,12 @@ class QSS:
                 )
                 if progress:
                     progress(sum(s.plain for s in sealed))
-            # One sync for the whole object, before the manifest can name it (not one per window).
-            for name, error in (await self.pool.flush(self.pool.named(list(written)))).items():
-                failed.add(name)
-                skipped[name] = error.message
-            self._check_quorum(key, [r.places for r in records], failed, 0, skipped)
+            if not sync_each:
+                # One sync for the whole object, before the manifest can name it (not one per window).
+                for name, error in (await self.pool.flush(self.pool.named(list(written)))).items():
+                    failed.add(name)
+                    skipped[name] = error.message
+                self._check_quorum(key, [r.places for r in records], failed, 0, skipped)
         except BaseException:
             for job in pending:
                 await settle(job)
@@ -483,25 +506,40 @@ class QSS:
 
     async def _store(
         self, sealed: list[pipeline.SealedSegment], plans: list[list[str]], written: dict[str, list[str]],
-        skipped: dict[str, str],
+        skipped: dict[str, str], *, sync: bool, probe: tuple[str, int] | None,
     ) -> set[str]:
-        """Write one window's fragments, one batch per backend; the names of backends that failed."""
+        """Write one window's fragments, one batch per backend; the names of backends that failed.
+
+        With `probe` (object id, version), every backend is also asked for that version's
+        manifest in the same round; if one holds it, the version is taken (the caller
+        discards the fragments). A backend that cannot answer makes us list the object.
+        """
         batches: dict[str, list[tuple[str, bytes]]] = {}
         for seg, plan in zip(sealed, plans, strict=True):
             for frag_hash, frag, name in zip(seg.hashes, seg.fragments, plan, strict=True):
                 if name != UNPLACED:
                     batches.setdefault(name, []).append((frag_hash, frag))
         names = list(batches)
+        name = manifest.manifest_name(*probe) if probe else ""
+        probes: list[Call] = [(b, "get_meta", (name,)) for b in self.pool.backends] if probe else []
         results = await self.pool.fanout(
-            [(b, "put_fragments", (batches[b.name],)) for b in self.pool.named(names)], sync=False
+            probes + [(b, "put_fragments", (batches[b.name],)) for b in self.pool.named(names)], sync=sync
         )
+        seen, results = results[: len(probes)], results[len(probes) :]
         failed = set()
+        for name, result in zip(names, results, strict=True):
+            if not isinstance(result, StorageError | Conflict):
+                written.setdefault(name, []).extend(h for h, _ in batches[name])
+        if any(isinstance(found, bytes) for found in seen):
+            raise _VersionTaken()
+        if any(isinstance(found, StorageError) for found in seen) and probe:  # a backend we could not ask
+            index = await self.index(probe[0])
+            if index.versions() and index.versions()[-1] >= probe[1]:
+                raise _VersionTaken()
         for name, result in zip(names, results, strict=True):
             if isinstance(result, StorageError | Conflict):
                 failed.add(name)
                 skipped[name] = result.message
-            else:
-                written.setdefault(name, []).extend(h for h, _ in batches[name])
         return failed
 
     async def _discard(self, written: dict[str, list[str]]) -> None:
