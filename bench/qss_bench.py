@@ -175,7 +175,7 @@ async def repair(root: Path, args: argparse.Namespace) -> dict[str, float]:
         chunk = 64 * MiB
         for n in range(max(1, total // chunk)):
             await store.put(f"node/repair-{n}", os.urandom(chunk), epoch=1)
-        victim = root / "backends" / "05" / "fragments"
+        victim = root / "backends" / "05" / "packs"
         held = sum(p.stat().st_size for p in victim.iterdir())
         shutil.rmtree(victim)
         victim.mkdir()  # the disk is replaced by an empty one

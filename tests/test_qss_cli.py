@@ -18,7 +18,7 @@ from hero.identity import NodeKeys, UserKey
 from hero.users import Users
 from hero.web.app import create_app
 from tests.conftest import ROOT, free_port, hero_cli
-from tests.store.helpers import AGENT, open_store, storage_parser
+from tests.store.helpers import AGENT, fragment_files, open_store, storage_parser
 
 
 def test_put_get_versions_status_scrub_gc(tmp_path: Path):
@@ -38,7 +38,7 @@ def test_put_get_versions_status_scrub_gc(tmp_path: Path):
     versions = json.loads(hero_cli("storage", "versions", AGENT + "/state", "--data", data, "--json").stdout)
     assert [v["version"] for v in versions] == [1, 2] and versions[1]["size"] == 14
 
-    fragment = next((tmp_path / "data" / "backends" / "07" / "fragments").glob("*"))
+    fragment = fragment_files(tmp_path / "data" / "backends" / "07")[0]
     fragment.write_bytes(b"bit rot")
     scrub = json.loads(hero_cli("storage", "scrub", "--data", data, "--json").stdout)
     assert {k: scrub[k] for k in ("checked", "corrupt", "missing", "repaired")} == {
@@ -110,7 +110,7 @@ def test_serve_runs_a_fragment_server_the_node_can_use(tmp_path: Path):
         remote = [b for b in status["backends"] if b["kind"] == "remote"]
         assert len(remote) == 1 and remote[0]["state"] == "up" and remote[0]["fragments"] == 1
         assert remote[0]["location"] == "site-b"
-        assert len(list((tmp_path / "frag" / "fragments").glob("*"))) == 1
+        assert len(fragment_files(tmp_path / "frag")) == 1
     finally:
         server.terminate()
         server.wait(10)

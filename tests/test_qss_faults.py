@@ -20,20 +20,18 @@ from hypothesis import strategies as st
 from hero.errors import IntegrityError, StorageError
 from hero.store.pipeline import fragment_hash
 from hero.store.qss import QSS
-from tests.store.helpers import AGENT, fragment_files, open_store
+from tests.store.helpers import AGENT, StoredFragment, fragment_files, open_store, stored_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def segment_files(store: QSS, root: Path, resolved) -> list[list[Path]]:
-    """The fragment files of each segment of a resolved version, in fragment-index order."""
+def segment_files(store: QSS, root: Path, resolved) -> list[list[StoredFragment]]:
+    """The stored fragments of each segment of a resolved version, in fragment-index order."""
     out = []
     for s, seg in enumerate(resolved.manifest.segments):
-        paths = []
-        for i, h in enumerate(seg.hashes):
-            backend = store.pool.by_name[resolved.places[s][i]]
-            paths.append(Path(backend.root) / "fragments" / h)
-        out.append(paths)
+        out.append([
+            stored_fragment(store.pool.by_name[resolved.places[s][i]].root, h) for i, h in enumerate(seg.hashes)
+        ])
     return out
 
 

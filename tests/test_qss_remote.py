@@ -17,7 +17,7 @@ import pytest
 from hero.identity import NodeKeys
 from hero.store import reqsign
 from hero.store.backends import pack_put
-from tests.store.helpers import AGENT, agent_key, all_files, fragment_server, open_store
+from tests.store.helpers import AGENT, agent_key, all_files, fragment_server, open_store, stored_fragment
 
 
 def remote_config(urls: list[str], *, local: int = 0) -> str:
@@ -133,7 +133,7 @@ def test_fragment_server_accepts_only_signed_fresh_requests_from_trusted_nodes(t
         for bad in ("/v1/meta/obj/../../../etc/passwd", "/v1/meta/obj/..%2F..%2Fetc"):
             status, reply = request(url, "GET", bad, b"", reqsign.sign_headers(trusted, "GET", bad, b""))
             assert status in (400, 404) and b"root:" not in reply
-    assert (tmp_path / "srv" / "fragments" / digest).read_bytes() == fragment
+    assert stored_fragment(tmp_path / "srv", digest).read_bytes() == fragment
 
 
 @pytest.mark.parametrize("size", [0, 1, 70_000])

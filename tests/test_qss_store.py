@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from hero.errors import BadRequest, NotFound, StaleEpoch, UsageError
 from hero.store import manifest
 from hero.store.base import StateStore
+from hero.store.packs import PackFiles
+from hero.store.pipeline import fragment_hash
 from hero.store.qss import QSS, open_qss
 from tests.store.helpers import AGENT, agent_key, all_files, fragment_files, open_store
 
@@ -103,7 +105,7 @@ async def test_one_fragment_per_backend_and_manifests_on_m_plus_one_backends(tmp
     store = await open_store(tmp_path)
     try:
         await store.put(AGENT + "/state", b"spread me" * 500, epoch=1)
-        per_backend = Counter(p.parts[-3] for p in fragment_files(tmp_path / "backends"))
+        per_backend = Counter(p.backend for p in fragment_files(tmp_path / "backends"))
         assert len(per_backend) == 20 and set(per_backend.values()) == {1}
         oid = store.ring.object_id(AGENT + "/state")
         replicas = list((tmp_path / "backends").glob(f"*/meta/obj/{oid}/*.m"))
@@ -157,7 +159,8 @@ async def test_gc_keeps_the_newest_versions_and_sweeps_orphans(tmp_path: Path):
         for i in range(5):
             await store.put(AGENT + "/state", f"state {i}".encode() * 100, epoch=1)
         await store.put("node/leases", b"x", epoch=1)
-        (tmp_path / "backends" / "00" / "fragments" / ("ff" * 32)).write_bytes(b"left by a killed writer")
+        stray = b"left by a killed writer"
+        PackFiles(tmp_path / "backends" / "00" / "packs").append([(fragment_hash(stray), stray)])
         report = await store.gc(2, orphan_grace=0)
         assert report["versions_removed"] == 3 and report["orphans_removed"] == 1
         assert report["fragments_removed"] == 60 and report["orphan_sweep"] == "done"
@@ -186,7 +189,7 @@ async def test_backends_see_no_plaintext_and_no_key_names(tmp_path: Path):
     finally:
         await store.close()
     files = all_files(tmp_path / "backends")
-    assert len(files) > 60
+    assert sum(p.suffix == ".pack" for p in files) == 20 and sum(p.suffix == ".m" for p in files) == 15
     for path in files:
         content = path.read_bytes()
         assert marker not in content, path

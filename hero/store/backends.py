@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 from hero.errors import BadRequest, Conflict, IntegrityError, StorageError
 from hero.identity import NodeKeys
 from hero.store import reqsign
+from hero.store.packs import PackFiles
 from hero.store.pipeline import HEX64, fragment_hash
 
 T = TypeVar("T")
@@ -130,7 +131,7 @@ def check_meta_name(name: str) -> str:
 
 
 class DirBackend:
-    """Fragments and meta files in one directory: `fragments/<hash>`, `meta/<name>`."""
+    """Fragments and meta files in one directory: append-only packs in `packs/` (see `packs.py`), `meta/<name>`."""
 
     kind = "dir"
 
@@ -145,13 +146,14 @@ class DirBackend:
         self.fsync = fsync
         self.verify = verify  # re-hash what is put; off only where the caller hashed the bytes itself
         self._executor = executor
-        self._frag = self.root / "fragments"
+        self._frag = self.root / "packs"
         self._meta = self.root / "meta"
         self._tmp = self.root / "tmp"
         try:
             for path in (self._frag, self._meta, self._tmp):
                 path.mkdir(parents=True, exist_ok=True)
             self.device = os.stat(self.root).st_dev
+            self._packs = PackFiles(self._frag)
         except OSError as exc:
             raise self._error(exc) from None
         self._sweep_tmp()
@@ -214,11 +216,6 @@ class DirBackend:
         except OSError as exc:
             raise self._error(exc) from None
 
-    def _fragment_path(self, digest: str) -> str:
-        # One flat directory: a put touches one directory per backend. Sharding by hash prefix made
-        # every small put dirty 20 different directories: 20 creates took 10 ms instead of 0.5 (ext4, measured).
-        return f"{self._frag}/{check_digest(digest)}"
-
     # Fragments
 
     def put_fragments_sync(self, items: Sequence[tuple[str, bytes]], replace: bool = False, sync: bool = True) -> None:
@@ -228,54 +225,33 @@ class DirBackend:
                 raise IntegrityError(f"fragment does not match its hash {digest[:16]}…")
         try:
             self._check_root()
-            for digest, data in items:
-                path = self._fragment_path(digest)
-                if replace:
-                    os.replace(self._write_tmp(data), path)
-                else:
-                    self._write_new(path, data)  # content-addressed: an existing file already holds these bytes
+            self._packs.append(items, replace=replace)  # content-addressed: a known digest is already stored
         except OSError as exc:
             raise self._error(exc) from None
         if sync:
             self.sync()
 
     def get_fragments_sync(self, digests: Sequence[str]) -> list[bytes | None]:
-        out: list[bytes | None] = []
         try:
             self._check_root()
-            for digest in digests:
-                try:
-                    with open(self._fragment_path(digest), "rb") as f:
-                        out.append(f.read())
-                except FileNotFoundError:
-                    out.append(None)
+            return self._packs.read([check_digest(d) for d in digests])
         except OSError as exc:
             raise self._error(exc) from None
-        return out
 
     def delete_fragments_sync(self, digests: Sequence[str]) -> int:
-        removed = 0
+        """Deleting is idempotent: digests already gone are skipped."""
         try:
             self._check_root()
-            for digest in digests:
-                with contextlib.suppress(FileNotFoundError):  # already gone: deleting is idempotent
-                    os.unlink(self._fragment_path(digest))
-                    removed += 1
+            return self._packs.delete([check_digest(d) for d in digests])
         except OSError as exc:
             raise self._error(exc) from None
-        return removed
 
     def list_fragments_sync(self) -> list[FragmentInfo]:
-        out = []
         try:
             self._check_root()
-            for entry in os.scandir(self._frag):
-                if HEX64.match(entry.name):
-                    st = entry.stat()
-                    out.append(FragmentInfo(entry.name, st.st_size, st.st_mtime))
+            return [FragmentInfo(d, size, mtime) for d, size, mtime in self._packs.entries()]
         except OSError as exc:
             raise self._error(exc) from None
-        return out
 
     # Meta files
 
@@ -385,7 +361,7 @@ class DirBackend:
         return await self._run(self.stat_sync)
 
     async def close(self) -> None:
-        return None
+        self._packs.close()
 
 
 # Wire format of batched fragment calls (shared with the fragment server)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from hero.identity import NodeKeys
 from hero.store.backends import DirBackend
 from hero.store.cli import add_storage_parser
 from hero.store.fragserver import create_app
+from hero.store.packs import PackFiles
 from hero.store.qss import QSS, open_qss
 
 AGENT = "agent/" + "ab" * 32
@@ -32,8 +34,71 @@ async def open_store(data: Path, **overrides: Any) -> QSS:
     return await open_qss(data, NodeKeys.load_or_create(data), **overrides)
 
 
-def fragment_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("**/fragments/*") if p.is_file())
+@dataclass(frozen=True)
+class StoredFragment:
+    """One fragment as a directory backend holds it (a record in a pack), with the file-like faults tests inject.
+
+    Every call looks the record up afresh, as another process would, so a repair's new copy is what it reads.
+    """
+
+    packs: Path  # the backend's packs/ directory
+    name: str  # the digest
+
+    @property
+    def backend(self) -> str:
+        return self.packs.parent.name
+
+    def _where(self) -> tuple[Path, int, int] | None:
+        files = PackFiles(self.packs)
+        try:
+            found = files.locate(self.name)
+            return (self.packs / f"{found.stem}.pack", found.data_offset, found.size) if found else None
+        finally:
+            files.close()
+
+    def exists(self) -> bool:
+        return self._where() is not None
+
+    def read_bytes(self) -> bytes:
+        where = self._where()
+        assert where is not None, f"fragment {self.name[:16]} is not stored"
+        path, offset, size = where
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Overwrite the record in place (shorter data padded with zeros): rot, truncation, a foreign copy."""
+        where = self._where()
+        assert where is not None
+        path, offset, size = where
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(data[:size].ljust(size, b"\0"))
+
+    def unlink(self) -> None:
+        """Lose the fragment, as when its disk or pack is gone."""
+        files = PackFiles(self.packs)
+        try:
+            assert files.delete([self.name]) == 1
+        finally:
+            files.close()
+
+
+def stored_fragment(backend_root: Path, digest: str) -> StoredFragment:
+    return StoredFragment(Path(backend_root) / "packs", digest)
+
+
+def fragment_files(root: Path) -> list[StoredFragment]:
+    """Every fragment stored by the directory backends under `root`."""
+    out = []
+    for packs in sorted(p for p in root.glob("**/packs") if p.is_dir()):
+        files = PackFiles(packs)
+        try:
+            out.extend(StoredFragment(packs, digest) for digest, _, _, _ in files.records())
+        finally:
+            files.close()
+    return sorted(out, key=lambda f: (str(f.packs), f.name))
 
 
 def all_files(root: Path) -> list[Path]:

@@ -1,0 +1,393 @@
+"""Fragments in append-only pack files, 0-db style: one append per put instead of a file per fragment.
+
+A file per fragment costs an inode, a directory entry and a journal record for
+every one of the 20 fragments of every put, and a 4 KiB block for a 1.3 KiB
+fragment. Here each process appends to a pack file of its own
+(`<stem>.pack`: records of header + bytes) and to its index (`<stem>.idx`:
+digest, offset, size per record). The pack is the truth and describes itself;
+the index only saves reading it: a record whose index entry was lost in a
+crash is found again by scanning the pack past the last indexed record. A torn
+record at the end of a pack is ignored.
+
+Deleting a record appends (digest, offset) to `<stem>.del` of the pack holding
+it, whichever process deletes, so a deletion names exactly one copy and lives
+and dies with the bytes it kills; a repair (`replace`) kills the old copy the
+same way, so every process agrees on which copy is current. The killed
+record's magic is overwritten too, and every read checks the header, so a
+process with a stale index reads a deleted record as missing at once. Other
+processes' packs are read again on a miss, so a CLI or a fragment server
+sharing the directory sees what the node wrote. A pack at least half
+dead and idle for a while is rewritten into the live pack and removed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAGIC = b"HQP1"
+DEAD = b"HQPX"  # a killed record's magic, so a process that still thinks it is live reads it as gone
+HEADER = struct.Struct(">4sI32s")  # magic, size, raw BLAKE3 digest
+ENTRY = struct.Struct(">32sQI")  # raw digest, offset of the header in the pack, size
+KILL = struct.Struct(">32sQ")  # raw digest, offset of the dead record's header
+PACK_BYTES = 256 << 20  # roll over to a new pack past this size
+COMPACT_DEAD = 0.5  # rewrite a pack once this share of its bytes is dead ...
+COMPACT_IDLE = 300.0  # ... and nobody appended to it for this long (its writer may still hold it open)
+
+
+@dataclass(frozen=True)
+class Location:
+    stem: str
+    offset: int  # of the record header
+    size: int
+
+    @property
+    def data_offset(self) -> int:
+        return self.offset + HEADER.size
+
+
+@dataclass
+class _Pack:
+    indexed: int = 0  # bytes of its index read so far
+    deleted: int = 0  # bytes of its deletion list read so far
+    killed: set[int] = field(default_factory=set)  # offsets of its dead records
+    scanned: int = 0  # bytes of the pack accounted for (indexed or scanned)
+    total: int = 0  # record bytes
+    dead: int = 0  # record bytes deleted or superseded
+    mtime: float = 0.0
+
+
+class PackFiles:
+    """The packs of one directory. Thread-safe; the writer's pack is this process's alone."""
+
+    def __init__(self, directory: Path, *, compact_idle: float = COMPACT_IDLE) -> None:
+        self.dir = Path(directory)
+        self.compact_idle = compact_idle
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._where: dict[str, Location] = {}
+        self._packs: dict[str, _Pack] = {}
+        self._readers: dict[str, int] = {}
+        self._stem: str | None = None
+        self._fd = -1
+        self._idx_fd = -1
+        self._size = 0
+        with self._lock:
+            self._refresh()
+
+    # Reading
+
+    def locate(self, digest: str) -> Location | None:
+        """Where a fragment's bytes are, refreshing from other processes' packs on a miss."""
+        with self._lock:
+            found = self._where.get(digest)
+            if found is None:
+                self._refresh()
+                found = self._where.get(digest)
+            return found
+
+    def read(self, digests: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        with self._lock:
+            if any(d not in self._where for d in digests):
+                self._refresh()
+            for digest in digests:
+                out.append(self._read_one(digest))
+        return out
+
+    def _read_one(self, digest: str) -> bytes | None:
+        where = self._where.get(digest)
+        if where is None:
+            return None
+        fd = self._reader(where.stem)
+        if fd < 0:  # compacted away by another process since we read its index
+            self._refresh()
+            where = self._where.get(digest)
+            fd = self._reader(where.stem) if where else -1
+            if where is None or fd < 0:
+                return None
+        if not self._intact(fd, where, digest):  # killed or moved by another process since we indexed it
+            self._refresh()
+            where = self._where.get(digest)
+            fd = self._reader(where.stem) if where else -1
+            if where is None or fd < 0 or not self._intact(fd, where, digest):
+                return None
+        return os.pread(fd, where.size, where.data_offset)
+
+    @staticmethod
+    def _intact(fd: int, where: Location, digest: str) -> bool:
+        raw = os.pread(fd, HEADER.size, where.offset)
+        if len(raw) < HEADER.size:
+            return False
+        magic, size, stored = HEADER.unpack(raw)
+        return magic == MAGIC and size == where.size and stored.hex() == digest
+
+    def _reader(self, stem: str) -> int:
+        fd = self._readers.get(stem)
+        if fd is None:
+            try:
+                fd = os.open(self.dir / f"{stem}.pack", os.O_RDONLY)
+            except FileNotFoundError:
+                return -1
+            self._readers[stem] = fd
+        return fd
+
+    def entries(self) -> list[tuple[str, int, float]]:
+        """(digest, size, mtime of its pack) of every live fragment."""
+        with self._lock:
+            self._refresh()
+            return [(d, w.size, self._packs[w.stem].mtime) for d, w in self._where.items()]
+
+    # Writing
+
+    def append(self, items: Sequence[tuple[str, bytes]], *, replace: bool = False) -> None:
+        """Append fragments (one write to the pack, one to its index); known ones are skipped unless `replace`."""
+        with self._lock:
+            self._append(items, replace)
+
+    def _append(self, items: Sequence[tuple[str, bytes]], replace: bool) -> None:
+        fresh: dict[str, bytes] = {}
+        for digest, data in items:
+            if replace or digest not in self._where:
+                fresh[digest] = data
+        if not fresh:
+            return
+        self._writable()
+        assert self._stem is not None
+        start = self._size
+        records: list[bytes] = []
+        entries: list[bytes] = []
+        offset = start
+        for digest, data in fresh.items():
+            raw = bytes.fromhex(digest)
+            records.append(HEADER.pack(MAGIC, len(data), raw))
+            records.append(data)
+            entries.append(ENTRY.pack(raw, offset, len(data)))
+            offset += HEADER.size + len(data)
+        try:
+            _write_all(self._fd, records)
+            _write_all(self._idx_fd, entries)
+        except OSError:
+            self._abandon(start)
+            raise
+        self._size = offset
+        replaced = {d: self._where[d] for d in fresh if d in self._where}
+        if replaced:
+            self._kill(replaced)
+        pack = self._packs[self._stem]
+        offset = start
+        for digest, data in fresh.items():
+            self._set(digest, Location(self._stem, offset, len(data)))
+            offset += HEADER.size + len(data)
+        pack.scanned = pack.total = offset
+        pack.indexed += len(entries) * ENTRY.size
+        pack.mtime = time.time()
+
+    def delete(self, digests: Sequence[str]) -> int:
+        """Forget fragments (listed in the `.del` of each one's pack); packs left mostly dead are compacted."""
+        with self._lock:
+            self._refresh()
+            gone = {d: self._where[d] for d in dict.fromkeys(digests) if d in self._where}
+            self._kill(gone)
+            for digest in gone:
+                self._drop(digest)
+            self._compact()
+            return len(gone)
+
+    def _kill(self, records: dict[str, Location]) -> None:
+        """Append each record to its pack's deletion list."""
+        by_stem: dict[str, list[bytes]] = {}
+        for digest, where in records.items():
+            by_stem.setdefault(where.stem, []).append(KILL.pack(bytes.fromhex(digest), where.offset))
+            if where.stem in self._packs:
+                self._packs[where.stem].killed.add(where.offset)
+        for stem, entries in by_stem.items():
+            fd = os.open(self.dir / f"{stem}.del", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                _write_all(fd, entries)
+            finally:
+                os.close(fd)
+            try:
+                fd = os.open(self.dir / f"{stem}.pack", os.O_WRONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                for entry in entries:
+                    os.pwrite(fd, DEAD, KILL.unpack(entry)[1])
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._fd, self._idx_fd, *self._readers.values()):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = self._idx_fd = -1
+            self._readers.clear()
+            self._stem = None
+
+    def _writable(self) -> None:
+        """Make sure this process has an open pack under its name (a new one after a roll-over or a wipe)."""
+        if self._stem is not None:
+            try:
+                if os.stat(self.dir / f"{self._stem}.pack").st_ino == os.fstat(self._fd).st_ino:
+                    if self._size < PACK_BYTES:
+                        return
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            os.close(self._idx_fd)
+            self._stem = None
+        stem = f"{time.time_ns():016x}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        fd = os.open(self.dir / f"{stem}.pack", flags, 0o644)
+        try:
+            idx = os.open(self.dir / f"{stem}.idx", flags, 0o644)
+        except OSError:
+            os.close(fd)
+            raise
+        self._stem, self._fd, self._idx_fd, self._size = stem, fd, idx, 0
+        self._packs[stem] = _Pack(mtime=time.time())
+
+    def _abandon(self, size: int) -> None:
+        """After a failed append: cut the pack back, or leave it to a new one if even that fails."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            os.close(self._fd)
+            os.close(self._idx_fd)
+            self._stem = None
+
+    # The index in memory
+
+    def _set(self, digest: str, where: Location) -> None:
+        old = self._where.get(digest)
+        if old is not None and old.stem in self._packs:
+            self._packs[old.stem].dead += HEADER.size + old.size
+        self._where[digest] = where
+
+    def _drop(self, digest: str) -> None:
+        old = self._where.pop(digest, None)
+        if old is not None and old.stem in self._packs:
+            self._packs[old.stem].dead += HEADER.size + old.size
+
+    def _refresh(self) -> None:
+        """Read what other processes appended or removed since we last looked, oldest pack first."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            names = []
+        stems = sorted(n[:-5] for n in names if n.endswith(".pack"))
+        present = set(stems)
+        for stem in [s for s in self._packs if s not in present]:  # compacted or wiped
+            del self._packs[stem]
+            fd = self._readers.pop(stem, None)
+            if fd is not None:
+                os.close(fd)
+            for digest in [d for d, w in self._where.items() if w.stem == stem]:
+                del self._where[digest]
+        for stem in stems:
+            pack = self._packs.setdefault(stem, _Pack())
+            self._read_deletions(stem, pack)
+            if stem != self._stem:
+                self._read_index(stem, pack)
+                self._scan_tail(stem, pack)
+
+    def _read_index(self, stem: str, pack: _Pack) -> None:
+        try:
+            with open(self.dir / f"{stem}.idx", "rb") as f:
+                f.seek(pack.indexed)
+                raw = f.read()
+        except FileNotFoundError:
+            return
+        usable = len(raw) - len(raw) % ENTRY.size
+        for digest, offset, size in ENTRY.iter_unpack(raw[:usable]):
+            pack.total = max(pack.total, offset + HEADER.size + size)
+            if offset in pack.killed:
+                pack.dead += HEADER.size + size
+            else:
+                self._set(digest.hex(), Location(stem, offset, size))
+        pack.indexed += usable
+        pack.scanned = max(pack.scanned, pack.total)
+
+    def _read_deletions(self, stem: str, pack: _Pack) -> None:
+        try:
+            with open(self.dir / f"{stem}.del", "rb") as f:
+                f.seek(pack.deleted)
+                raw = f.read()
+        except FileNotFoundError:
+            return
+        usable = len(raw) - len(raw) % KILL.size
+        for digest, offset in KILL.iter_unpack(raw[:usable]):
+            hexd = digest.hex()
+            where = self._where.get(hexd)
+            if offset not in pack.killed and where is not None and where.stem == stem and where.offset == offset:
+                self._drop(hexd)
+            pack.killed.add(offset)
+        pack.deleted += usable
+
+    def _scan_tail(self, stem: str, pack: _Pack) -> None:
+        """Index records past the last indexed one: appended by a writer that died before its index entry."""
+        path = self.dir / f"{stem}.pack"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        pack.mtime = st.st_mtime
+        if st.st_size <= pack.scanned:
+            return
+        with open(path, "rb") as f:
+            f.seek(pack.scanned)
+            tail = f.read()
+        pos = 0
+        while pos + HEADER.size <= len(tail):
+            magic, size, digest = HEADER.unpack_from(tail, pos)
+            if magic not in (MAGIC, DEAD) or pos + HEADER.size + size > len(tail):
+                break  # torn or still being written: read again next time
+            if magic == MAGIC and pack.scanned + pos not in pack.killed:
+                self._set(digest.hex(), Location(stem, pack.scanned + pos, size))
+            pos += HEADER.size + size
+        pack.scanned += pos
+        pack.total = max(pack.total, pack.scanned)
+
+    # Space
+
+    def _compact(self) -> None:
+        """Rewrite the live records of packs at least half dead into ours, then remove those packs."""
+        idle = time.time() - self.compact_idle
+        for stem, pack in list(self._packs.items()):
+            if stem == self._stem or pack.total == 0 or pack.dead < COMPACT_DEAD * pack.total or pack.mtime > idle:
+                continue
+            fd = self._reader(stem)
+            if fd < 0:
+                continue
+            live = [(d, w) for d, w in self._where.items() if w.stem == stem]
+            self._append([(d, os.pread(fd, w.size, w.data_offset)) for d, w in live], True)
+            os.close(self._readers.pop(stem))
+            for suffix in (".pack", ".idx", ".del"):
+                (self.dir / f"{stem}{suffix}").unlink(missing_ok=True)
+            del self._packs[stem]
+
+    def records(self) -> Iterator[tuple[str, Path, int, int]]:
+        """(digest, pack path, data offset, size) of every live fragment: for checks and tests."""
+        with self._lock:
+            self._refresh()
+            found = list(self._where.items())
+        for digest, where in found:
+            yield digest, self.dir / f"{where.stem}.pack", where.data_offset, where.size
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """One writev, so each append lands in one piece (no join copy); a short write finishes with write."""
+    written = os.writev(fd, parts)
+    total = sum(len(p) for p in parts)
+    if written < total:
+        view = memoryview(b"".join(parts))[written:]
+        while view:
+            view = view[os.write(fd, view) :]
