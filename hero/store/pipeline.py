@@ -105,6 +105,32 @@ def open_segment(
         compressed=compressed, plain=plain,
     )
     body = crypto.unseal(key, nonce, ciphertext, ad, what=f"segment {index} of version {version}")
+    data = _plaintext(body, compressed=compressed, plain=plain, index=index, version=version)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def open_segment_into(
+    out: memoryview, fragments: dict[int, bytes], *, key: bytes, oid: str, version: int, index: int, count: int,
+    codec: Codec, nonce: bytes, compressed: bool, plain: int, sealed: int,
+) -> None:
+    """`open_segment` writing the plaintext into `out` (`plain` bytes), so an object is assembled without copies.
+
+    The body is decompressed straight into `out`: no bytes object per segment and no join.
+    """
+    decoded = codec.decode(fragments)
+    ad = associated_data(
+        oid=oid, version=version, index=index, count=count, k=codec.k, m=codec.m, codec=codec.ec_type,
+        compressed=compressed, plain=plain,
+    )
+    body = crypto.unseal(key, nonce, decoded[:sealed], ad, what=f"segment {index} of version {version}")
+    if not (compressed and _decompress_into(body, out, plain)):
+        out[:] = _plaintext(body, compressed=compressed, plain=plain, index=index, version=version)
+
+
+def _plaintext(
+    body: bytes | memoryview, *, compressed: bool, plain: int, index: int, version: int
+) -> bytes | memoryview:
+    """The decrypted body decompressed (if it was compressed) and checked against its recorded length."""
     if not compressed:
         data = body
     else:
@@ -115,3 +141,20 @@ def open_segment(
     if len(data) != plain:
         raise IntegrityError(f"segment {index} of version {version}: expected {plain} bytes, got {len(data)}")
     return data
+
+
+def _decompress_into(body: bytes | memoryview, out: memoryview, plain: int) -> bool:
+    """Decompress one frame straight into `out`; False if it does not hold exactly `plain` bytes.
+
+    On False the caller decompresses the ordinary way, which reports what is wrong.
+    """
+    try:
+        if zstandard.frame_content_size(body) != plain:
+            return False
+        with _decompressor().stream_reader(body, read_across_frames=False) as reader:
+            filled = 0
+            while filled < plain and (got := reader.readinto(out[filled:])):
+                filled += got
+            return filled == plain
+    except zstandard.ZstdError:
+        return False
