@@ -445,7 +445,7 @@ class QSS:
                         submitted += 1
                     sealed = [await pending.popleft() for _ in range(min(per_window, count - first))]
                 plans = [
-                    place(slots, placeable, f"{oid}/{version}/{first + i}") + [UNPLACED] * (codec.n - placeable)
+                    place(slots, placeable, f"{oid}/{first + i}") + [UNPLACED] * (codec.n - placeable)
                     for i in range(len(sealed))
                 ]
                 check = (oid, version) if probe and first == 0 else None
