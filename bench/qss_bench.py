@@ -166,6 +166,33 @@ async def latency(root: Path, args: argparse.Namespace) -> dict[str, float]:
             "get_p99_ms": pct(gets, 0.99)}
 
 
+async def by_versions(root: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    """Put and `latest` of a 21 KB object as its versions pile up (about two per chat turn, until `gc`):
+    `latest` by the node that wrote it, and by a freshly started node (after a restart: nothing remembered)."""
+    state = agent_state(21_000, seed=3)
+    keys = NodeKeys.load_or_create(root)
+    store = await open_qss(root, keys, fsync=args.fsync, cpu_workers=args.cores, tune_malloc=args.tune_malloc)
+    out: dict[int, dict[str, float]] = {}
+    written = 0
+    try:
+        for target in args.versions:
+            while written < target - 1:
+                await store.put("agent/" + "ab" * 32 + "/state", state, epoch=1)
+                written += 1
+            _, put = await timed(store.put("agent/" + "ab" * 32 + "/state", state, epoch=1))
+            written += 1
+            _, own = await timed(store.latest("agent/" + "ab" * 32 + "/state"))
+            fresh = await open_qss(root, keys, fsync=args.fsync, cpu_workers=args.cores, tune_malloc=args.tune_malloc)
+            try:
+                _, restarted = await timed(fresh.latest("agent/" + "ab" * 32 + "/state"))
+            finally:
+                await fresh.close()
+            out[target] = {"put_ms": put * 1e3, "latest_ms": own * 1e3, "latest_after_restart_ms": restarted * 1e3}
+    finally:
+        await store.close()
+    return out
+
+
 async def repair(root: Path, args: argparse.Namespace) -> dict[str, float]:
     """Lose one backend's disk holding `held` MiB and time the scrub that rebuilds it; scaled to 1 GiB."""
     store: QSS = await open_qss(root, NodeKeys.load_or_create(root), fsync=args.fsync, cpu_workers=args.cores,
@@ -225,6 +252,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where the backends live (default: a temp dir)")
     parser.add_argument("--warm-gib", type=float, default=3.0,
                         help="guest memory to touch once before measuring (0: measure a cold VM as it is)")
+    parser.add_argument("--versions", type=lambda text: [int(n) for n in text.split(",")], default=[10, 200, 1000],
+                        help="version counts at which to time put and latest (comma-separated)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.cpu >= 0:
@@ -249,6 +278,7 @@ def main() -> None:
             **measured,
             **small,
             "repair": asyncio.run(repair(base / "repair", args)),
+            "by_versions": asyncio.run(by_versions(base / "versions", args)),
         }
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -284,6 +314,9 @@ def main() -> None:
     print(row(f"repair lost backend ({rep['held_mib']:.0f} MiB held)", rep["seconds"], "s"))
     print(row("repair rebuild rate", rep["rebuilt_mb_s"], "MB/s"))
     print(row("repair time per GiB held (scaled)", rep["seconds_per_gib"], "s"))
+    for count, v in r["by_versions"].items():
+        print(f"  at {count:>5} versions: put {v['put_ms']:.1f} ms, latest {v['latest_ms']:.1f} ms, "
+              f"latest after a restart {v['latest_after_restart_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -189,16 +189,24 @@ def open_patch(blob: bytes, trusted: set[str] | None, what: str = "placement pat
         raise IntegrityError(f"{what} is malformed") from None
 
 
+VERSION_DIGITS = 12  # zero-padded, so names sort by version
+
+
+def entry_name(version: int) -> str:
+    """A version's manifest within its object directory."""
+    return f"{version:0{VERSION_DIGITS}d}.m"
+
+
 def object_dir(oid: str) -> str:
     return f"{OBJECTS}/{oid}"
 
 
 def manifest_name(oid: str, version: int) -> str:
-    return f"{OBJECTS}/{oid}/{version:012d}.m"
+    return f"{OBJECTS}/{oid}/{entry_name(version)}"
 
 
 def patch_name(oid: str, version: int, blob: bytes) -> str:
-    return f"{OBJECTS}/{oid}/{version:012d}.p.{digest(blob)[:32]}"
+    return f"{OBJECTS}/{oid}/{version:0{VERSION_DIGITS}d}.p.{digest(blob)[:32]}"
 
 
 def parse_name(entry: str) -> tuple[int, bool] | None:

@@ -278,7 +278,7 @@ class QSS:
         return found
 
     async def resolve(self, oid: str, index: ObjectIndex, version: int) -> Resolved:
-        entry = f"{version:012d}.m"
+        entry = manifest.entry_name(version)
         holders = index.where.get(entry)
         if not holders:
             raise NotFound(f"no version {version}")
@@ -355,7 +355,7 @@ class QSS:
         head = await self._known_head(oid)
         if head is None:
             return None
-        entry = f"{head.version:012d}.m"
+        entry = manifest.entry_name(head.version)
         found = await self.read_meta(oid, entry, [b.name for b in self.pool.backends], patch=False)
         record = found.record
         if found.digest != head.digest or not isinstance(record, Manifest):
@@ -576,15 +576,19 @@ class QSS:
         check_key(key)
         if version is not None and version < 1:
             raise BadRequest("version must be >= 1", field="version")
+        if version is None:
+            head = await self._resolve_head(key)
+            if head is None:
+                raise NotFound(f"no object {key!r}")
+            return await self._read(key, head, progress)
         oid = self.ring.object_id(key)
         index = await self.index(oid)
         versions = index.versions()
         if not versions:
             raise NotFound(f"no object {key!r}")
-        number = versions[-1] if version is None else version
-        if number not in versions:
-            raise NotFound(f"no version {number} of {key!r} (versions {versions[0]}..{versions[-1]})")
-        resolved = await self.resolve(oid, index, number)
+        if version not in versions:
+            raise NotFound(f"no version {version} of {key!r} (versions {versions[0]}..{versions[-1]})")
+        resolved = await self.resolve(oid, index, version)
         if self.unseal_key(resolved.manifest) != key:
             raise IntegrityError(f"manifest of {key!r} names another key")
         return await self._read(key, resolved, progress)
@@ -865,7 +869,7 @@ class QSS:
             log.warning("gc: version %d of %s unreadable (%s); its fragments go with the orphan sweep",
                         number, oid[:16], exc.message)
             resolved = None
-        entries = [f"{number:012d}.m", *index.patches(number)]
+        entries = [manifest.entry_name(number), *index.patches(number)]
         for entry in entries:
             name = f"{manifest.object_dir(oid)}/{entry}"
             for holder in index.where.get(entry, []):

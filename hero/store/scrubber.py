@@ -186,7 +186,7 @@ class Scrubber:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         qss = self.qss
-        entry = f"{version:012d}.m"
+        entry = manifest.entry_name(version)
         try:
             report.manifests_repaired += await self._heal_meta(oid, index, entry, patch=False)
             for name in index.patches(version):
