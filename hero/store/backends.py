@@ -287,11 +287,17 @@ class DirBackend:
             os.link(tmp, path)  # atomic create-if-absent, with the whole content already in place
 
     def get_meta_sync(self, name: str) -> bytes | None:
+        """One manifest; a put asks every backend for the next version's, so a miss is kept cheap (no pathlib)."""
         try:
             self._check_root()
-            return (self._meta / check_meta_name(name)).read_bytes()
+            fd = os.open(f"{self._meta}/{check_meta_name(name)}", os.O_RDONLY)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise self._error(exc) from None
+        try:
+            with open(fd, "rb") as f:
+                return f.read()
         except OSError as exc:
             raise self._error(exc) from None
 

@@ -75,6 +75,7 @@ class PackFiles:
         self._packs: dict[str, _Pack] = {}
         self._readers: dict[str, int] = {}
         self._stem: str | None = None
+        self._path = ""
         self._fd = -1
         self._idx_fd = -1
         self._size = 0
@@ -236,7 +237,7 @@ class PackFiles:
         """Make sure this process has an open pack under its name (a new one after a roll-over or a wipe)."""
         if self._stem is not None:
             try:
-                if os.stat(self.dir / f"{self._stem}.pack").st_ino == os.fstat(self._fd).st_ino:
+                if os.stat(self._path).st_ino == os.fstat(self._fd).st_ino:
                     if self._size < PACK_BYTES:
                         return
             except FileNotFoundError:
@@ -253,6 +254,7 @@ class PackFiles:
             os.close(fd)
             raise
         self._stem, self._fd, self._idx_fd, self._size = stem, fd, idx, 0
+        self._path = str(self.dir / f"{stem}.pack")
         self._packs[stem] = _Pack(mtime=time.time())
 
     def _abandon(self, size: int) -> None:
