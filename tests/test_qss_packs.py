@@ -107,3 +107,11 @@ def test_a_wiped_directory_gets_a_new_pack_instead_of_writing_into_a_deleted_fil
     packs.append([b])
     assert PackFiles(tmp_path).read([b[0]]) == [b[1]]
     packs.close()
+
+
+def test_one_append_of_more_records_than_writev_takes(tmp_path: Path):
+    packs = PackFiles(tmp_path)
+    items = [frag(i, 50) for i in range(1500)]  # 3,000 buffers: more than IOV_MAX
+    packs.append(items)
+    assert PackFiles(tmp_path).read([d for d, _ in items]) == [v for _, v in items]
+    packs.close()

@@ -37,6 +37,8 @@ HEADER = struct.Struct(">4sI32s")  # magic, size, raw BLAKE3 digest
 ENTRY = struct.Struct(">32sQI")  # raw digest, offset of the header in the pack, size
 KILL = struct.Struct(">32sQ")  # raw digest, offset of the dead record's header
 PACK_BYTES = 256 << 20  # roll over to a new pack past this size
+MASK40 = (1 << 40) - 1
+IOV_MAX = 1024  # buffers per writev on Linux
 COMPACT_DEAD = 0.5  # rewrite a pack once this share of its bytes is dead ...
 COMPACT_IDLE = 300.0  # ... and nobody appended to it for this long (its writer may still hold it open)
 
@@ -71,7 +73,9 @@ class PackFiles:
         self.compact_idle = compact_idle
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._where: dict[str, Location] = {}
+        self._where: dict[bytes, int] = {}  # raw digest -> packed location (`_pack`): ~140 B a fragment, not ~275
+        self._stems: list[str] = []
+        self._stem_ids: dict[str, int] = {}
         self._packs: dict[str, _Pack] = {}
         self._readers: dict[str, int] = {}
         self._stem: str | None = None
@@ -87,35 +91,35 @@ class PackFiles:
     def locate(self, digest: str) -> Location | None:
         """Where a fragment's bytes are, refreshing from other processes' packs on a miss."""
         with self._lock:
-            found = self._where.get(digest)
+            found = self._get(digest)
             if found is None:
                 self._refresh()
-                found = self._where.get(digest)
+                found = self._get(digest)
             return found
 
     def read(self, digests: Sequence[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
         with self._lock:
-            if any(d not in self._where for d in digests):
+            if any(bytes.fromhex(d) not in self._where for d in digests):
                 self._refresh()
             for digest in digests:
                 out.append(self._read_one(digest))
         return out
 
     def _read_one(self, digest: str) -> bytes | None:
-        where = self._where.get(digest)
+        where = self._get(digest)
         if where is None:
             return None
         fd = self._reader(where.stem)
         if fd < 0:  # compacted away by another process since we read its index
             self._refresh()
-            where = self._where.get(digest)
+            where = self._get(digest)
             fd = self._reader(where.stem) if where else -1
             if where is None or fd < 0:
                 return None
         if not self._intact(fd, where, digest):  # killed or moved by another process since we indexed it
             self._refresh()
-            where = self._where.get(digest)
+            where = self._get(digest)
             fd = self._reader(where.stem) if where else -1
             if where is None or fd < 0 or not self._intact(fd, where, digest):
                 return None
@@ -143,7 +147,7 @@ class PackFiles:
         """(digest, size, mtime of its pack) of every live fragment."""
         with self._lock:
             self._refresh()
-            return [(d, w.size, self._packs[w.stem].mtime) for d, w in self._where.items()]
+            return [(d, w.size, self._packs[w.stem].mtime) for d, w in self._all()]
 
     # Writing
 
@@ -155,7 +159,7 @@ class PackFiles:
     def _append(self, items: Sequence[tuple[str, bytes]], replace: bool) -> None:
         fresh: dict[str, bytes] = {}
         for digest, data in items:
-            if replace or digest not in self._where:
+            if replace or bytes.fromhex(digest) not in self._where:
                 fresh[digest] = data
         if not fresh:
             return
@@ -178,7 +182,7 @@ class PackFiles:
             self._abandon(start)
             raise
         self._size = offset
-        replaced = {d: self._where[d] for d in fresh if d in self._where}
+        replaced = {d: w for d in fresh if (w := self._get(d)) is not None}
         if replaced:
             self._kill(replaced)
         pack = self._packs[self._stem]
@@ -194,7 +198,7 @@ class PackFiles:
         """Forget fragments (listed in the `.del` of each one's pack); packs left mostly dead are compacted."""
         with self._lock:
             self._refresh()
-            gone = {d: self._where[d] for d in dict.fromkeys(digests) if d in self._where}
+            gone = {d: w for d in dict.fromkeys(digests) if (w := self._get(d)) is not None}
             self._kill(gone)
             for digest in gone:
                 self._drop(digest)
@@ -268,14 +272,35 @@ class PackFiles:
 
     # The index in memory
 
+    def _pack(self, where: Location) -> int:
+        sid = self._stem_ids.get(where.stem)
+        if sid is None:
+            sid = self._stem_ids[where.stem] = len(self._stems)
+            self._stems.append(where.stem)
+        return sid << 80 | where.offset << 40 | where.size
+
+    def _unpack(self, packed: int) -> Location:
+        return Location(self._stems[packed >> 80], packed >> 40 & MASK40, packed & MASK40)
+
+    def _get(self, digest: str) -> Location | None:
+        packed = self._where.get(bytes.fromhex(digest))
+        return None if packed is None else self._unpack(packed)
+
+    def _all(self) -> Iterator[tuple[str, Location]]:
+        for raw, packed in self._where.items():
+            yield raw.hex(), self._unpack(packed)
+
     def _set(self, digest: str, where: Location) -> None:
-        old = self._where.get(digest)
+        old = self._get(digest)
+        if old == where:  # the same record, indexed again (say, scanned before its index entry was read)
+            return
         if old is not None and old.stem in self._packs:
             self._packs[old.stem].dead += HEADER.size + old.size
-        self._where[digest] = where
+        self._where[bytes.fromhex(digest)] = self._pack(where)
 
     def _drop(self, digest: str) -> None:
-        old = self._where.pop(digest, None)
+        packed = self._where.pop(bytes.fromhex(digest), None)
+        old = None if packed is None else self._unpack(packed)
         if old is not None and old.stem in self._packs:
             self._packs[old.stem].dead += HEADER.size + old.size
 
@@ -292,8 +317,9 @@ class PackFiles:
             fd = self._readers.pop(stem, None)
             if fd is not None:
                 os.close(fd)
-            for digest in [d for d, w in self._where.items() if w.stem == stem]:
-                del self._where[digest]
+            sid = self._stem_ids.get(stem, -1)
+            for raw in [r for r, packed in self._where.items() if packed >> 80 == sid]:
+                del self._where[raw]
         for stem in stems:
             pack = self._packs.setdefault(stem, _Pack())
             self._read_deletions(stem, pack)
@@ -328,7 +354,7 @@ class PackFiles:
         usable = len(raw) - len(raw) % KILL.size
         for digest, offset in KILL.iter_unpack(raw[:usable]):
             hexd = digest.hex()
-            where = self._where.get(hexd)
+            where = self._get(hexd)
             if offset not in pack.killed and where is not None and where.stem == stem and where.offset == offset:
                 self._drop(hexd)
             pack.killed.add(offset)
@@ -369,7 +395,7 @@ class PackFiles:
             fd = self._reader(stem)
             if fd < 0:
                 continue
-            live = [(d, w) for d, w in self._where.items() if w.stem == stem]
+            live = [(d, w) for d, w in self._all() if w.stem == stem]
             self._append([(d, os.pread(fd, w.size, w.data_offset)) for d, w in live], True)
             os.close(self._readers.pop(stem))
             for suffix in (".pack", ".idx", ".del"):
@@ -380,16 +406,17 @@ class PackFiles:
         """(digest, pack path, data offset, size) of every live fragment: for checks and tests."""
         with self._lock:
             self._refresh()
-            found = list(self._where.items())
+            found = list(self._all())
         for digest, where in found:
             yield digest, self.dir / f"{where.stem}.pack", where.data_offset, where.size
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:
-    """One writev, so each append lands in one piece (no join copy); a short write finishes with write."""
-    written = os.writev(fd, parts)
-    total = sum(len(p) for p in parts)
-    if written < total:
-        view = memoryview(b"".join(parts))[written:]
-        while view:
-            view = view[os.write(fd, view) :]
+    """writev in runs of at most IOV_MAX buffers (no join copy); a short write is finished with write."""
+    for start in range(0, len(parts), IOV_MAX):
+        run = parts[start : start + IOV_MAX]
+        written = os.writev(fd, run)
+        if written < sum(len(p) for p in run):
+            view = memoryview(b"".join(run))[written:]
+            while view:
+                view = view[os.write(fd, view) :]
