@@ -272,12 +272,15 @@ class PackFiles:
 
     # The index in memory
 
-    def _pack(self, where: Location) -> int:
-        sid = self._stem_ids.get(where.stem)
+    def _sid(self, stem: str) -> int:
+        sid = self._stem_ids.get(stem)
         if sid is None:
-            sid = self._stem_ids[where.stem] = len(self._stems)
-            self._stems.append(where.stem)
-        return sid << 80 | where.offset << 40 | where.size
+            sid = self._stem_ids[stem] = len(self._stems)
+            self._stems.append(stem)
+        return sid
+
+    def _pack(self, where: Location) -> int:
+        return self._sid(where.stem) << 80 | where.offset << 40 | where.size
 
     def _unpack(self, packed: int) -> Location:
         return Location(self._stems[packed >> 80], packed >> 40 & MASK40, packed & MASK40)
@@ -297,6 +300,11 @@ class PackFiles:
         if old is not None and old.stem in self._packs:
             self._packs[old.stem].dead += HEADER.size + old.size
         self._where[bytes.fromhex(digest)] = self._pack(where)
+
+    def _unpacked_dead(self, packed: int) -> None:
+        stem = self._stems[packed >> 80]
+        if stem in self._packs:
+            self._packs[stem].dead += HEADER.size + (packed & MASK40)
 
     def _drop(self, digest: str) -> None:
         packed = self._where.pop(bytes.fromhex(digest), None)
@@ -335,12 +343,20 @@ class PackFiles:
         except FileNotFoundError:
             return
         usable = len(raw) - len(raw) % ENTRY.size
+        # The hot loop of opening a store (every fragment of every pack): raw keys, no Location objects.
+        sid = self._sid(stem)
+        where, killed, end = self._where, pack.killed, pack.total
         for digest, offset, size in ENTRY.iter_unpack(raw[:usable]):
-            pack.total = max(pack.total, offset + HEADER.size + size)
-            if offset in pack.killed:
+            end = max(end, offset + HEADER.size + size)
+            packed = sid << 80 | offset << 40 | size
+            old = where.get(digest)
+            if offset in killed:
                 pack.dead += HEADER.size + size
-            else:
-                self._set(digest.hex(), Location(stem, offset, size))
+            elif old != packed:
+                if old is not None:
+                    self._unpacked_dead(old)
+                where[digest] = packed
+        pack.total = end
         pack.indexed += usable
         pack.scanned = max(pack.scanned, pack.total)
 
