@@ -328,14 +328,13 @@ class DirBackend:
         return removed
 
     def stat_sync(self) -> BackendStat:
-        fragments = self.list_fragments_sync()
         try:
+            self._check_root()
+            count, size = self._packs.totals()
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
             raise self._error(exc) from None
-        return BackendStat(
-            self.name, self.location, self.kind, self.address, len(fragments), sum(f.size for f in fragments), free
-        )
+        return BackendStat(self.name, self.location, self.kind, self.address, count, size, free)
 
     # The async face, used by QSS and the fragment server
 

@@ -143,6 +143,12 @@ class PackFiles:
             self._readers[stem] = fd
         return fd
 
+    def totals(self) -> tuple[int, int]:
+        """(fragments, bytes) held, for status: without building a record per fragment."""
+        with self._lock:
+            self._refresh()
+            return len(self._where), sum(packed & MASK40 for packed in self._where.values())
+
     def entries(self) -> list[tuple[str, int, float]]:
         """(digest, size, mtime of its pack) of every live fragment."""
         with self._lock:
