@@ -328,3 +328,26 @@ async def test_a_writer_that_remembers_its_head_still_sees_other_writers(tmp_pat
     finally:
         await a.close()
         await b.close()
+
+
+async def test_keep_versions_in_storage_toml_trims_old_versions_in_the_background(tmp_path: Path):
+    (tmp_path / "storage.toml").write_text("keep_versions = 2\ngc_interval_s = 0.05\n")
+    store = await open_store(tmp_path)
+    store.retention.first_delay = 0
+    try:
+        for i in range(5):
+            await store.put(AGENT + "/state", f"v{i}".encode(), epoch=1)
+        await store.start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while [v.version for v in await store.versions(AGENT + "/state")] != [4, 5]:
+            assert asyncio.get_running_loop().time() < deadline, "retention gc did not run"
+            await asyncio.sleep(0.02)
+        assert await store.get(AGENT + "/state") == b"v4"
+        retention = (await store.status())["retention"]
+        assert retention["keep_versions"] == 2 and retention["versions_removed_total"] == 3
+        await store.put(AGENT + "/state", b"v5", epoch=1)
+        assert await store.get(AGENT + "/state") == b"v5"
+    finally:
+        await store.close()
+    with pytest.raises(UsageError, match="keep_versions"):
+        await open_store(tmp_path, keep_versions=-1)

@@ -188,6 +188,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f"  ({b['error']})" if b["error"] else ""))
     last = out["scrub"]["last_finished"]
     lines.append(f"last scrub: {_time(last) if last else 'never'} · repaired total {out['repairs']['repaired_total']}")
+    keep = out["retention"]["keep_versions"]
+    lines.append(f"retention: keep the newest {keep} versions (gc every {out['retention']['interval_s']:g} s)" if keep
+                 else "retention: every version kept (set keep_versions in storage.toml, or run gc --keep N)")
     _emit(args, out, "\n".join(lines))
     return 0
 

@@ -10,6 +10,8 @@ local_backends = 20     # directory backends under DATA/backends/NN (0: only the
 local_location = "local"
 scrub_rate_mb_s = 16.0
 scrub_interval_s = 86400
+keep_versions = 0       # > 0: the node runs `gc --keep N` every gc_interval_s (0 keeps every version)
+gc_interval_s = 3600
 trusted_signers = []    # other nodes whose manifests this node accepts
 
 [[backend]]
@@ -63,6 +65,8 @@ class QSSConfig:
     trusted_signers: tuple[str, ...] = ()
     scrub_rate_mb_s: float = 16.0
     scrub_interval_s: float = 86400.0
+    keep_versions: int = 0
+    gc_interval_s: float = 3600.0
     cpu_workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     io_workers: int = 32
     tune_malloc: bool = True
@@ -102,6 +106,8 @@ class QSSConfig:
             problems.append("no backends: set local_backends or add [[backend]] entries")
         if self.scrub_rate_mb_s <= 0 or self.scrub_interval_s <= 0:
             problems.append("scrub_rate_mb_s and scrub_interval_s must be > 0")
+        if self.keep_versions < 0 or self.gc_interval_s <= 0:
+            problems.append("keep_versions must be >= 0 and gc_interval_s > 0")
         if self.cpu_workers < 1 or self.io_workers < 1:
             problems.append("cpu_workers and io_workers must be >= 1")
         names = [b.name for b in self.backends] + [f"local-{i:02d}" for i in range(self.local_backends)]
@@ -132,7 +138,8 @@ def load(data_dir: Path, **overrides: Any) -> QSSConfig:
 _SCALARS = {
     "k": int, "m": int, "write_quorum": int, "manifest_replicas": int, "codec": str, "zstd_level": int,
     "segment_size": int, "fsync": bool, "local_backends": int, "local_location": str, "scrub_rate_mb_s": float,
-    "scrub_interval_s": float, "cpu_workers": int, "io_workers": int, "tune_malloc": bool,
+    "scrub_interval_s": float, "keep_versions": int, "gc_interval_s": float, "cpu_workers": int, "io_workers": int,
+    "tune_malloc": bool,
 }
 
 

@@ -44,6 +44,7 @@ from hero.store.config import QSSConfig
 from hero.store.manifest import Manifest, Patch
 from hero.store.placement import place, replica_targets
 from hero.store.pool import BackendPool, Call
+from hero.store.retention import Retention
 from hero.store.scrubber import Scrubber
 from hero.store.tuning import tune_malloc
 
@@ -174,13 +175,15 @@ class QSS:
         self._heads: OrderedDict[str, _Head] = OrderedDict()  # oid -> the head this node last committed
         self._stats: tuple[float, list[Any]] = (-STATS_TTL, [])
         self.scrubber = Scrubber(self, state_file=self.data_dir / "qss" / "scrub.json")
+        self.retention = Retention(self, keep=config.keep_versions, interval=config.gc_interval_s)
         self._closed = False
 
     # Lifecycle
 
     async def start(self) -> None:
-        """Start the background scrubber (the node does; one-shot CLI commands need not)."""
+        """Start the background scrubber and retention gc (the node does; one-shot CLI commands need not)."""
         await self.scrubber.start()
+        await self.retention.start()
 
     async def close(self) -> None:
         """Finish queued repairs, stop the scrubber, release backends and threads."""
@@ -188,6 +191,7 @@ class QSS:
             return
         self._closed = True
         try:
+            await self.retention.close()
             await self.scrubber.close()
         finally:
             await self.pool.close()
@@ -967,6 +971,7 @@ class QSS:
             "up": sum(1 for b in backends if b["state"] == "up"),
             "locations": locations,
             **(await self.scrubber.status()),
+            "retention": self.retention.status(),
         }
 
 
