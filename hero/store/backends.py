@@ -147,7 +147,9 @@ class DirBackend:
         self.verify = verify  # re-hash what is put; off only where the caller hashed the bytes itself
         self._executor = executor
         self._frag = self.root / "packs"
+        self._frag_path = str(self._frag)
         self._meta = self.root / "meta"
+        self._meta_path = str(self._meta)
         self._tmp = self.root / "tmp"
         try:
             for path in (self._frag, self._meta, self._tmp):
@@ -167,7 +169,7 @@ class DirBackend:
         return BackendDown(f"backend {self.name} ({self.root}) failed: {exc.strerror or exc}")
 
     def _check_root(self) -> None:
-        if not self._frag.is_dir():
+        if not os.path.isdir(self._frag_path):  # every call: a backend whose disk went away is down, not empty
             raise BackendDown(f"backend {self.name}: directory {self._frag} is missing")
 
     def _sweep_tmp(self) -> None:
@@ -290,7 +292,7 @@ class DirBackend:
         """One manifest; a put asks every backend for the next version's, so a miss is kept cheap (no pathlib)."""
         try:
             self._check_root()
-            fd = os.open(f"{self._meta}/{check_meta_name(name)}", os.O_RDONLY)
+            fd = os.open(f"{self._meta_path}/{check_meta_name(name)}", os.O_RDONLY)
         except FileNotFoundError:
             return None
         except OSError as exc:

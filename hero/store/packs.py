@@ -80,6 +80,7 @@ class PackFiles:
         self._readers: dict[str, int] = {}
         self._stem: str | None = None
         self._path = ""
+        self._ino = 0
         self._fd = -1
         self._idx_fd = -1
         self._size = 0
@@ -163,22 +164,22 @@ class PackFiles:
             self._append(items, replace)
 
     def _append(self, items: Sequence[tuple[str, bytes]], replace: bool) -> None:
-        fresh: dict[str, bytes] = {}
+        """The hot path of every put, once per backend: raw keys and packed ints, no objects per record."""
+        where = self._where
+        fresh: dict[bytes, bytes] = {}
         for digest, data in items:
-            if replace or bytes.fromhex(digest) not in self._where:
-                fresh[digest] = data
+            raw = bytes.fromhex(digest)
+            if replace or raw not in where:
+                fresh[raw] = data
         if not fresh:
             return
         self._writable()
         assert self._stem is not None
-        start = self._size
+        start = offset = self._size
         records: list[bytes] = []
         entries: list[bytes] = []
-        offset = start
-        for digest, data in fresh.items():
-            raw = bytes.fromhex(digest)
-            records.append(HEADER.pack(MAGIC, len(data), raw))
-            records.append(data)
+        for raw, data in fresh.items():
+            records += (HEADER.pack(MAGIC, len(data), raw), data)
             entries.append(ENTRY.pack(raw, offset, len(data)))
             offset += HEADER.size + len(data)
         try:
@@ -188,14 +189,18 @@ class PackFiles:
             self._abandon(start)
             raise
         self._size = offset
-        replaced = {d: w for d in fresh if (w := self._get(d)) is not None}
+        replaced = {raw.hex(): self._unpack(where[raw]) for raw in fresh if raw in where}
         if replaced:
             self._kill(replaced)
-        pack = self._packs[self._stem]
+        sid = self._sid(self._stem)
         offset = start
-        for digest, data in fresh.items():
-            self._set(digest, Location(self._stem, offset, len(data)))
+        for raw, data in fresh.items():
+            old = where.get(raw)
+            if old is not None:
+                self._unpacked_dead(old)
+            where[raw] = sid << 80 | offset << 40 | len(data)
             offset += HEADER.size + len(data)
+        pack = self._packs[self._stem]
         pack.scanned = pack.total = offset
         pack.indexed += len(entries) * ENTRY.size
         pack.mtime = time.time()
@@ -247,9 +252,8 @@ class PackFiles:
         """Make sure this process has an open pack under its name (a new one after a roll-over or a wipe)."""
         if self._stem is not None:
             try:
-                if os.stat(self._path).st_ino == os.fstat(self._fd).st_ino:
-                    if self._size < PACK_BYTES:
-                        return
+                if os.stat(self._path).st_ino == self._ino and self._size < PACK_BYTES:
+                    return
             except FileNotFoundError:
                 pass
             os.close(self._fd)
@@ -265,6 +269,7 @@ class PackFiles:
             raise
         self._stem, self._fd, self._idx_fd, self._size = stem, fd, idx, 0
         self._path = str(self.dir / f"{stem}.pack")
+        self._ino = os.fstat(fd).st_ino
         self._packs[stem] = _Pack(mtime=time.time())
 
     def _abandon(self, size: int) -> None:
@@ -438,7 +443,7 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
     for start in range(0, len(parts), IOV_MAX):
         run = parts[start : start + IOV_MAX]
         written = os.writev(fd, run)
-        if written < sum(len(p) for p in run):
+        if written < sum(map(len, run)):
             view = memoryview(b"".join(run))[written:]
             while view:
                 view = view[os.write(fd, view) :]
