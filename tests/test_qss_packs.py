@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hero.store.packs import HEADER, PackFiles
+from hero.store.packs import HEADER, MAX_READERS, PackFiles
 from hero.store.pipeline import fragment_hash
 
 
@@ -31,8 +31,8 @@ ops = st.lists(
 @given(ops)
 def test_any_sequence_of_puts_deletes_and_reopens_reads_like_a_dict(script):
     with tempfile.TemporaryDirectory() as root:
-        packs = PackFiles(Path(root), compact_idle=0)
-        other = PackFiles(Path(root), compact_idle=0)  # another process sharing the directory
+        packs = PackFiles(Path(root))
+        other = PackFiles(Path(root))  # another process sharing the directory
         model: dict[str, bytes] = {}
         names: dict[int, str] = {}
         try:
@@ -50,7 +50,7 @@ def test_any_sequence_of_puts_deletes_and_reopens_reads_like_a_dict(script):
                     model.pop(digest, None)
                 elif op == "reopen":
                     packs.close()
-                    packs = PackFiles(Path(root), compact_idle=0)
+                    packs = PackFiles(Path(root))
                 elif op == "other" and digest in model:
                     assert other.delete([digest]) == 1
                     model.pop(digest)
@@ -81,14 +81,14 @@ def test_a_torn_record_is_ignored_and_a_lost_index_entry_is_found_again(tmp_path
     reader.close()
 
 
-def test_a_mostly_dead_idle_pack_is_compacted_and_other_readers_follow(tmp_path: Path):
+def test_a_mostly_dead_pack_of_a_gone_writer_is_compacted_and_other_readers_follow(tmp_path: Path):
     old = PackFiles(tmp_path)
     items = [frag(i, 4000) for i in range(10)]
     old.append(items)
     old.close()
     reader = PackFiles(tmp_path)
     assert reader.read([items[9][0]]) == [items[9][1]]
-    gc = PackFiles(tmp_path, compact_idle=0)
+    gc = PackFiles(tmp_path)
     assert gc.delete([d for d, _ in items[:6]]) == 6
     packs = sorted(tmp_path.glob("*.pack"))
     assert len(packs) == 1 and packs[0].stat().st_size < 5 * 4100  # the old pack is gone, 4 live records moved
@@ -115,3 +115,33 @@ def test_one_append_of_more_records_than_writev_takes(tmp_path: Path):
     packs.append(items)
     assert PackFiles(tmp_path).read([d for d, _ in items]) == [v for _, v in items]
     packs.close()
+
+
+def test_the_pack_of_a_live_writer_is_never_compacted_away(tmp_path: Path):
+    writer = PackFiles(tmp_path)
+    items = [frag(i, 4000) for i in range(10)]
+    writer.append(items)
+    gc = PackFiles(tmp_path)
+    assert gc.delete([d for d, _ in items[:8]]) == 8  # mostly dead, but its writer still holds it
+    later = frag(99, 100)
+    writer.append([later])
+    assert PackFiles(tmp_path).read([items[9][0], later[0]]) == [items[9][1], later[1]]
+    gc.close()
+    writer.close()
+
+
+def test_small_packs_of_short_lived_processes_are_merged_and_readers_stay_bounded(tmp_path: Path):
+    items = [frag(i, 300) for i in range(MAX_READERS + 10)]
+    for item in items:  # one CLI call each: a pack each
+        one = PackFiles(tmp_path)
+        one.append([item])
+        one.close()
+    reader = PackFiles(tmp_path)
+    assert reader.read([d for d, _ in items]) == [v for _, v in items]
+    assert len(reader._readers) <= MAX_READERS
+    gc = PackFiles(tmp_path)
+    assert gc.delete([items[0][0]]) == 1
+    assert len(list(tmp_path.glob("*.pack"))) == 1
+    assert reader.read([d for d, _ in items]) == [None] + [v for _, v in items[1:]]
+    gc.close()
+    reader.close()

@@ -16,17 +16,23 @@ same way, so every process agrees on which copy is current. The killed
 record's magic is overwritten too, and every read checks the header, so a
 process with a stale index reads a deleted record as missing at once. Other
 processes' packs are read again on a miss, so a CLI or a fragment server
-sharing the directory sees what the node wrote. A pack at least half
-dead and idle for a while is rewritten into the live pack and removed.
+sharing the directory sees what the node wrote.
+
+A writer holds an exclusive `flock` on its pack for as long as it appends to
+it. When gc deletes, packs whose lock can be taken (their writer is gone) and
+that are at least half dead, or small, are rewritten into the live pack and
+removed, so space comes back and the number of packs stays small.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +45,9 @@ KILL = struct.Struct(">32sQ")  # raw digest, offset of the dead record's header
 PACK_BYTES = 256 << 20  # roll over to a new pack past this size
 MASK40 = (1 << 40) - 1
 IOV_MAX = 1024  # buffers per writev on Linux
-COMPACT_DEAD = 0.5  # rewrite a pack once this share of its bytes is dead ...
-COMPACT_IDLE = 300.0  # ... and nobody appended to it for this long (its writer may still hold it open)
+COMPACT_DEAD = 0.5  # rewrite a pack once this share of its bytes is dead,
+SMALL_PACK = 8 << 20  # or when it is this small (a short-lived process's pack): merged into the live one
+MAX_READERS = 64  # open read descriptors kept per directory
 
 
 @dataclass(frozen=True)
@@ -68,16 +75,15 @@ class _Pack:
 class PackFiles:
     """The packs of one directory. Thread-safe; the writer's pack is this process's alone."""
 
-    def __init__(self, directory: Path, *, compact_idle: float = COMPACT_IDLE) -> None:
+    def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
-        self.compact_idle = compact_idle
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._where: dict[bytes, int] = {}  # raw digest -> packed location (`_pack`): ~140 B a fragment, not ~275
         self._stems: list[str] = []
         self._stem_ids: dict[str, int] = {}
         self._packs: dict[str, _Pack] = {}
-        self._readers: dict[str, int] = {}
+        self._readers: OrderedDict[str, int] = OrderedDict()
         self._stem: str | None = None
         self._path = ""
         self._ino = 0
@@ -142,6 +148,10 @@ class PackFiles:
             except FileNotFoundError:
                 return -1
             self._readers[stem] = fd
+            if len(self._readers) > MAX_READERS:
+                os.close(self._readers.popitem(last=False)[1])
+        else:
+            self._readers.move_to_end(stem)
         return fd
 
     def totals(self) -> tuple[int, int]:
@@ -163,7 +173,7 @@ class PackFiles:
         with self._lock:
             self._append(items, replace)
 
-    def _append(self, items: Sequence[tuple[str, bytes]], replace: bool) -> None:
+    def _append(self, items: Sequence[tuple[str, bytes]], replace: bool, *, kill: bool = True) -> None:
         """The hot path of every put, once per backend: raw keys and packed ints, no objects per record."""
         where = self._where
         fresh: dict[bytes, bytes] = {}
@@ -189,7 +199,7 @@ class PackFiles:
             self._abandon(start)
             raise
         self._size = offset
-        replaced = {raw.hex(): self._unpack(where[raw]) for raw in fresh if raw in where}
+        replaced = {raw.hex(): self._unpack(where[raw]) for raw in fresh if raw in where} if kill else {}
         if replaced:
             self._kill(replaced)
         sid = self._sid(self._stem)
@@ -263,6 +273,7 @@ class PackFiles:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
         fd = os.open(self.dir / f"{stem}.pack", flags, 0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live: nobody compacts it away
             idx = os.open(self.dir / f"{stem}.idx", flags, 0o644)
         except OSError:
             os.close(fd)
@@ -414,19 +425,36 @@ class PackFiles:
     # Space
 
     def _compact(self) -> None:
-        """Rewrite the live records of packs at least half dead into ours, then remove those packs."""
-        idle = time.time() - self.compact_idle
+        """Rewrite the live records of mostly dead or small packs into ours, then remove those packs.
+
+        Only packs whose writer is gone: its lock must be free. A small pack is merged only
+        if there is another small one, so one process's own last pack is left alone.
+        """
+        small = [s for s, p in self._packs.items() if s != self._stem and p.total < SMALL_PACK]
         for stem, pack in list(self._packs.items()):
-            if stem == self._stem or pack.total == 0 or pack.dead < COMPACT_DEAD * pack.total or pack.mtime > idle:
+            if stem == self._stem:
                 continue
-            fd = self._reader(stem)
-            if fd < 0:
+            if not (pack.dead >= COMPACT_DEAD * pack.total or (len(small) > 1 and stem in small)):
                 continue
-            live = [(d, w) for d, w in self._all() if w.stem == stem]
-            self._append([(d, os.pread(fd, w.size, w.data_offset)) for d, w in live], True)
-            os.close(self._readers.pop(stem))
-            for suffix in (".pack", ".idx", ".del"):
-                (self.dir / f"{stem}{suffix}").unlink(missing_ok=True)
+            try:
+                fd = os.open(self.dir / f"{stem}.pack", os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer is alive
+                live = [(d, w) for d, w in self._all() if w.stem == stem]
+                # No kills: the whole pack goes, and a stale reader of it still reads the same bytes.
+                self._append([(d, os.pread(fd, w.size, w.data_offset)) for d, w in live], True, kill=False)
+                for suffix in (".pack", ".idx", ".del"):
+                    (self.dir / f"{stem}{suffix}").unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+            reader = self._readers.pop(stem, None)
+            if reader is not None:
+                os.close(reader)
             del self._packs[stem]
 
     def records(self) -> Iterator[tuple[str, Path, int, int]]:
