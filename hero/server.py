@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -147,8 +148,18 @@ def shutdown_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def raise_file_limit() -> None:
+    """Lift the soft open-files limit to the hard one: a node holds sockets for its users and, per
+    storage backend, its pack files (the common soft default of 1,024 is low for a server)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def serve(config: NodeConfig, *, announce: Any = print) -> None:
     """Run the node until Ctrl-C or SIGTERM, then hibernate every agent and close cleanly."""
+    raise_file_limit()
     sock = listen(config.host, config.port)
     with shutdown_signals():
         await _serve(config, sock, announce)

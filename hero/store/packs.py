@@ -47,7 +47,7 @@ MASK40 = (1 << 40) - 1
 IOV_MAX = 1024  # buffers per writev on Linux
 COMPACT_DEAD = 0.5  # rewrite a pack once this share of its bytes is dead,
 SMALL_PACK = 8 << 20  # or when it is this small (a short-lived process's pack): merged into the live one
-MAX_READERS = 64  # open read descriptors kept per directory
+MAX_READERS = 16  # open read descriptors kept per directory (20 local backends: ~360 descriptors at most)
 
 
 @dataclass(frozen=True)
