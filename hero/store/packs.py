@@ -207,7 +207,7 @@ class PackFiles:
         for raw, data in fresh.items():
             old = where.get(raw)
             if old is not None:
-                self._unpacked_dead(old)
+                self._mark_dead(old)
             where[raw] = sid << 80 | offset << 40 | len(data)
             offset += HEADER.size + len(data)
         pack = self._packs[self._stem]
@@ -316,23 +316,24 @@ class PackFiles:
             yield raw.hex(), self._unpack(packed)
 
     def _set(self, digest: str, where: Location) -> None:
-        old = self._get(digest)
-        if old == where:  # the same record, indexed again (say, scanned before its index entry was read)
+        raw, packed = bytes.fromhex(digest), self._pack(where)
+        old = self._where.get(raw)
+        if old == packed:  # the same record, indexed again (say, scanned before its index entry was read)
             return
-        if old is not None and old.stem in self._packs:
-            self._packs[old.stem].dead += HEADER.size + old.size
-        self._where[bytes.fromhex(digest)] = self._pack(where)
+        if old is not None:
+            self._mark_dead(old)
+        self._where[raw] = packed
 
-    def _unpacked_dead(self, packed: int) -> None:
+    def _mark_dead(self, packed: int) -> None:
+        """Count a record's bytes as dead in its pack's books (what `_compact` goes by)."""
         stem = self._stems[packed >> 80]
         if stem in self._packs:
             self._packs[stem].dead += HEADER.size + (packed & MASK40)
 
     def _drop(self, digest: str) -> None:
         packed = self._where.pop(bytes.fromhex(digest), None)
-        old = None if packed is None else self._unpack(packed)
-        if old is not None and old.stem in self._packs:
-            self._packs[old.stem].dead += HEADER.size + old.size
+        if packed is not None:
+            self._mark_dead(packed)
 
     def _refresh(self) -> None:
         """Read what other processes appended or removed since we last looked, oldest pack first."""
@@ -376,7 +377,7 @@ class PackFiles:
                 pack.dead += HEADER.size + size
             elif old != packed:
                 if old is not None:
-                    self._unpacked_dead(old)
+                    self._mark_dead(old)
                 where[digest] = packed
         pack.total = end
         pack.indexed += usable
