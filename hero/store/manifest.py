@@ -16,14 +16,17 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import blake3
 
 from hero.errors import IntegrityError
 from hero.identity import NodeKeys, verify_signature
 from hero.store.pipeline import HEX64
+
+R = TypeVar("R")
 
 MANIFEST_MAGIC = b"HQM1"
 PATCH_MAGIC = b"HQP1"
@@ -170,11 +173,7 @@ def sign_manifest(manifest: Manifest, keys: NodeKeys) -> bytes:
 
 
 def open_manifest(blob: bytes, trusted: set[str] | None, what: str = "manifest") -> Manifest:
-    body = _open(MANIFEST_MAGIC, blob, trusted, what)
-    try:
-        return Manifest.from_json(body)
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError(f"{what} is malformed") from None
+    return _parsed(Manifest.from_json, _open(MANIFEST_MAGIC, blob, trusted, what), what)
 
 
 def sign_patch(patch: Patch, keys: NodeKeys) -> bytes:
@@ -182,9 +181,13 @@ def sign_patch(patch: Patch, keys: NodeKeys) -> bytes:
 
 
 def open_patch(blob: bytes, trusted: set[str] | None, what: str = "placement patch") -> Patch:
-    body = _open(PATCH_MAGIC, blob, trusted, what)
+    return _parsed(Patch.from_json, _open(PATCH_MAGIC, blob, trusted, what), what)
+
+
+def _parsed(parse: Callable[[dict[str, Any]], R], body: dict[str, Any], what: str) -> R:
+    """A signed body as its record; a body that is signed but not a record is malformed, not a crash."""
     try:
-        return Patch.from_json(body)
+        return parse(body)
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(f"{what} is malformed") from None
 

@@ -358,18 +358,23 @@ class PackFiles:
                 self._read_index(stem, pack)
                 self._scan_tail(stem, pack)
 
-    def _read_index(self, stem: str, pack: _Pack) -> None:
+    def _unread(self, path: Path, start: int, record: int) -> bytes:
+        """The whole records appended to `path` since `start` (a torn last one is left for next time)."""
         try:
-            with open(self.dir / f"{stem}.idx", "rb") as f:
-                f.seek(pack.indexed)
+            with open(path, "rb") as f:
+                f.seek(start)
                 raw = f.read()
         except FileNotFoundError:
-            return
-        usable = len(raw) - len(raw) % ENTRY.size
+            return b""
+        return raw[: len(raw) - len(raw) % record]
+
+    def _read_index(self, stem: str, pack: _Pack) -> None:
+        raw = self._unread(self.dir / f"{stem}.idx", pack.indexed, ENTRY.size)
+        usable = len(raw)
         # The hot loop of opening a store (every fragment of every pack): raw keys, no Location objects.
         sid = self._sid(stem)
         where, killed, end = self._where, pack.killed, pack.total
-        for digest, offset, size in ENTRY.iter_unpack(raw[:usable]):
+        for digest, offset, size in ENTRY.iter_unpack(raw):
             end = max(end, offset + HEADER.size + size)
             packed = sid << 80 | offset << 40 | size
             old = where.get(digest)
@@ -384,14 +389,9 @@ class PackFiles:
         pack.scanned = max(pack.scanned, pack.total)
 
     def _read_deletions(self, stem: str, pack: _Pack) -> None:
-        try:
-            with open(self.dir / f"{stem}.del", "rb") as f:
-                f.seek(pack.deleted)
-                raw = f.read()
-        except FileNotFoundError:
-            return
-        usable = len(raw) - len(raw) % KILL.size
-        for digest, offset in KILL.iter_unpack(raw[:usable]):
+        raw = self._unread(self.dir / f"{stem}.del", pack.deleted, KILL.size)
+        usable = len(raw)
+        for digest, offset in KILL.iter_unpack(raw):
             hexd = digest.hex()
             where = self._get(hexd)
             if offset not in pack.killed and where is not None and where.stem == stem and where.offset == offset:
