@@ -293,6 +293,19 @@ async def test_dashboard_storage_panel_shows_qss_health(site: Site, browser: Bro
         assert await page.locator("#storage-table tbody tr").count() == len(status["backends"]) == 20
 
 
+async def test_dashboard_sign_out_revokes_the_operator_token(site: Site, browser: Browser):
+    token = operator_token(site.parts.config.data_dir)  # not the shared one: this test revokes it
+    async with page_at(browser, site.url(f"/dashboard?token={token}")) as page:
+        await expect(page.locator("#dash")).to_be_visible()
+        await page.locator("#signout").click()
+        await expect(page.locator("#signin-view")).to_be_visible()
+        await expect(page.locator("#signin-error")).to_contain_text("hero operator token")
+        status = await page.evaluate(
+            "async (t) => (await fetch('/api/node/status', {headers: {Authorization: 'Bearer ' + t}})).status", token
+        )
+    assert status == 401
+
+
 async def test_a_user_token_gets_no_dashboard_data(site: Site, browser: Browser):
     alice = site.users["alice"]
     async with page_at(browser, site.url(f"/dashboard?token={alice['token']}")) as page:

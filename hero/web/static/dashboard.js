@@ -1,7 +1,8 @@
 // The operator dashboard: live node power (SSE, 1 Hz), agents and LLM, top consumers, DuckDB history,
 // and storage / overlay panels when this node has those parts.
 import {
-  ApiError, TokenStore, follow, fmtEnergyWh, fmtJoules, fmtWatts, getJSON, registerServiceWorker, tokenFromInput,
+  ApiError, TokenStore, follow, fmtEnergyWh, fmtJoules, fmtWatts, getJSON, registerServiceWorker, request,
+  tokenFromInput,
 } from "./lib/api.js";
 import { drawChart, palette } from "./lib/chart.js";
 
@@ -24,6 +25,14 @@ const state = {
 };
 
 // ---------- views ----------
+
+async function signOut() {
+  // Revoke the token itself, so a copy left in a link or on another screen stops working too.
+  const token = tokens.get();
+  tokens.clear();
+  if (token) await request(token, "/api/auth/logout", { method: "POST" }).catch(() => {});
+  showSignIn("Signed out. `hero operator token` prints a new operator token.");
+}
 
 function showSignIn(message = "") {
   stop();
@@ -357,7 +366,7 @@ function wire() {
     $("token-input").value = "";
     start();
   });
-  $("signout").addEventListener("click", () => { tokens.clear(); showSignIn(""); });
+  $("signout").addEventListener("click", signOut);
   for (const b of document.querySelectorAll("[data-window]")) {
     b.addEventListener("click", () => {
       state.historyWindow = b.dataset.window;
