@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -214,7 +215,7 @@ async def test_keys_and_state_come_back_from_the_backends_alone(tmp_path: Path):
 
     for path in data.iterdir():
         if path.name != "keys":
-            path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+            path.unlink() if path.is_file() else shutil.rmtree(path)
     assert [p.name for p in data.iterdir()] == ["keys"]
     (data / "storage.toml").write_text(config)  # the deployment tells a fresh node where its storage is
 
@@ -352,3 +353,25 @@ async def test_keep_versions_in_storage_toml_trims_old_versions_in_the_backgroun
         await store.close()
     with pytest.raises(UsageError, match="keep_versions"):
         await open_store(tmp_path, keep_versions=-1)
+
+
+async def test_fragments_of_the_file_per_fragment_layout_are_adopted_into_packs(tmp_path: Path):
+    """A data dir from before pack files keeps its agents: `fragments/<hash>` files move into packs."""
+    store = await open_store(tmp_path)
+    await store.put(AGENT + "/state", b"from before packs" * 100, epoch=1)
+    await store.close()
+    backends = tmp_path / "backends"
+    for fragment in fragment_files(backends):
+        loose = backends / fragment.backend / "fragments"
+        loose.mkdir(exist_ok=True)
+        (loose / fragment.name).write_bytes(fragment.read_bytes())
+    for packs in backends.glob("*/packs"):
+        shutil.rmtree(packs)
+    (backends / "03" / "fragments" / ("ee" * 32)).write_bytes(b"not what its name says")
+    store = await open_store(tmp_path)
+    try:
+        assert await store.get(AGENT + "/state") == b"from before packs" * 100
+        assert len(fragment_files(backends)) == 20
+        assert [p.name for p in backends.glob("*/fragments/*")] == ["ee" * 32]  # kept for a human to look at
+    finally:
+        await store.close()

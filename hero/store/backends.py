@@ -156,6 +156,7 @@ class DirBackend:
                 path.mkdir(parents=True, exist_ok=True)
             self.device = os.stat(self.root).st_dev
             self._packs = PackFiles(self._frag)
+            self._adopt_loose_fragments()
         except OSError as exc:
             raise self._error(exc) from None
         self._sweep_tmp()
@@ -171,6 +172,29 @@ class DirBackend:
     def _check_root(self) -> None:
         if not os.path.isdir(self._frag_path):  # every call: a backend whose disk went away is down, not empty
             raise BackendDown(f"backend {self.name}: directory {self._frag} is missing")
+
+    def _adopt_loose_fragments(self) -> None:
+        """Move fragments of the one-file-per-fragment layout (`fragments/<hash>`, before packs) into a pack.
+
+        Each is re-hashed on the way: only bytes that match their name are adopted; the rest
+        stay where they are for an operator to look at. Files go only once the pack is synced.
+        """
+        loose = self.root / "fragments"
+        if not loose.is_dir():
+            return
+        adopted: list[Path] = []
+        for entry in os.scandir(loose):
+            if HEX64.match(entry.name):
+                data = Path(entry.path).read_bytes()
+                if fragment_hash(data) == entry.name:
+                    self._packs.append([(entry.name, data)])
+                    adopted.append(Path(entry.path))
+        if adopted:
+            self.sync()
+            for path in adopted:
+                path.unlink()
+        with contextlib.suppress(OSError):  # not empty: something was not adopted
+            loose.rmdir()
 
     def _sweep_tmp(self) -> None:
         """Temp files left by a killed writer; young ones may belong to a live writer in another process."""
