@@ -527,26 +527,26 @@ class QSS:
                 if name != UNPLACED:
                     batches.setdefault(name, []).append((frag_hash, frag))
         names = list(batches)
-        name = manifest.manifest_name(*probe) if probe else ""
-        probes: list[Call] = [(b, "get_meta", (name,)) for b in self.pool.backends] if probe else []
+        probes: list[Call] = []
+        if probe:
+            probes = [(b, "get_meta", (manifest.manifest_name(*probe),)) for b in self.pool.backends]
         results = await self.pool.fanout(
             probes + [(b, "put_fragments", (batches[b.name],)) for b in self.pool.named(names)], sync=sync
         )
         seen, results = results[: len(probes)], results[len(probes) :]
         failed = set()
         for name, result in zip(names, results, strict=True):
-            if not isinstance(result, StorageError | Conflict):
-                written.setdefault(name, []).extend(h for h, _ in batches[name])
-        if any(isinstance(found, bytes) for found in seen):
-            raise _VersionTaken()
-        if any(isinstance(found, StorageError) for found in seen) and probe:  # a backend we could not ask
-            index = await self.index(probe[0])
-            if index.versions() and index.versions()[-1] >= probe[1]:
-                raise _VersionTaken()
-        for name, result in zip(names, results, strict=True):
             if isinstance(result, StorageError | Conflict):
                 failed.add(name)
                 skipped[name] = result.message
+            else:
+                written.setdefault(name, []).extend(h for h, _ in batches[name])
+        if any(isinstance(found, bytes) for found in seen):
+            raise _VersionTaken()
+        if probe and any(isinstance(found, StorageError) for found in seen):  # a backend we could not ask
+            versions = (await self.index(probe[0])).versions()
+            if versions and versions[-1] >= probe[1]:
+                raise _VersionTaken()
         return failed
 
     async def _discard(self, written: dict[str, list[str]]) -> None:
