@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from hero.nursery import Nursery
 from hero.runtime.eager import start_eager
-from hero.runtime.nursery import Nursery
 
 
 async def test_coroutine_that_never_waits_finishes_without_a_task():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from hero.runtime.nursery import Nursery
+from hero.nursery import Nursery
 
 
 def start_eager(coro: Coroutine[Any, Any, Any], nursery: Nursery, *, name: str) -> bool:

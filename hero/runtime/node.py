@@ -21,11 +21,11 @@ from typing import Any
 
 from hero.errors import AgentError, HeroError, NotFound, Overloaded, Unavailable
 from hero.identity import check_agent_id
+from hero.nursery import Nursery
 from hero.runtime.agent import LLM, Agent, AgentContext, Message
 from hero.runtime.directory import Directory, Lease
 from hero.runtime.eager import start_eager
 from hero.runtime.events import Event, Reply, TimerFired
-from hero.runtime.nursery import Nursery
 from hero.runtime.seams import Admission, Metering
 from hero.runtime.timers import Timer, TimerSchedule
 from hero.store.base import StateStore

@@ -261,11 +261,8 @@ class PackFiles:
     def _writable(self) -> None:
         """Make sure this process has an open pack under its name (a new one after a roll-over or a wipe)."""
         if self._stem is not None:
-            try:
-                if os.stat(self._path).st_ino == self._ino and self._size < PACK_BYTES:
-                    return
-            except FileNotFoundError:
-                pass
+            if self._size < PACK_BYTES and self._still_ours():
+                return
             os.close(self._fd)
             os.close(self._idx_fd)
             self._stem = None
@@ -282,6 +279,13 @@ class PackFiles:
         self._path = str(self.dir / f"{stem}.pack")
         self._ino = os.fstat(fd).st_ino
         self._packs[stem] = _Pack(mtime=time.time())
+
+    def _still_ours(self) -> bool:
+        """False once our pack file is gone or another file took its name (a wiped directory)."""
+        try:
+            return os.stat(self._path).st_ino == self._ino
+        except FileNotFoundError:
+            return False
 
     def _abandon(self, size: int) -> None:
         """After a failed append: cut the pack back, or leave it to a new one if even that fails."""

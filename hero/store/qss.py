@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from hero.errors import BadRequest, Conflict, IntegrityError, NotFound, StaleEpoch, StorageError
 from hero.identity import NodeKeys
+from hero.nursery import Nursery
 from hero.store import config as config_mod
 from hero.store import crypto, erasure, manifest, pipeline
 from hero.store.backends import Backend, DirBackend, RemoteBackend
@@ -176,14 +177,15 @@ class QSS:
         self._stats: tuple[float, list[Any]] = (-STATS_TTL, [])
         self.scrubber = Scrubber(self, state_file=self.data_dir / "qss" / "scrub.json")
         self.retention = Retention(self, keep=config.keep_versions, interval=config.gc_interval_s)
+        self._background = Nursery("qss")  # the scrubber's and retention's loops
         self._closed = False
 
     # Lifecycle
 
     async def start(self) -> None:
         """Start the background scrubber and retention gc (the node does; one-shot CLI commands need not)."""
-        await self.scrubber.start()
-        await self.retention.start()
+        self.scrubber.start(self._background)
+        self.retention.start(self._background)
 
     async def close(self) -> None:
         """Finish queued repairs, stop the scrubber, release backends and threads."""
@@ -191,7 +193,7 @@ class QSS:
             return
         self._closed = True
         try:
-            await self.retention.close()
+            await self._background.aclose()
             await self.scrubber.close()
         finally:
             await self.pool.close()

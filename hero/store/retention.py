@@ -9,12 +9,12 @@ versions still go only by the operator's intent: this runs only when
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from hero.errors import StorageError
+from hero.nursery import Nursery
 
 if TYPE_CHECKING:
     from hero.store.qss import QSS
@@ -31,18 +31,12 @@ class Retention:
         self.first_delay = first_delay
         self.last: dict[str, Any] | None = None
         self.removed_total = 0
-        self._task: asyncio.Task[None] | None = None
+        self._started = False
 
-    async def start(self) -> None:
-        if self.keep > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="qss-retention")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def start(self, nursery: Nursery) -> None:
+        if self.keep > 0 and not self._started:
+            self._started = True
+            nursery.spawn(self._run(), name="qss-retention")
 
     async def _run(self) -> None:
         await asyncio.sleep(self.first_delay)

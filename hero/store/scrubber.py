@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hero.errors import StorageError
+from hero.nursery import Nursery
 from hero.store import manifest, pipeline
 from hero.store.manifest import Patch
 from hero.store.placement import rendezvous, replica_targets
@@ -115,16 +116,13 @@ class Scrubber:
 
     # Background task
 
-    async def start(self) -> None:
+    def start(self, nursery: Nursery) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="qss-scrubber")
+            self._task = nursery.spawn(self._run(), name="qss-scrubber")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """After the owner's nursery has stopped the background task: run what is still queued, briefly."""
+        self._task = None
         if self._heap:
             try:
                 async with asyncio.timeout(DRAIN_ON_CLOSE):

@@ -1,7 +1,8 @@
 """A long-lived owner for background tasks (Trio's nursery rule on asyncio).
 
-Every task the node starts is spawned here, so shutdown can cancel and await
-all of them and no exception is silently lost.
+Every background task a part starts (the runtime's turns, the store's scrubber
+and retention loops) is spawned into its part's nursery, so shutdown can cancel
+and await all of them and no exception is silently lost.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-log = logging.getLogger("hero.runtime")
+log = logging.getLogger("hero")
 
 
 class Nursery:
