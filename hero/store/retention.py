@@ -13,7 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from hero.errors import StorageError
+from hero.errors import HeroError
 from hero.nursery import Nursery
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Retention:
             began = time.time()
             try:
                 report = await self.qss.gc(self.keep)
-            except StorageError as exc:
+            except HeroError as exc:  # a backend down, a conflict with a writer: the next run tries again
                 log.warning("retention gc (keep %d) failed: %s", self.keep, exc.message)
                 report = {"error": exc.message}
             else:
