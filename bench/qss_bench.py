@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import itertools
 import json
 import mmap
@@ -28,11 +27,11 @@ from typing import Any
 import zstandard
 
 from hero.identity import NodeKeys
+from hero.store.backends import sync_filesystem
 from hero.store.qss import QSS, open_qss
 
 MiB = 1 << 20
 SEED_REFERENCE = 50.0  # MB/s, ThreeFold's "up to 50 MB/sec" per QSFS instance
-SYNCFS = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)  # what DirBackend.sync calls
 TARGETS = {"write_json": 250.0, "read_4_lost": 800.0, "small_put_p99_ms": 5.0}
 
 
@@ -179,7 +178,7 @@ class DiskFloor:
 
     def _sync(self) -> None:
         if self.fsync:
-            os.fsync(self.dir_fd) if SYNCFS is None else SYNCFS(self.dir_fd)
+            sync_filesystem(self.dir_fd)  # what DirBackend.sync calls
 
     def close(self) -> None:
         for fd in (*self.fds, self.dir_fd):

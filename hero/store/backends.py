@@ -50,6 +50,14 @@ if _syncfs is not None:
     _syncfs.restype = ctypes.c_int
 
 
+def sync_filesystem(fd: int) -> None:
+    """Flush every dirty page and directory entry of the filesystem holding `fd` (os.sync where there is no syncfs)."""
+    if _syncfs is None:
+        os.sync()
+    elif _syncfs(fd) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
 class BackendDown(StorageError):
     """The backend cannot be reached or failed an I/O; it is skipped and reported."""
 
@@ -233,10 +241,7 @@ class DirBackend:
         try:
             fd = os.open(self.root, os.O_RDONLY)
             try:
-                if _syncfs is None:
-                    os.sync()
-                elif _syncfs(fd) != 0:
-                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+                sync_filesystem(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
