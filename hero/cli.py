@@ -20,17 +20,27 @@ from hero.users import USER_TTL, Users
 
 
 class Parser(argparse.ArgumentParser):
+    """Every parse error is one line: `hero: [SUB-COMMAND: ]message` (main adds the `hero: `)."""
+
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        where = self.prog.removeprefix("hero").strip()
+        choices = self._choices()
+        if choices is not None and "required" in message:  # a bare `hero` or `hero user`
+            kind = "action" if where else "command"
+            message = f"missing {kind}: {', '.join(choices)} (see hero {where + ' ' if where else ''}--help)"
+        raise UsageError(f"{where}: {message}" if where else message)
+
+    def _choices(self) -> list[str] | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return list(action.choices)
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if not hasattr(args, "func"):
-            parser.print_help()
-            return 2
         return args.func(args)
     except HeroError as exc:
         print(f"hero: {exc.message}", file=sys.stderr)
@@ -41,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> Parser:
     parser = Parser(prog="hero", description="Hero: personal AI agents on a small edge node")
-    sub = parser.add_subparsers(parser_class=Parser, metavar="COMMAND")
+    sub = parser.add_subparsers(parser_class=Parser, metavar="COMMAND", required=True)
 
     up = sub.add_parser("up", help="run the node")
     data_arg(up)
@@ -53,7 +63,9 @@ def build_parser() -> Parser:
     up.add_argument("-v", "--verbose", action="store_true", help="log more")
     up.set_defaults(func=cmd_up)
 
-    user = sub.add_parser("user", help="manage users").add_subparsers(parser_class=Parser, metavar="ACTION")
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        parser_class=Parser, metavar="ACTION", required=True
+    )
     add = user.add_parser("add", help="add a user; prints their token (and secret key if generated)")
     add.add_argument("name")
     add.add_argument("--pubkey", help="the user's own Ed25519 public key (hex); default: generate a key pair")
@@ -73,7 +85,9 @@ def build_parser() -> Parser:
     data_arg(token, json_flag=True)
     token.set_defaults(func=cmd_user_token)
 
-    operator = sub.add_parser("operator", help="operator access").add_subparsers(parser_class=Parser, metavar="ACTION")
+    operator = sub.add_parser("operator", help="operator access").add_subparsers(
+        parser_class=Parser, metavar="ACTION", required=True
+    )
     op_token = operator.add_parser("token", help="issue an operator token for the admin endpoints and dashboard")
     op_token.add_argument("--ttl-days", type=float, default=USER_TTL / 86400)
     data_arg(op_token, json_flag=True)

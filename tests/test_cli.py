@@ -203,3 +203,44 @@ def test_unknown_profile_lists_the_available_ones(tmp_path):
     assert result.stderr.strip() == (
         "hero: unknown hardware profile 'nope'; available: sbc-15w, server-1u-250w, zos-edge-60w"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "missing command: up, user, operator, agents, storage, calibrate"),
+        (["user"], "user: missing action: add, list, revoke, token"),
+        (["operator"], "operator: missing action: token"),
+        (["storage"], "storage: missing action: put, get, versions, keys, status, scrub, gc, serve"),
+    ],
+)
+def test_a_missing_command_is_one_usage_line(args, needle):
+    result = hero_cli(*args, check=False)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hero: ") and needle in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["agents", "--bogus"], "hero: unrecognized arguments: --bogus"),
+        (["user", "list", "--bogus"], "hero: unrecognized arguments: --bogus"),
+        (["user", "add"], "hero: user add: the following arguments are required: name"),
+    ],
+)
+def test_parser_errors_carry_the_prefix_once(args, line):
+    result = hero_cli(*args, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == line
+
+
+def test_versions_of_a_missing_key_is_an_error_like_get(tmp_path):
+    data = str(tmp_path / "d")
+    for command in ("get", "versions"):
+        result = hero_cli("storage", command, "nosuchkey", "--data", data, check=False)
+        assert result.returncode == 2, command
+        assert result.stderr.strip() == "hero: no object 'nosuchkey'", command
+        assert result.stdout == "", command
+

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hero.errors import UsageError
+from hero.errors import NotFound, UsageError
 from hero.identity import NodeKeys
 from hero.store.progress import ProgressBar
 from hero.store.qss import QSS, open_qss
@@ -27,7 +27,7 @@ DEFAULT_DATA = Path("hero-data")
 
 def add_storage_parser(subparsers: Any) -> None:
     storage = subparsers.add_parser("storage", help="QSS: erasure-coded, encrypted, self-healing storage")
-    sub = storage.add_subparsers(parser_class=type(storage), metavar="ACTION")
+    sub = storage.add_subparsers(parser_class=type(storage), metavar="ACTION", required=True)
 
     put = sub.add_parser("put", help="store FILE (or - for stdin) as the next version of KEY")
     put.add_argument("key")
@@ -162,8 +162,10 @@ def cmd_versions(args: argparse.Namespace) -> int:
         return [v.__dict__ for v in await qss.versions(args.key)]
 
     out = _run(args, op)
+    if not out:
+        raise NotFound(f"no object {args.key!r}")  # as `get` says
     lines = [f"{v['version']:>6}  {v['size']:>12} bytes  epoch {v['epoch']}  {_time(v['created'])}" for v in out]
-    _emit(args, out, "\n".join(lines) or f"no versions of {args.key}")
+    _emit(args, out, "\n".join(lines))
     return 0
 
 
