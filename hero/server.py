@@ -25,6 +25,8 @@ from agents import assistant
 from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys, UserKey
+from hero.nodelock import NodeLock
+from hero.power.profiles import load_profile
 from hero.power.service import PowerService
 from hero.runtime.node import AgentFactory, Node
 from hero.scheduler.llm import LLMService
@@ -157,12 +159,26 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+def check_config(config: NodeConfig) -> None:
+    """Refuse a bad profile or model path before the port is bound, so a busy port cannot hide them."""
+    load_profile(config.profile)
+    if config.model:
+        check_model_path(config.model)
+    else:
+        default_model_path()
+
+
 async def serve(config: NodeConfig, *, announce: Any = print) -> None:
-    """Run the node until Ctrl-C or SIGTERM, then hibernate every agent and close cleanly."""
+    """Run the node until Ctrl-C or SIGTERM, then hibernate every agent and close cleanly.
+
+    Order: settings, then the data dir's lock (one node per dir), then the port, then the parts.
+    """
     raise_file_limit()
-    sock = listen(config.host, config.port)
-    with shutdown_signals():
-        await _serve(config, sock, announce)
+    check_config(config)
+    with NodeLock.acquire(config.data_dir, port=config.port):
+        sock = listen(config.host, config.port)
+        with shutdown_signals():
+            await _serve(config, sock, announce)
 
 
 async def _serve(config: NodeConfig, sock: socket.socket, announce: Any) -> None:

@@ -244,3 +244,40 @@ def test_versions_of_a_missing_key_is_an_error_like_get(tmp_path):
         assert result.stderr.strip() == "hero: no object 'nosuchkey'", command
         assert result.stdout == "", command
 
+
+def test_second_node_on_the_same_data_dir_says_who_holds_it(tmp_path):
+    data = tmp_path / "data"
+    first = NodeProcess(data)
+    try:
+        result = hero_cli("up", "--data", str(data), "--port", str(free_port()), check=False)
+        assert first.proc.poll() is None  # the first node is unharmed
+        assert httpx.get(f"{first.url}/healthz").status_code == 200
+    finally:
+        first.stop()
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == (
+        f"hero: data dir {data} is in use by another node: "
+        f"pid {first.proc.pid} on {socket.gethostname()}, port {first.port}"
+    )
+    again = NodeProcess(data)  # the lock went with the first node
+    again.stop()
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        (["--profile", "nope"], "hero: unknown hardware profile 'nope'; available: sbc-15w, server-1u-250w, "
+                                "zos-edge-60w"),
+        (["--model", "/nonexistent.gguf"], "hero: model file not found: /nonexistent.gguf"),
+    ],
+)
+def test_profile_and_model_are_checked_before_the_port(tmp_path, extra, line):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = hero_cli("up", "--data", str(tmp_path / "d"), "--port", str(port), *extra, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == line
