@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/qss_bench.py                 # one core, fsync on (the default config)
     .venv/bin/python bench/qss_bench.py --no-fsync      # page-cache durability (survives kill -9, not power loss)
+    .venv/bin/python bench/qss_bench.py --quick         # smaller runs (~1 min): a before/after check of a change
 
 Every figure goes through QSS itself (zstd -> XChaCha20-Poly1305 -> RS 16+4 -> BLAKE3 -> 20 directory
 backends), printed beside the seed's ~50 MB/s reference and beside zstd-3 compression alone, measured in
@@ -28,6 +29,8 @@ import zstandard
 
 from hero.identity import NodeKeys
 from hero.store.backends import sync_filesystem
+from hero.store.packs import PackFiles
+from hero.store.pipeline import fragment_hash
 from hero.store.qss import QSS, open_qss
 
 MiB = 1 << 20
@@ -261,6 +264,35 @@ async def repair(root: Path, args: argparse.Namespace) -> dict[str, float]:
             "seconds_per_gib": took * (1 << 30) / held}
 
 
+def index_open(root: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Opening one directory backend's packs: reading (and checking) the index of every fragment it holds.
+
+    Fragments are 1.3 KiB records written in put-sized batches by one process, as a node writes them;
+    the figure is the median time per fragment over a few opens of the same directory.
+    """
+    count = args.index_fragments
+    packs = PackFiles(root)
+    try:
+        batch: list[tuple[str, bytes]] = []
+        for n in range(count):
+            data = n.to_bytes(8, "big") * 170
+            batch.append((fragment_hash(data), data))
+            if len(batch) == 50:
+                packs.append(batch)
+                batch = []
+        packs.append(batch)
+    finally:
+        packs.close()
+    times = []
+    for _ in range(5):
+        began = time.perf_counter()
+        opened = PackFiles(root)
+        times.append(time.perf_counter() - began)
+        assert opened.totals()[0] == count
+        opened.close()
+    return {"fragments": count, "us_per_fragment": statistics.median(times) / count * 1e6}
+
+
 def warm_guest_memory(gib: float) -> float:
     """Touch and release `gib` GiB once, so page-cache and heap pages are already backed by the hypervisor.
 
@@ -303,8 +335,15 @@ def main() -> None:
                         help="version counts at which to time put and latest (comma-separated)")
     parser.add_argument("--zstd-level", type=int, default=3,
                         help="the store's zstd level for the throughput runs, and of the floor beside them")
+    parser.add_argument("--index-fragments", type=int, default=200_000,
+                        help="fragments in the backend whose opening (index read) is timed")
+    parser.add_argument("--quick", action="store_true",
+                        help="16 MiB objects, 200 small puts, 8 MiB repair, versions 10,200, 0.5 GiB warm-up")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.quick:
+        args.size_mib, args.small, args.repair_held_mib, args.versions = 16, 200, 8, [10, 200]
+        args.warm_gib, args.index_fragments = min(args.warm_gib, 0.5), 50_000
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})  # before any thread exists: every thread inherits one core
     cores = args.cores = len(os.sched_getaffinity(0))  # one sealing/decoding thread per core
@@ -327,6 +366,7 @@ def main() -> None:
             **measured,
             **small,
             "repair": asyncio.run(repair(base / "repair", args)),
+            "index_open": index_open(base / "index", args),
             "by_versions": asyncio.run(by_versions(base / "versions", args)),
         }
     finally:
@@ -366,6 +406,9 @@ def main() -> None:
     print(row(f"repair lost backend ({rep['held_mib']:.0f} MiB held)", rep["seconds"], "s"))
     print(row("repair rebuild rate", rep["rebuilt_mb_s"], "MB/s"))
     print(row("repair time per GiB held (scaled)", rep["seconds_per_gib"], "s"))
+    opened = r["index_open"]
+    print(f"  {'open a backend: index read per fragment':38} {opened['us_per_fragment']:9.2f} µs    "
+          f"({opened['fragments']} fragments)")
     for count, v in r["by_versions"].items():
         print(f"  at {count:>5} versions: put {v['put_ms']:.1f} ms, latest {v['latest_ms']:.1f} ms, "
               f"latest after a restart {v['latest_after_restart_ms']:.1f} ms")
