@@ -96,6 +96,7 @@ class Backend(Protocol):
     location: str
     kind: str
     address: str
+    fault: str | None  # why it could not be opened, if so: down from the start, tried again on each call
 
     async def put_fragments(self, items: Sequence[tuple[str, bytes]], *, replace: bool = False) -> None:
         """Store fragments by hash; `replace` rewrites copies that exist (repair of a rotten one)."""
@@ -138,6 +139,19 @@ def check_meta_name(name: str) -> str:
     return name
 
 
+def unusable_reason(root: Path, exc: OSError) -> str:
+    """Why a directory backend cannot be used, in an operator's words (which path, and what is wrong with it)."""
+    for path in (root, root / "packs", root / "meta", root / "tmp"):
+        if path.is_symlink() and not path.exists():
+            return f"{path} is a symlink to a missing path ({os.readlink(path)})"
+        if path.exists() and not path.is_dir():
+            kind = "a file" if path.is_file() else "not a regular file or directory"
+            return f"{path} is {kind}, not a directory"
+        if not path.exists():
+            break
+    return f"{exc.filename or root}: {exc.strerror or exc}"
+
+
 class DirBackend:
     """Fragments and meta files in one directory: append-only packs in `packs/` (see `packs.py`), `meta/<name>`."""
 
@@ -159,15 +173,38 @@ class DirBackend:
         self._meta = self.root / "meta"
         self._meta_path = str(self._meta)
         self._tmp = self.root / "tmp"
+        self.device = -1  # its filesystem, once open: writes to one filesystem share one syncfs
+        self.fault: str | None = None  # why it could not be opened (it is down until it can)
+        self._packs: PackFiles | None = None
+        self._opening = threading.Lock()
         try:
-            for path in (self._frag, self._meta, self._tmp):
-                path.mkdir(parents=True, exist_ok=True)
-            self.device = os.stat(self.root).st_dev
-            self._packs = PackFiles(self._frag)
-            self._adopt_loose_fragments()
-        except OSError as exc:
-            raise self._error(exc) from None
-        self._sweep_tmp()
+            self._open()
+        except BackendDown as exc:
+            self.fault = exc.message
+
+    def _open(self) -> PackFiles:
+        """Create or open the layout; a backend that cannot be opened now is tried again on its next call."""
+        with self._opening:
+            if self._packs is not None:
+                return self._packs
+            try:
+                for path in (self._frag, self._meta, self._tmp):
+                    path.mkdir(parents=True, exist_ok=True)
+                self.device = os.stat(self.root).st_dev
+                self._packs = PackFiles(self._frag, fsync=self.fsync)
+                self._adopt_loose_fragments(self._packs)
+                self._sweep_tmp()
+            except OSError as exc:
+                if self._packs is not None:
+                    self._packs.close()
+                    self._packs = None
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._error(exc) from None
+                raise BackendDown(
+                    f"backend {self.name} cannot be opened: {unusable_reason(self.root, exc)}"
+                ) from None
+            self.fault = None
+            return self._packs
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
@@ -177,11 +214,13 @@ class DirBackend:
             return BackendFull(f"backend {self.name} ({self.root}) is full: {exc.strerror}")
         return BackendDown(f"backend {self.name} ({self.root}) failed: {exc.strerror or exc}")
 
-    def _check_root(self) -> None:
+    def _check_root(self) -> PackFiles:
+        packs = self._packs if self._packs is not None else self._open()
         if not os.path.isdir(self._frag_path):  # every call: a backend whose disk went away is down, not empty
             raise BackendDown(f"backend {self.name}: directory {self._frag} is missing")
+        return packs
 
-    def _adopt_loose_fragments(self) -> None:
+    def _adopt_loose_fragments(self, packs: PackFiles) -> None:
         """Move fragments of the one-file-per-fragment layout (`fragments/<hash>`, before packs) into a pack.
 
         Each is re-hashed on the way: only bytes that match their name are adopted; the rest
@@ -195,7 +234,7 @@ class DirBackend:
             if HEX64.match(entry.name):
                 data = Path(entry.path).read_bytes()
                 if fragment_hash(data) == entry.name:
-                    self._packs.append([(entry.name, data)])
+                    packs.append([(entry.name, data)])
                     adopted.append(Path(entry.path))
         if adopted:
             self.sync()
@@ -255,8 +294,7 @@ class DirBackend:
             if self.verify and fragment_hash(data) != check_digest(digest):
                 raise IntegrityError(f"fragment does not match its hash {digest[:16]}…")
         try:
-            self._check_root()
-            self._packs.append(items, replace=replace)  # content-addressed: a known digest is already stored
+            self._check_root().append(items, replace=replace)  # content-addressed: a known digest is already stored
         except OSError as exc:
             raise self._error(exc) from None
         if sync:
@@ -264,23 +302,20 @@ class DirBackend:
 
     def get_fragments_sync(self, digests: Sequence[str]) -> list[bytes | None]:
         try:
-            self._check_root()
-            return self._packs.read([check_digest(d) for d in digests])
+            return self._check_root().read([check_digest(d) for d in digests])
         except OSError as exc:
             raise self._error(exc) from None
 
     def delete_fragments_sync(self, digests: Sequence[str]) -> int:
         """Deleting is idempotent: digests already gone are skipped."""
         try:
-            self._check_root()
-            return self._packs.delete([check_digest(d) for d in digests])
+            return self._check_root().delete([check_digest(d) for d in digests])
         except OSError as exc:
             raise self._error(exc) from None
 
     def list_fragments_sync(self) -> list[FragmentInfo]:
         try:
-            self._check_root()
-            return [FragmentInfo(d, size, mtime) for d, size, mtime in self._packs.entries()]
+            return [FragmentInfo(d, size, mtime) for d, size, mtime in self._check_root().entries()]
         except OSError as exc:
             raise self._error(exc) from None
 
@@ -360,8 +395,7 @@ class DirBackend:
 
     def stat_sync(self) -> BackendStat:
         try:
-            self._check_root()
-            count, size = self._packs.totals()
+            count, size = self._check_root().totals()
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
             raise self._error(exc) from None
@@ -397,7 +431,8 @@ class DirBackend:
         return await self._run(self.stat_sync)
 
     async def close(self) -> None:
-        self._packs.close()
+        if self._packs is not None:
+            self._packs.close()
 
 
 # Wire format of batched fragment calls (shared with the fragment server)
@@ -461,6 +496,7 @@ class RemoteBackend:
     """
 
     kind = "remote"
+    fault: str | None = None  # a server that does not answer is found down by its first call
 
     def __init__(
         self, url: str, *, name: str, location: str, keys: NodeKeys, executor: Executor | None = None,

@@ -254,6 +254,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UsageError("--port must be 1..65535")
     backend = DirBackend(args.dir, name=f"serve-{args.port}", location=args.location, fsync=not args.no_fsync)
+    if backend.fault is not None:
+        raise UsageError(backend.fault)
     app = create_app(backend, trusted)
     print(f"hero: fragment server on http://{args.host}:{args.port} · {args.dir} · location {args.location} · "
           f"{len(set(trusted))} trusted node(s)", flush=True)

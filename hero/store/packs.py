@@ -75,8 +75,9 @@ class _Pack:
 class PackFiles:
     """The packs of one directory. Thread-safe; the writer's pack is this process's alone."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
         self.dir = Path(directory)
+        self.fsync = fsync  # compaction makes its copies durable before it removes their source
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._where: dict[bytes, int] = {}  # raw digest -> packed location (`_pack`): ~140 B a fragment, not ~275

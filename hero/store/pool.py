@@ -47,6 +47,9 @@ class BackendPool:
         self.by_name = {b.name: b for b in self.backends}
         self.health = {b.name: Health(since=time.time()) for b in self.backends}
         self.slots = [Slot(b.name, b.location) for b in self.backends]
+        for backend in self.backends:
+            if backend.fault is not None:  # e.g. its directory is a file: down from the start, the rest go on
+                self._failed(backend, "down", backend.fault, 1.0)
 
     def writable(self) -> list[Backend]:
         """Backends a write may use now: up ones, and failed ones whose back-off has run out."""
