@@ -29,6 +29,7 @@ class NodeConfig:
     max_tokens: int = 256
     llm_threads: int | None = None
     max_body_bytes: int = 1 << 20
+    max_message_chars: int = 16_000  # one chat message; longer ones are refused with 413
 
 
 def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hero.errors import HeroError, InvalidField
+from hero.errors import HeroError, InvalidField, PayloadTooLarge
 from hero.runtime.events import ChatMessage, Reply
 from hero.web.auth import authenticate, require_user
 from hero.web.bodies import read_json
@@ -41,25 +41,33 @@ class ChatRequest:
     interactive: bool
 
 
-def parse_chat_request(body: dict[str, Any], *, n_ctx: int, interactive: bool) -> ChatRequest:
+def parse_chat_request(
+    body: dict[str, Any], *, n_ctx: int, interactive: bool, max_message_chars: int
+) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidField("messages must be a non-empty array", field="messages")
+    texts = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidField(f"messages[{i}] must be an object", field=f"messages[{i}]")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidField(
-                f"messages[{i}].role must be one of {sorted(ROLES)}, got {role!r}", field=f"messages[{i}].role"
+                f"messages[{i}].role must be one of {sorted(ROLES)}, got {_brief(role)}", field=f"messages[{i}].role"
             )
-        _content_text(message.get("content"), f"messages[{i}].content")
-    last = messages[-1]
-    if last["role"] != "user":
-        raise InvalidField("the last message must have role 'user'", field=f"messages[{len(messages) - 1}].role")
-    text = _content_text(last.get("content"), f"messages[{len(messages) - 1}].content")
+        text = _content_text(message.get("content"), f"messages[{i}].content")
+        if len(text) > max_message_chars:
+            raise PayloadTooLarge(
+                f"messages[{i}].content is over {max_message_chars} characters", field=f"messages[{i}].content"
+            )
+        texts.append(text)
+    last = len(messages) - 1
+    if messages[last]["role"] != "user":
+        raise InvalidField("the last message must have role 'user'", field=f"messages[{last}].role")
+    text = texts[last]
     if not text.strip():
-        raise InvalidField("the last message is empty", field=f"messages[{len(messages) - 1}].content")
+        raise InvalidField("the last message is empty", field=f"messages[{last}].content")
     model = body.get("model", MODEL_ID)
     if not isinstance(model, str):
         raise InvalidField("model must be a string", field="model")
@@ -69,11 +77,9 @@ def parse_chat_request(body: dict[str, Any], *, n_ctx: int, interactive: bool) -
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise InvalidField("stream_options must be an object with a boolean include_usage", field="stream_options")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= n_ctx // 2
-    ):
-        raise InvalidField(f"max_tokens must be an integer from 1 to {n_ctx // 2}", field="max_tokens")
+    # Both spellings are checked on their own: a null in one never lets a bad value through in the other.
+    max_tokens = _token_limit(body, "max_tokens", n_ctx // 2)
+    max_completion_tokens = _token_limit(body, "max_completion_tokens", n_ctx // 2)
     temperature = body.get("temperature")
     if temperature is not None and (
         not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature <= 2
@@ -83,11 +89,27 @@ def parse_chat_request(body: dict[str, Any], *, n_ctx: int, interactive: bool) -
         text,
         stream,
         bool(options.get("include_usage", False)),
-        max_tokens,
+        max_completion_tokens if max_completion_tokens is not None else max_tokens,
         None if temperature is None else float(temperature),
         model,
         interactive,
     )
+
+
+def _token_limit(body: dict[str, Any], name: str, high: int) -> int | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high):
+        raise InvalidField(f"{name} must be an integer from 1 to {high}", field=name)
+    return value
+
+
+def _brief(value: Any) -> str:
+    """A value as an error message may quote it: short, and never a whole array or object."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:40]) + "…"
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    return repr(value)
 
 
 def _content_text(content: Any, field: str) -> str:
@@ -111,7 +133,9 @@ async def chat_completions(request: Request) -> Response:
     config = request.app.state.config
     body = await read_json(request, config.max_body_bytes)
     interactive = request.headers.get("x-hero-priority", "interactive").lower() != "background"
-    chat = parse_chat_request(body, n_ctx=config.n_ctx, interactive=interactive)
+    chat = parse_chat_request(
+        body, n_ctx=config.n_ctx, interactive=interactive, max_message_chars=config.max_message_chars
+    )
     event = ChatMessage(chat.text, interactive, chat.max_tokens, chat.temperature)
     reply = await request.app.state.node.deliver(claims.sub, event)
     await reply.wait_accepted()  # 2xx only once the message is durable in the agent's history
