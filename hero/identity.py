@@ -13,6 +13,7 @@ import binascii
 import ipaddress
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +30,9 @@ from nacl.public import PrivateKey
 from hero.errors import BadRequest, Unauthorized
 
 TOKEN_PREFIX = "hero1"
+TOKEN_CLAIMS: dict[str, type] = {"sub": str, "name": str, "role": str, "exp": int, "jti": str}
+ROLES = ("user", "operator")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def b64u(data: bytes) -> str:
@@ -36,7 +40,19 @@ def b64u(data: bytes) -> str:
 
 
 def unb64u(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode unpadded base64url, accepting only the one spelling `b64u` gives for each byte string.
+
+    Python's decoder ignores padding, stray characters and the unused low bits of
+    the last character, so several texts decode to the same bytes; a signature
+    that verifies must have exactly one text (tokens are compared, revoked and
+    logged as text). ValueError otherwise.
+    """
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64u(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def check_agent_id(agent_id: str) -> str:
@@ -129,8 +145,9 @@ class NodeKeys:
         signed = f"{prefix}.{payload}"
         return f"{signed}.{b64u(self.sign(signed.encode()))}"
 
-    def open_claims(self, prefix: str, blob: str, *, what: str) -> dict[str, Any]:
-        """The claims of a blob this node sealed; Unauthorized if malformed or signed by anyone else."""
+    def open_claims(self, prefix: str, blob: str, *, what: str, schema: dict[str, type]) -> dict[str, Any]:
+        """The claims of a blob this node sealed, exactly the names and types of `schema`;
+        Unauthorized (naming the claim) if malformed or signed by anyone else."""
         parts = blob.split(".")
         if len(parts) != 3 or parts[0] != prefix:
             raise Unauthorized(f"malformed {what}")
@@ -138,10 +155,16 @@ class NodeKeys:
         try:
             self.signing.verify_key.verify(signed.encode(), unb64u(parts[2]))
             claims = json.loads(unb64u(parts[1]))
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError, binascii.Error):
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError, binascii.Error, RecursionError):
             raise Unauthorized(f"invalid {what}: not issued by this node") from None
         if not isinstance(claims, dict):
             raise Unauthorized(f"malformed {what}")
+        unexpected = claims.keys() - schema.keys()
+        if unexpected:
+            raise Unauthorized(f"malformed {what}: unexpected claim {min(unexpected)[:40]!r}")
+        for name, kind in schema.items():
+            if not _is_a(claims.get(name), kind):
+                raise Unauthorized(f"malformed {what}: claim {name!r} must be {_KINDS[kind]}")
         return claims
 
     def issue_token(self, *, sub: str, name: str, role: str, ttl: float) -> tuple[str, TokenClaims]:
@@ -150,13 +173,27 @@ class NodeKeys:
 
     def verify_token(self, token: str, *, now: float | None = None) -> TokenClaims:
         """Check signature and expiry. Revocation is the user registry's job."""
-        try:
-            claims = TokenClaims(**self.open_claims(TOKEN_PREFIX, token, what="token"))
-        except TypeError:
-            raise Unauthorized("malformed token") from None
+        claims = TokenClaims(**self.open_claims(TOKEN_PREFIX, token, what="token", schema=TOKEN_CLAIMS))
+        if claims.role not in ROLES:
+            raise Unauthorized(f"malformed token: claim 'role' must be one of {ROLES}")
         if claims.exp < (time.time() if now is None else now):
             raise Unauthorized("token expired")
         return claims
+
+
+_KINDS = {str: "a string", int: "an integer"}
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """`value` is a `kind` (never a bool for int), and a string is valid Unicode (JSON allows lone surrogates)."""
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return False
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def _secret_file(path: Path) -> bytes:

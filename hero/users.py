@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS users (
     revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS revoked_tokens (jti TEXT PRIMARY KEY, revoked_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS used_nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
 
 
@@ -87,6 +88,16 @@ class Users:
 
     def revoke_token(self, jti: str) -> None:
         self._db.execute("INSERT OR IGNORE INTO revoked_tokens VALUES (?, ?)", (jti, time.time()))
+
+    def spend_nonce(self, nonce: str, expires: float) -> bool:
+        """Mark a login challenge's nonce used; False if it already was (a replay). Kept on disk until the
+        challenge expires, so a captured answer does not work again after a restart either."""
+        self._db.execute("DELETE FROM used_nonces WHERE expires < ?", (time.time(),))
+        try:
+            self._db.execute("INSERT INTO used_nonces VALUES (?, ?)", (nonce, expires))
+        except sqlite3.IntegrityError:
+            return False
+        return True
 
     def issue(self, user: User, *, ttl: float = USER_TTL) -> tuple[str, TokenClaims]:
         return self.keys.issue_token(sub=user.agent_id, name=user.name, role="user", ttl=ttl)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from hero.identity import NodeKeys, UserKey, b64u, unb64u
 from hero.users import Users
-from hero.web.login_api import make_challenge
-from tests.conftest import make_config, serving
+from hero.web.login_api import CHALLENGE_PREFIX, make_challenge
+from tests.conftest import free_port, make_config, serving
+from tests.test_web_auth import same_bytes_other_text
 
 
 @pytest.fixture
@@ -120,3 +122,43 @@ async def test_logout_revokes_only_that_token(node):
         r = await http.get("/api/me", headers={"Authorization": f"Bearer {first}"})
         assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
         assert (await http.get("/api/me", headers={"Authorization": f"Bearer {second}"})).status_code == 200
+
+
+async def test_a_captured_login_does_not_replay_after_a_restart(tmp_path):
+    config = make_config(tmp_path)
+    key = UserKey.generate()
+    async with serving(config) as parts, httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.port}") as http:
+        parts.users.add("alice", key.agent_id)
+        text = await challenge(http, key.agent_id)
+        captured = {"challenge": text, "signature": sign(key, text)}
+        assert (await http.post("/api/auth/login", json=captured)).status_code == 200
+    restarted = replace(config, port=free_port())  # the same data dir, a new process's worth of memory
+    async with serving(restarted), httpx.AsyncClient(base_url=f"http://127.0.0.1:{restarted.port}") as http:
+        r = await http.post("/api/auth/login", json=captured)
+        assert r.status_code == 401 and "already used" in r.json()["error"]["message"]
+        text = await challenge(http, key.agent_id)  # signing in afresh still works
+        assert (await http.post("/api/auth/login", json={"challenge": text, "signature": sign(key, text)})).is_success
+
+
+async def test_only_canonical_base64url_signatures_are_accepted(node):
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+        text = await challenge(http, node.key.agent_id)
+        sig = b64u(node.key.signing.sign(text.encode()).signature)
+        for variant in (same_bytes_other_text(sig), sig + "==", sig.replace("-", "+").replace("_", "/") + "/"):
+            r = await http.post("/api/auth/login", json={"challenge": text, "signature": variant})
+            assert r.status_code == 422 and r.json()["error"]["param"] == "signature", (variant, r.text)
+        assert (await http.post("/api/auth/login", json={"challenge": text, "signature": sig})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("changes", "claim"),
+    [({"exp": "soon"}, "exp"), ({"exp": None}, "exp"), ({"n": ["x"]}, "n"), ({"n": {"a": 1}}, "n"),
+     ({"aid": 5}, "aid"), ({"aid": ["a"]}, "aid"), ({"more": 1}, "more")],
+)
+async def test_challenges_whose_claims_have_the_wrong_types_are_401(node, changes, claim):
+    claims = {"aid": node.key.agent_id, "n": "00" * 16, "exp": int(time.time()) + 60} | changes
+    text = node.keys.seal_claims(CHALLENGE_PREFIX, claims)
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+        r = await http.post("/api/auth/login", json={"challenge": text, "signature": sign(node.key, text)})
+    assert r.status_code == 401, r.text
+    assert f"'{claim}'" in r.json()["error"]["message"]

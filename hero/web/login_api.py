@@ -2,11 +2,11 @@
 
 The user's secret key never leaves their device: the browser signs a
 challenge with WebCrypto and the node checks the signature against the
-agent id (which *is* the public key). The challenge is stateless — a blob
-signed by the node carrying the agent id, a random nonce and a 2-minute
-expiry — so any worker of the node can check it without shared state; a
-small in-memory set of used nonces stops a captured answer being replayed
-on this node while the challenge is still fresh.
+agent id (which *is* the public key). The challenge is a blob signed by the
+node carrying the agent id, a random nonce and a 2-minute expiry, so issuing
+one stores nothing; the nonce of each answered challenge is kept in the user
+registry until the challenge expires, so a captured answer never works twice
+(not even after a restart, nor on another process of the same node).
 
 `POST /api/auth/logout` revokes the caller's token (sign-out everywhere that
 copy of the token went).
@@ -33,6 +33,7 @@ from hero.web.bodies import read_json
 
 CHALLENGE_PREFIX = "hero-login1"
 CHALLENGE_TTL = 120.0
+CHALLENGE_CLAIMS: dict[str, type] = {"aid": str, "n": str, "exp": int}
 MAX_BODY = 4096
 
 
@@ -45,9 +46,7 @@ def make_challenge(keys: NodeKeys, agent_id: str, *, now: float | None = None) -
 
 def open_challenge(keys: NodeKeys, challenge: str, *, now: float | None = None) -> dict[str, Any]:
     """The challenge's claims if this node issued it and it has not expired; Unauthorized otherwise."""
-    claims = keys.open_claims(CHALLENGE_PREFIX, challenge, what="challenge")
-    if not {"aid", "n", "exp"} <= claims.keys():
-        raise Unauthorized("malformed challenge")
+    claims = keys.open_claims(CHALLENGE_PREFIX, challenge, what="challenge", schema=CHALLENGE_CLAIMS)
     if claims["exp"] < (time.time() if now is None else now):
         raise Unauthorized("challenge expired: ask for a new one")
     return claims
@@ -87,7 +86,8 @@ async def login(request: Request) -> Response:
     agent_id = claims["aid"]
     if not verify_signature(agent_id, text.encode(), signature):
         raise Unauthorized("signature does not match the agent's key")
-    _spend_nonce(request, claims["n"], claims["exp"])
+    if not users.spend_nonce(claims["n"], claims["exp"]):
+        raise Unauthorized("challenge already used: ask for a new one")
     user = users.by_agent(agent_id)
     if user is None or user.revoked:
         raise Unauthorized("no active user has this key on this node")
@@ -100,19 +100,6 @@ async def logout(request: Request) -> Response:
     claims = authenticate(request)
     request.app.state.users.revoke_token(claims.jti)
     return Response(status_code=204)
-
-
-def _spend_nonce(request: Request, nonce: str, exp: float) -> None:
-    """Each answered challenge works once on this node; forget nonces once their challenge has expired."""
-    used: dict[str, float] | None = getattr(request.app.state, "login_nonces", None)
-    if used is None:
-        used = request.app.state.login_nonces = {}
-    now = time.time()
-    for old in [n for n, e in used.items() if e < now]:
-        del used[old]
-    if nonce in used:
-        raise Unauthorized("challenge already used: ask for a new one")
-    used[nonce] = exp
 
 
 def routes() -> list[Route]:
