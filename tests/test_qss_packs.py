@@ -15,9 +15,9 @@ from hero.store.pipeline import fragment_hash
 
 
 def frag(n: int, size: int) -> tuple[str, bytes]:
-    data = n.to_bytes(4, "big") * (size // 4 + 1)
-    data = data[:size]
-    return fragment_hash(data + n.to_bytes(4, "big")), data
+    """A fragment as a pack holds it: its bytes and their BLAKE3 hash (distinct for each n, any size)."""
+    data = (n.to_bytes(4, "big") * (size // 4 + 2))[: size + 4]
+    return fragment_hash(data), data
 
 
 ops = st.lists(
