@@ -70,12 +70,13 @@ async def next_reports(power: PowerService, n: int) -> list[dict]:
 
 
 async def test_200_parked_agents_cost_no_dynamic_watts(tmp_path: Path) -> None:
-    async with power_node(tmp_path) as (_, _, node, power, _):
+    config = power_config(governor=GovernorConfig(window_s=0.5))  # reports average over 0.5 s
+    async with power_node(tmp_path, config=config) as (_, _, node, power, _):
         agents = [UserKey.generate().agent_id for _ in range(200)]
         for agent in agents:
             await (await node.deliver(agent, Ping())).text()
         assert power.agent_states() == {"active": 200, "hibernated": 0}
-        await next_reports(power, 2)  # let the activation turns leave the tick window
+        await next_reports(power, 4)  # let the activation turns leave the report window
         reports = await next_reports(power, 5)
         assert all(r["agents_watts"] == 0.0 for r in reports)
         assert power.ledger.last.steps == 0

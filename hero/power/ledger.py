@@ -224,7 +224,6 @@ class Ledger:
         self.other_joules = 0.0
         self.runtime_cpu_s = 0.0
         self.conservation_violations = 0
-        self.node_ew10 = 0.0  # node watts, 10 s EWMA (what /metrics exports, like the agents' figure)
         self.ticks = 0
         self.last: TickReport | None = None
 
@@ -388,7 +387,6 @@ class Ledger:
         self.runtime_joules += runtime_w * dt
         self.other_joules += other_w * dt
         self.runtime_cpu_s += c_rt
-        self.node_ew10 = node_w if self.ticks == 0 else self.node_ew10 * step10 + a10 * node_w
         self.ticks += 1
         report = TickReport(
             t=now,

@@ -3,7 +3,8 @@
 A custom collector reads the ledger at scrape time, so nothing is updated
 per tick for Prometheus' sake and idle agents add no work. Counters
 (`*_joules_total`, `*_cpu_seconds_total`) make the scrape interval
-irrelevant; `*_watts` are 10 s EWMAs. Three series per agent, no more:
+irrelevant; every `*_watts` is a mean over the same last few seconds (the
+power window, the governor's), so idle + agents + runtime + other = node. Three series per agent, no more:
 per-agent state lives in the `hero_agents{state}` count instead.
 """
 
@@ -30,11 +31,11 @@ class PowerCollector(Collector):
         svc = self.service
         ledger = svc.ledger
         last = ledger.last
-        now = svc.now()
+        win = svc.window.figures()
         source = svc.meter.source
 
-        g = GaugeMetricFamily("hero_node_watts", "Node power at the wall, 10 s average", labels=["source"])
-        g.add_metric([source], ledger.node_ew10)
+        g = GaugeMetricFamily("hero_node_watts", "Node power at the wall, power-window mean", labels=["source"])
+        g.add_metric([source], win.node_w)
         yield g
         yield GaugeMetricFamily("hero_node_idle_watts", "Profile idle power (not attributed to agents)", ledger.idle_w)
         yield GaugeMetricFamily("hero_node_budget_watts", "Power budget", svc.profile.budget_w)
@@ -44,13 +45,13 @@ class PowerCollector(Collector):
             svc.profile.budget_w - svc.governor.status.avg_w,
         )
         yield GaugeMetricFamily(
-            "hero_node_runtime_watts", "Dynamic power of runtime work no agent caused", last.runtime_w if last else 0.0
+            "hero_node_runtime_watts", "Dynamic power of runtime work no agent caused", win.runtime_w
         )
         yield GaugeMetricFamily(
-            "hero_node_other_watts", "Dynamic power of other processes on the machine", last.other_w if last else 0.0
+            "hero_node_other_watts", "Dynamic power of other processes on the machine", win.other_w
         )
         yield GaugeMetricFamily(
-            "hero_node_cpu_usage_ratio", "Utilisation of the profiled hardware", last.utilisation if last else 0.0
+            "hero_node_cpu_usage_ratio", "Utilisation of the profiled hardware", win.utilisation
         )
         c = CounterMetricFamily("hero_node_joules", "Node energy", labels=["source"])
         c.add_metric([source], ledger.node_joules)
@@ -71,12 +72,11 @@ class PowerCollector(Collector):
             ledger.conservation_violations,
         )
 
-        watts = GaugeMetricFamily("hero_agent_watts", "Agent dynamic power, 10 s average", labels=["agent"])
+        watts = GaugeMetricFamily("hero_agent_watts", "Agent dynamic power, power-window mean", labels=["agent"])
         joules = CounterMetricFamily("hero_agent_joules", "Agent dynamic energy", labels=["agent"])
         cpu = CounterMetricFamily("hero_agent_cpu_seconds", "Agent CPU time (loop + LLM)", labels=["agent"])
         for acct in ledger.accounts():
-            w10, _ = acct.averages(now)
-            watts.add_metric([acct.agent_id], w10)
+            watts.add_metric([acct.agent_id], win.agents_w.get(acct.agent_id, 0.0))
             joules.add_metric([acct.agent_id], acct.joules)
             cpu.add_metric([acct.agent_id], acct.cpu_s_total)
         yield watts

@@ -20,17 +20,19 @@ from prometheus_client import CollectorRegistry
 
 from hero.power.governor import CpuMaxBackstop, Governor, GovernorConfig
 from hero.power.history import PowerHistory, Retention
-from hero.power.ledger import Ledger, TickReport, utc_day
+from hero.power.ledger import CONSERVATION_TOLERANCE, Ledger, TickReport, utc_day
 from hero.power.meter import POWERCAP_ROOT, PROC_STAT, NodeMeter
 from hero.power.metrics import make_registry
 from hero.power.profiles import HardwareProfile, load_profile
+from hero.power.window import PowerWindow
 
 log = logging.getLogger("hero.power")
 T = TypeVar("T")
 
 NOTE = (
     "Per-agent watts are an allocation: node power above idle is split by measured CPU time "
-    "(event-loop steps and LLM inference); idle power is shown separately and as an equal share."
+    "(event-loop steps and LLM inference); idle power is shown separately and as an equal share. "
+    "Every watts figure is a mean over the same last window_s seconds, so idle + agents + runtime + other = node."
 )
 
 
@@ -87,6 +89,7 @@ class PowerService:
             demand=self.ledger.demand,
             backstop=backstop,
         )
+        self.window = PowerWindow(cfg.governor.window_s)  # what every report's watts are averaged over
         self.history = (
             PowerHistory(self.data_dir / "power.duckdb", budget_w=self.profile.budget_w, retention=cfg.retention)
             if cfg.history
@@ -201,6 +204,7 @@ class PowerService:
         if self.llm is not None:
             self.ledger.llm_threads = max(1, int(self.llm.threads))
         report = self.ledger.tick(sample, hosted=hosted)
+        self.window.add(report)
         if not report.conservation_ok:
             log.warning(
                 "power split missed the node by %.1f %% (node %.2f W, profile idle %.2f W, source %s)",
@@ -295,60 +299,45 @@ class PowerService:
         return counts
 
     def node_report(self) -> dict[str, Any]:
+        """The node's power split, every watts figure a mean over the same last `window_s` seconds."""
         last = self.ledger.last
-        now = self.now()
+        win = self.window.figures()
         states = {agent_id: self.agent_state(agent_id) for agent_id in self._hosted_ids()}
         agents: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for acct in self.ledger.accounts():
-            w10, w1h = acct.averages(now)
-            seen.add(acct.agent_id)
+        for agent_id, state in states.items():
+            acct = self.ledger.get(agent_id)
             agents.append(
                 {
-                    "agent_id": acct.agent_id,
-                    "watts": w10,
-                    "watts_1h": w1h,
-                    "joules": acct.joules,
-                    "wh_today": self.ledger.joules_today(acct.agent_id) / 3600.0,
-                    "cpu_seconds": acct.cpu_s_total,
-                    "state": states.get(acct.agent_id, "unknown"),
+                    "agent_id": agent_id,
+                    "watts": win.agents_w.get(agent_id, 0.0),
+                    "joules": acct.joules if acct else 0.0,
+                    "wh_today": self.ledger.joules_today(agent_id) / 3600.0,
+                    "cpu_seconds": acct.cpu_s_total if acct else 0.0,
+                    "state": state,
                 }
             )
-        for agent_id, state in states.items():
-            if agent_id not in seen:
-                agents.append(
-                    {
-                        "agent_id": agent_id,
-                        "watts": 0.0,
-                        "watts_1h": 0.0,
-                        "joules": 0.0,
-                        "wh_today": 0.0,
-                        "cpu_seconds": 0.0,
-                        "state": state,
-                    }
-                )
         agents.sort(key=lambda a: a["watts"], reverse=True)
-        gov = self.governor.status
+        hosted = len(states)
         out: dict[str, Any] = {
-            "ts": last.unix if last else time.time(),
+            "ts": win.end_unix if last else time.time(),
+            "window_s": win.seconds,
             "ticks": self.ledger.ticks,
             "source": self.meter.source,
             "rapl": self.meter.rapl_reason,
-            "node_watts": last.node_w if last else 0.0,
-            "avg_watts": gov.avg_w,
-            "idle_watts": self.profile.idle_w,
-            "agents_watts": sum(last.agents_w.values()) if last else 0.0,
-            "runtime_watts": last.runtime_w if last else 0.0,
-            "other_watts": last.other_w if last else 0.0,
+            "node_watts": win.node_w,
+            "idle_watts": win.idle_w,
+            "agents_watts": win.agents_total_w,
+            "runtime_watts": win.runtime_w,
+            "other_watts": win.other_w,
             "budget_watts": self.profile.budget_w,
             "target_watts": self.governor.target_w,
-            "headroom_watts": self.profile.budget_w - gov.avg_w,
-            "utilisation": last.utilisation if last else 0.0,
-            "idle_share_watts": last.idle_share_w if last else 0.0,
+            "headroom_watts": self.profile.budget_w - win.node_w,
+            "utilisation": win.utilisation,
+            "idle_share_watts": win.idle_w / hosted if hosted else 0.0,
             "conservation": {
-                "error": last.conservation_error if last else 0.0,
-                "ok": last.conservation_ok if last else True,
-                "violations": self.ledger.conservation_violations,
+                "error": win.conservation_error,
+                "ok": win.conservation_error <= CONSERVATION_TOLERANCE,
+                "violations": self.ledger.conservation_violations,  # ticks whose own split missed
             },
             "energy_joules": {
                 "node": self.ledger.node_joules,
@@ -386,15 +375,18 @@ class PowerService:
         return out
 
     def agent_report(self, agent_id: str) -> dict[str, Any]:
+        """One agent's figures: `watts` over the node report's window, `watts_1h` an hour's average."""
         acct = self.ledger.get(agent_id)
         last = self.ledger.last
-        w10, w1h = acct.averages(self.now()) if acct else (0.0, 0.0)
+        win = self.window.figures()
+        w1h = acct.averages(self.now())[1] if acct else 0.0
         joules_today = self.ledger.joules_today(agent_id)
         gated = self.governor.status.gated.get(agent_id)
         return {
             "agent_id": agent_id,
             "state": self.agent_state(agent_id),
-            "watts": w10,
+            "window_s": win.seconds,
+            "watts": win.agents_w.get(agent_id, 0.0),
             "watts_1h": w1h,
             "joules": acct.joules if acct else 0.0,
             "wh_today": joules_today / 3600.0,
@@ -418,14 +410,11 @@ class PowerService:
         }
 
     def agent_average(self) -> dict[str, Any]:
-        """Mean watts (10 s) and Wh today over hosted agents, awake or asleep: all a user may see of others."""
+        """Mean watts (same window) and Wh today over hosted agents, awake or asleep: all a user may see of others."""
         hosted = self._hosted_ids()
-        now = self.now()
-        watts = wh = 0.0
+        watts = self.window.figures().agents_total_w
+        wh = 0.0
         for agent_id in hosted:
-            acct = self.ledger.get(agent_id)
-            if acct is not None:
-                watts += acct.averages(now)[0]
             wh += self.ledger.joules_today(agent_id) / 3600.0
         count = len(hosted)
         return {"agents": count, "watts": watts / count if count else 0.0, "wh_today": wh / count if count else 0.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,14 +39,27 @@ async def my_messages(request: Request) -> Response:
     )
 
 
+def user_names(request: Request) -> dict[str, str]:
+    """Agent id → user name from the user registry: the operator knows users by name, not by key."""
+    return {user.agent_id: user.name for user in request.app.state.users.list()}
+
+
+def name_agents(request: Request, agents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add `user` (the name, or None for an agent no user owns) to each operator-facing agent entry."""
+    names = user_names(request)
+    for agent in agents:
+        agent["user"] = names.get(agent["agent_id"])
+    return agents
+
+
 async def node_agents(request: Request) -> Response:
     await require_operator(request)
     agents = await request.app.state.node.agents()
     return JSONResponse(
         {
-            "agents": [
-                {"agent_id": a.agent_id, "state": a.state, "last_event": a.last_event} for a in agents
-            ],
+            "agents": name_agents(
+                request, [{"agent_id": a.agent_id, "state": a.state, "last_event": a.last_event} for a in agents]
+            ),
             "active": sum(a.state == "active" for a in agents),
             "hibernated": sum(a.state == "hibernated" for a in agents),
         }

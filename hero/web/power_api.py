@@ -24,6 +24,7 @@ from starlette.routing import Route
 from hero.errors import Unavailable
 from hero.web.auth import require_operator, require_user
 from hero.web.bodies import query_int
+from hero.web.node_api import name_agents
 
 
 def _power(request: Request) -> Any:
@@ -39,9 +40,14 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(power.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def _named(request: Request, report: dict[str, Any]) -> dict[str, Any]:
+    name_agents(request, report["agents"])
+    return report
+
+
 async def node_power(request: Request) -> Response:
     await require_operator(request)
-    return JSONResponse(_power(request).node_report())
+    return JSONResponse(_named(request, _power(request).node_report()))
 
 
 async def node_power_stream(request: Request) -> Response:
@@ -52,12 +58,12 @@ async def node_power_stream(request: Request) -> Response:
 
     async def events() -> AsyncIterator[dict[str, str]]:
         sent = 0
-        yield {"event": "power", "data": json.dumps(power.node_report())}
+        yield {"event": "power", "data": json.dumps(_named(request, power.node_report()))}
         sent += 1
         if count is not None and sent >= count:
             return
         async for report in power.stream():
-            yield {"event": "power", "data": json.dumps(report)}
+            yield {"event": "power", "data": json.dumps(_named(request, report))}
             sent += 1
             if count is not None and sent >= count:
                 return
