@@ -89,6 +89,12 @@ class LeaseHeld(Conflict):
     code = "lease_held"
 
 
+class AgentDamaged(Unavailable):
+    """The agent's stored objects cannot be read, so it is not run; its user is told, the operator sees why."""
+
+    code = "agent_damaged"
+
+
 class StorageError(Unavailable):
     """The store could not complete an operation (backend down, quorum not reached, disk full)."""
 
