@@ -25,7 +25,10 @@ miss, so a CLI or a fragment server sharing the directory sees what the node wro
 A writer holds an exclusive `flock` on its pack for as long as it appends to
 it. When gc deletes, packs whose lock can be taken (their writer is gone) and
 that are at least half dead, or small, are rewritten into the live pack and
-removed, so space comes back and the number of packs stays small.
+removed, so space comes back and the number of packs stays small. The copies
+are made durable (fsync of the pack, its index and the directory) before any
+source file is removed, so a crash or power cut at any step loses nothing: at
+worst a record is held twice until the next compaction.
 """
 
 from __future__ import annotations
@@ -130,10 +133,7 @@ class PackFiles:
             found = self._get(digest)
             if found is None:
                 self._refresh()
-                found = self._get(digest)
-                if found is None and self._stale:
-                    self._reindex()
-                    found = self._get(digest)
+                found = self._found(digest)
             return found
 
     def read(self, digests: Sequence[str]) -> list[bytes | None]:
@@ -141,11 +141,17 @@ class PackFiles:
         with self._lock:
             if any(bytes.fromhex(d) not in self._where for d in digests):
                 self._refresh()
-                if self._stale and any(bytes.fromhex(d) not in self._where for d in digests):
-                    self._reindex()
             for digest in digests:
                 out.append(self._read_one(digest))
         return out
+
+    def _found(self, digest: str) -> Location | None:
+        """After a refresh: where a record is, reading every index again if a vanished pack may have hidden it."""
+        where = self._get(digest)
+        if where is None and self._stale:
+            self._reindex()
+            where = self._get(digest)
+        return where
 
     def _read_one(self, digest: str) -> bytes | None:
         """A record's bytes, if the header where the index points is that record's.
@@ -153,7 +159,7 @@ class PackFiles:
         If it is not: another process may have killed or moved it (read what changed), else the
         index was wrong (walk the pack: it is the truth). Still not there: the entry is dropped.
         """
-        where = self._get(digest)
+        where = self._found(digest)
         for attempt in range(3):
             if where is None:
                 return None
@@ -167,7 +173,7 @@ class PackFiles:
             else:
                 self._drop(digest)
                 return None
-            where = self._get(digest)
+            where = self._found(digest)
         return None
 
     @staticmethod
@@ -304,6 +310,9 @@ class PackFiles:
         if self._stem is not None:
             if self._size < PACK_BYTES and self._still_ours():
                 return
+            if self.fsync and self._still_ours():  # a compaction's copies may be in it: durable before we let go
+                os.fsync(self._fd)
+                os.fsync(self._idx_fd)
             os.close(self._fd)
             os.close(self._idx_fd)
             self._stem = None
@@ -626,6 +635,7 @@ class PackFiles:
             return
         try:
             self._copy_live(locked)
+            self._make_durable()
         except OSError as exc:
             log.warning("compaction of %s stopped, nothing removed: %s", self.dir, exc)
             for _, fd in locked:
@@ -662,6 +672,18 @@ class PackFiles:
                     self._append(run, True, kill=False)
                     run, held = [], 0
             self._append(run, True, kill=False)
+
+    def _make_durable(self) -> None:
+        """fsync our pack, its index and the directory (the new pack's name): copies survive a power cut."""
+        if not self.fsync or self._stem is None:
+            return
+        os.fsync(self._fd)
+        os.fsync(self._idx_fd)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def records(self) -> Iterator[tuple[str, Path, int, int]]:
         """(digest, pack path, data offset, size) of every live fragment: for checks and tests."""
