@@ -72,6 +72,12 @@ class Overloaded(HeroError):
         self.retry_after = retry_after
 
 
+class TooManyStreams(Overloaded):
+    """The caller already holds as many open event streams as one user may; close one or retry later."""
+
+    code = "too_many_streams"
+
+
 class Unavailable(HeroError):
     status = 503
     code = "unavailable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -172,3 +173,33 @@ async def test_stream_ends_with_an_auth_event_when_the_token_expires_or_is_revok
             assert "revoked" in json.loads(events[-1]["data"])["error"]["message"]
     finally:
         users.close()
+
+
+async def test_open_streams_per_user_are_capped_with_a_clear_429(node):
+    cap = events_api.MAX_STREAMS_PER_USER
+    limits = httpx.Limits(max_connections=cap + 8)
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=30, limits=limits) as http, AsyncExitStack() as stack:
+        open_streams = []
+        for _ in range(cap):
+            response = await stack.enter_async_context(
+                http.stream("GET", "/api/me/events", headers=auth(node.alice["token"]))
+            )
+            events = Events(response)  # kept: a dropped reader would close its connection
+            assert (await events.next(0))[0]["event"] == "ready"
+            open_streams.append((response, events))
+        async with http.stream("GET", "/api/me/events", headers=auth(node.alice["token"])) as r:
+            assert r.status_code == 429 and r.headers["retry-after"]
+            error = json.loads(await r.aread())["error"]
+        assert error["type"] == "too_many_streams" and str(cap) in error["message"]
+        # other users are not affected, and a closed stream frees its place at once
+        async with http.stream("GET", "/api/me/events", headers=auth(node.bob["token"])) as bob:
+            assert bob.status_code == 200
+        await open_streams.pop()[0].aclose()
+        for _ in range(50):  # the node learns of the disconnect within moments
+            async with http.stream("GET", "/api/me/events", headers=auth(node.alice["token"])) as again:
+                if again.status_code == 200:
+                    assert (await Events(again).next(0))[0]["event"] == "ready"
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("a closed stream did not give its place back")

@@ -71,6 +71,7 @@ def create_app(
     app.state.store = store
     app.state.power = power
     app.state.started = time.time()
+    app.state.event_streams = events_api.StreamSlots(events_api.MAX_STREAMS_PER_USER)
     return app
 
 

@@ -9,6 +9,10 @@ a message added between the two reads is neither lost nor sent twice.
 
 The stream ends when the token expires or is revoked (an `auth` event says
 why), so a client is asked to sign in again instead of listening forever.
+
+A user holds at most `MAX_STREAMS_PER_USER` open streams (every device and
+tab holds one); past that the answer is 429 `too_many_streams`, so one user
+cannot tie up the node's connections.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from hero.errors import BadRequest, HeroError
+from hero.errors import BadRequest, HeroError, TooManyStreams
 from hero.identity import TokenClaims
 from hero.web.auth import bearer, require_user
 
 RECHECK_S = 30.0  # how often a quiet stream re-checks its token (revocation reaches open streams too)
 RETRY_MS = 2000  # what the client should wait before reconnecting
+MAX_STREAMS_PER_USER = 16
 
 
 def last_event_id(request: Request) -> int:
@@ -46,12 +52,49 @@ def last_event_id(request: Request) -> int:
     return value
 
 
+class StreamSlots:
+    """How many event streams each user has open, against a cap; one per app."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._open: dict[str, int] = {}
+
+    def take(self, agent_id: str) -> None:
+        held = self._open.get(agent_id, 0)
+        if held >= self.per_user:
+            raise TooManyStreams(
+                f"you already have {held} open event streams (at most {self.per_user}): close one",
+                retry_after=RETRY_MS / 1000,
+            )
+        self._open[agent_id] = held + 1
+
+    def give_back(self, agent_id: str) -> None:
+        held = self._open.pop(agent_id) - 1
+        if held:
+            self._open[agent_id] = held
+
+
+class _HeldStream(EventSourceResponse):
+    """An event stream that gives its user's slot back when it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[dict[str, Any]], *, slots: StreamSlots, agent_id: str) -> None:
+        super().__init__(content, ping=15, send_timeout=30, headers={"Cache-Control": "no-cache"})
+        self._slots = slots
+        self._agent_id = agent_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.give_back(self._agent_id)
+
+
 async def my_events(request: Request) -> Response:
     claims = await require_user(request)
     since = last_event_id(request)
-    return EventSourceResponse(
-        _events(request, claims, since), ping=15, send_timeout=30, headers={"Cache-Control": "no-cache"}
-    )
+    slots: StreamSlots = request.app.state.event_streams
+    slots.take(claims.sub)
+    return _HeldStream(_events(request, claims, since), slots=slots, agent_id=claims.sub)
 
 
 def _event(message: dict[str, Any]) -> dict[str, Any]:
