@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from hero.errors import NotFound, UsageError
 from hero.identity import NodeKeys
+from hero.store.damage import describe
 from hero.store.progress import ProgressBar
 from hero.store.qss import QSS, open_qss
 
@@ -189,7 +190,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append(f"  {b['name']:14} {b['location']:10} {b['state']:5} {count:>8} fragments"
                      + (f"  ({b['error']})" if b["error"] else ""))
     last = out["scrub"]["last_finished"]
-    lines.append(f"last scrub: {_time(last) if last else 'never'} · repaired total {out['repairs']['repaired_total']}")
+    lines.append(f"last scrub: {_time(last) if last else 'never'} · repaired total {out['repairs']['repaired_total']}"
+                 f" · {_count(out['damaged_objects'], 'damaged object')}")
+    lines += describe(out["damaged"])
     keep = out["retention"]["keep_versions"]
     lines.append(f"retention: keep the newest {keep} versions (gc every {out['retention']['interval_s']:g} s)" if keep
                  else "retention: every version kept (set keep_versions in storage.toml, or run gc --keep N)")
@@ -209,9 +212,13 @@ def cmd_scrub(args: argparse.Namespace) -> int:
             bar.close()
 
     out = _run(args, op)
-    _emit(args, out, f"checked {out['checked']} fragments: {out['corrupt']} corrupt, {out['missing']} missing, "
-                     f"{out['repaired']} repaired, {out['unrecoverable']} unrecoverable")
-    return 0 if out["unrecoverable"] == 0 else 1
+    lines = [f"checked {out['checked']} fragments of {out['objects']} objects: {out['corrupt']} corrupt, "
+             f"{out['missing']} missing, {out['repaired']} repaired, {out['unrecoverable']} unrecoverable"]
+    if out["damaged_objects"]:
+        lines.append(f"{_count(out['damaged_objects'], 'damaged object')} (cannot be read or rebuilt):")
+        lines += describe(out["damaged"])
+    _emit(args, out, "\n".join(lines))
+    return 0 if out["unrecoverable"] == 0 and out["damaged_objects"] == 0 else 1
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -261,6 +268,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"{len(set(trusted))} trusted node(s)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _time(ts: float) -> str:

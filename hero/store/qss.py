@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,10 +38,11 @@ from hero.errors import BadRequest, Conflict, IntegrityError, NotFound, StaleEpo
 from hero.identity import NodeKeys
 from hero.nursery import Nursery
 from hero.store import config as config_mod
-from hero.store import crypto, erasure, manifest, pipeline
+from hero.store import crypto, damage, erasure, manifest, pipeline
 from hero.store.backends import Backend, DirBackend, RemoteBackend
 from hero.store.base import Version, check_key
 from hero.store.config import QSSConfig
+from hero.store.damage import Identity
 from hero.store.manifest import Manifest, Patch
 from hero.store.placement import place, replica_targets
 from hero.store.pool import BackendPool, Call
@@ -261,21 +262,23 @@ class QSS:
         valid: dict[str, tuple[Manifest | Patch, bytes, list[str]]] = {}
         bad: list[str] = []
         unreadable: list[str] = []
-        errors: list[str] = []
+        errors: dict[str, list[str]] = {}  # what is wrong -> the backends whose replica has it
         for backend, blob in zip(backends, blobs, strict=True):
             if isinstance(blob, StorageError) or blob is None:
                 unreadable.append(backend.name)
                 continue
             try:
-                record = (manifest.open_patch if patch else manifest.open_manifest)(blob, self.trusted, name)
+                record = (manifest.open_patch if patch else manifest.open_manifest)(blob, self.trusted, "replica")
             except IntegrityError as exc:
                 bad.append(backend.name)
-                errors.append(f"{backend.name}: {exc.message}")
+                errors.setdefault(exc.message.removeprefix("replica "), []).append(backend.name)
                 continue
             valid.setdefault(manifest.digest(blob), (record, blob, []))[2].append(backend.name)
         if not valid:
             if bad:
-                raise IntegrityError(f"no valid replica of {name}: " + "; ".join(errors))
+                raise IntegrityError(
+                    f"no valid replica of {name}: " + "; ".join(f"{e} on {', '.join(b)}" for e, b in errors.items())
+                )
             raise StorageError(f"no replica of {name} could be read from {', '.join(unreadable) or 'any backend'}")
         digest, (record, blob, good) = min(valid.items(), key=lambda kv: (-len(kv[1][2]), kv[0]))
         bad.extend(h for d, (_, _, hs) in valid.items() if d != digest for h in hs)
@@ -579,25 +582,26 @@ class QSS:
         )
 
     async def get(self, key: str, version: int | None = None, *, progress: Progress | None = None) -> bytes:
-        check_key(key)
-        if version is not None and version < 1:
-            raise BadRequest("version must be >= 1", field="version")
-        if version is None:
-            head = await self._resolve_head(key)
-            if head is None:
+        with _about(key):
+            check_key(key)
+            if version is not None and version < 1:
+                raise BadRequest("version must be >= 1", field="version")
+            if version is None:
+                head = await self._resolve_head(key)
+                if head is None:
+                    raise NotFound(f"no object {key!r}")
+                return await self._read(key, head, progress)
+            oid = self.ring.object_id(key)
+            index = await self.index(oid)
+            versions = index.versions()
+            if not versions:
                 raise NotFound(f"no object {key!r}")
-            return await self._read(key, head, progress)
-        oid = self.ring.object_id(key)
-        index = await self.index(oid)
-        versions = index.versions()
-        if not versions:
-            raise NotFound(f"no object {key!r}")
-        if version not in versions:
-            raise NotFound(f"no version {version} of {key!r} (versions {versions[0]}..{versions[-1]})")
-        resolved = await self.resolve(oid, index, version)
-        if self.unseal_key(resolved.manifest) != key:
-            raise IntegrityError(f"manifest of {key!r} names another key")
-        return await self._read(key, resolved, progress)
+            if version not in versions:
+                raise NotFound(f"no version {version} of {key!r} (versions {versions[0]}..{versions[-1]})")
+            resolved = await self.resolve(oid, index, version)
+            if self.unseal_key(resolved.manifest) != key:
+                raise IntegrityError(f"manifest of {key!r} names another key")
+            return await self._read(key, resolved, progress)
 
     def forget_head(self, oid: str) -> None:
         self._heads.pop(oid, None)
@@ -613,18 +617,20 @@ class QSS:
         return resolved
 
     async def head(self, key: str) -> Version | None:
-        resolved = await self._resolve_head(key)
-        if resolved is None:
-            return None
-        m = resolved.manifest
-        return Version(key, m.version, m.size, m.epoch, m.created)
+        with _about(key):
+            resolved = await self._resolve_head(key)
+            if resolved is None:
+                return None
+            m = resolved.manifest
+            return Version(key, m.version, m.size, m.epoch, m.created)
 
     async def latest(self, key: str) -> tuple[Version, bytes] | None:
-        resolved = await self._resolve_head(key)
-        if resolved is None:
-            return None
-        m = resolved.manifest
-        return Version(key, m.version, m.size, m.epoch, m.created), await self._read(key, resolved, None)
+        with _about(key):
+            resolved = await self._resolve_head(key)
+            if resolved is None:
+                return None
+            m = resolved.manifest
+            return Version(key, m.version, m.size, m.epoch, m.created), await self._read(key, resolved, None)
 
     async def _read(self, key: str, resolved: Resolved, progress: Progress | None) -> bytes:
         """Fetch a window of segments' fragments while the previous window decodes.
@@ -763,21 +769,22 @@ class QSS:
                         fetched.found_elsewhere[(s, i)] = name
 
     async def versions(self, key: str) -> list[Version]:
-        check_key(key)
-        oid = self.ring.object_id(key)
-        index = await self.index(oid)
-        out: list[Version] = []
-        previous: Resolved | None = None
-        for number in index.versions():
-            resolved = await self.resolve(oid, index, number)
-            m = resolved.manifest
-            if previous is not None and previous.manifest.version == number - 1 and m.prev != previous.digest:
-                raise IntegrityError(
-                    f"hash chain of {key!r} is broken: version {number} does not follow version {number - 1}"
-                )
-            out.append(Version(key, number, m.size, m.epoch, m.created))
-            previous = resolved
-        return out
+        with _about(key):
+            check_key(key)
+            oid = self.ring.object_id(key)
+            index = await self.index(oid)
+            out: list[Version] = []
+            previous: Resolved | None = None
+            for number in index.versions():
+                resolved = await self.resolve(oid, index, number)
+                m = resolved.manifest
+                if previous is not None and previous.manifest.version == number - 1 and m.prev != previous.digest:
+                    raise IntegrityError(
+                        f"hash chain of {key!r} is broken: version {number} does not follow version {number - 1}"
+                    )
+                out.append(Version(key, number, m.size, m.epoch, m.created))
+                previous = resolved
+            return out
 
     async def oids(self) -> tuple[set[str], dict[str, list[str]], bool]:
         """Every object id on any backend, which backends hold it, and whether every backend answered."""
@@ -794,36 +801,58 @@ class QSS:
         return set(holders), holders, complete
 
     async def name_of(self, oid: str, holders: Sequence[str]) -> str | None:
-        """The store key of an object of ours (None for another node's object or an empty directory)."""
+        """The store key of an object of ours (None for another node's object, an empty or a damaged one)."""
+        found = await self.identify(oid, holders)
+        return found.key if found.kind == "ours" else None
+
+    async def identify(self, oid: str, holders: Sequence[str]) -> Identity:
+        """Whose object this is and its store key; one whose every manifest replica fails is `damaged`."""
         known = self._names.get(oid)
         if known is not None:
-            return known
+            return Identity("ours", known)
         directory = manifest.object_dir(oid)
+        errors: list[str] = []
+        recovered: str | None = None
+        seen = False
         for holder in self.pool.readable_first(holders):
             backend = self.pool.by_name[holder]
             entries = await self.attempt(backend, backend.list_meta, directory)
             if isinstance(entries, StorageError):
                 continue
             for entry in sorted(e for e in entries if (p := manifest.parse_name(e)) and p[1]):
+                seen = True
                 blob = await self.attempt(backend, backend.get_meta, f"{directory}/{entry}")
                 if isinstance(blob, StorageError) or blob is None:
                     continue
                 try:
-                    record = manifest.open_manifest(blob, None)
-                except IntegrityError:
-                    continue
-                if record.signer not in self.trusted:
-                    return None
-                try:
-                    record = manifest.open_manifest(blob, self.trusted)
-                except IntegrityError:
+                    record = manifest.open_manifest(blob, None, entry)
+                    if record.signer not in self.trusted:
+                        return Identity("foreign")
+                    record = manifest.open_manifest(blob, self.trusted, entry)
+                except IntegrityError as exc:
+                    errors.append(f"{holder}: {exc.message}")
+                    recovered = recovered or self._recover_name(oid, blob)
                     continue
                 name = self.unseal_key(record)
                 if self.ring.object_id(name) != oid:
                     raise IntegrityError(f"object {oid[:16]}… names a key that does not hash to it")
                 self._names[oid] = name
-                return name
-        return None
+                return Identity("ours", name)
+        if not seen:
+            return Identity("empty")
+        reason = "; ".join(errors[:3]) if errors else "no manifest replica could be read from its backends"
+        return Identity("damaged", recovered, f"no valid replica of any manifest: {reason}")
+
+    def _recover_name(self, oid: str, blob: bytes) -> str | None:
+        """The store key sealed in a damaged manifest replica, if its sealed fields survived (authenticated)."""
+        fields = damage.sealed_key_fields(blob)
+        if fields is None:
+            return None
+        try:
+            name = crypto.unseal(self.ring.meta, *fields, KEY_AD + bytes.fromhex(oid), what="key").decode()
+        except (IntegrityError, UnicodeDecodeError):
+            return None
+        return name if self.ring.object_id(name) == oid else None
 
     async def keys(self, prefix: str = "") -> list[str]:
         oids, holders, _ = await self.oids()
@@ -975,6 +1004,17 @@ class QSS:
             **(await self.scrubber.status()),
             "retention": self.retention.status(),
         }
+
+
+@contextlib.contextmanager
+def _about(key: str) -> Iterator[None]:
+    """A read's storage errors name the object by its store key (the operator's name for it, not its id)."""
+    try:
+        yield
+    except StorageError as exc:
+        if key in exc.message:
+            raise
+        raise type(exc)(f"{key}: {exc.message}") from None
 
 
 def _skipped_text(skipped: dict[str, str]) -> str:

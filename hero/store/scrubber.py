@@ -21,13 +21,14 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hero.errors import StorageError
 from hero.nursery import Nursery
 from hero.store import manifest, pipeline
+from hero.store.damage import MAX_LISTED, Damage
 from hero.store.manifest import Patch
 from hero.store.placement import rendezvous, replica_targets
 
@@ -53,6 +54,17 @@ class ScrubReport:
     bytes: int = 0
     started: float = 0.0
     seconds: float = 0.0
+    damaged_objects: int = 0  # objects with a version that cannot be read or rebuilt (named in `damaged`)
+    damaged: list[Damage] = field(default_factory=list)
+
+    def damage(self, found: Damage) -> None:
+        """Note a damaged object or version (listed up to MAX_LISTED; every object is counted once)."""
+        if not any(d.oid == found.oid for d in self.damaged):
+            self.damaged_objects += 1
+        if len(self.damaged) < MAX_LISTED:
+            self.damaged.append(found)
+        log.error("scrub: damaged %s%s: %s", found.key or f"object {found.oid[:16]}… (name unreadable)",
+                  f" version {found.version}" if found.version is not None else "", found.error)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,12 +179,17 @@ class Scrubber:
         try:
             oids, holders, _ = await self.qss.oids()
             for oid in sorted(oids):
-                if await self.qss.name_of(oid, holders[oid]) is None:
+                who = await self.qss.identify(oid, holders[oid])
+                if who.kind in ("foreign", "empty"):
                     continue
                 report.objects += 1
+                if who.kind == "damaged":
+                    report.unrecoverable += 1
+                    report.damage(Damage(who.key, oid, None, who.error))
+                    continue
                 index = await self.qss.index(oid)
                 for version in index.versions():
-                    await self.check_version(oid, index, version, report, pacer, progress)
+                    await self.check_version(oid, index, version, report, pacer, progress, key=who.key)
         finally:
             self._running_pass = False
             report.seconds = time.time() - report.started
@@ -181,7 +198,7 @@ class Scrubber:
 
     async def check_version(
         self, oid: str, index: ObjectIndex, version: int, report: ScrubReport, pacer: Pacer,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], None] | None = None, *, key: str | None = None,
     ) -> None:
         qss = self.qss
         entry = manifest.entry_name(version)
@@ -191,8 +208,8 @@ class Scrubber:
                 report.manifests_repaired += await self._heal_meta(oid, index, name, patch=True)
             resolved = await qss.resolve(oid, index, version)
         except StorageError as exc:
-            log.error("scrub: version %d of object %s: %s", version, oid[:16], exc.message)
             report.unrecoverable += 1
+            report.damage(Damage(key, oid, version, exc.message))
             return
         report.versions += 1
         m = resolved.manifest
@@ -207,6 +224,10 @@ class Scrubber:
             report.corrupt += len(fetched.corrupt)
             report.bytes += fetched.bytes
             moves.extend(await self._rebuild(resolved, segs, fetched, report))
+            short = [s for s in segs if len(fetched.good[s]) < m.k]
+            if short:
+                report.damage(Damage(key, oid, version, f"segment {short[0]}: only {len(fetched.good[short[0]])} "
+                                     f"of the {m.k} fragments needed are left ({len(short)} segments short)"))
             await pacer.spend(fetched.bytes)
             if progress:
                 progress(fetched.bytes)
@@ -362,7 +383,10 @@ class Scrubber:
     async def status(self) -> dict[str, Any]:
         state = await self._load()
         cfg = self.qss.config
+        last = state.get("last") or {}
         return {
+            "damaged_objects": last.get("damaged_objects", 0),  # as the last full pass found them
+            "damaged": last.get("damaged", []),
             "scrub": {
                 "background": self._task is not None,
                 "running": self._running_pass,
