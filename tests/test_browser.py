@@ -237,7 +237,11 @@ async def test_dashboard_live_power_top_consumers_and_history(site: Site, browse
         watts = page.locator("#node-watts")
         await expect(watts).to_have_text(re.compile(r"^\d+(\.\d+)? W$"), timeout=10_000)
         await expect(page.locator("#source")).to_have_text("model")  # no RAPL in CI VMs; the badge says so
-        first = await watts.text_content()
+        await page.evaluate(
+            """() => { window.powerUpdates = 0;
+                new MutationObserver(() => window.powerUpdates++)
+                .observe(document.querySelector('#top-table tbody'), {childList: true}); }"""
+        )
 
         async def load() -> None:  # give the node something to meter while we watch
             async with httpx.AsyncClient(base_url=site.base, timeout=60) as http:
@@ -248,7 +252,8 @@ async def test_dashboard_live_power_top_consumers_and_history(site: Site, browse
                 )
 
         worker = asyncio.create_task(load())
-        await expect(watts).not_to_have_text(first, timeout=15_000)  # the figure moves, 1 Hz
+        # the figures arrive live, 1 Hz (the watts may read the same on a machine other work keeps busy)
+        await page.wait_for_function("() => window.powerUpdates >= 3", timeout=15_000)
         await worker
         await expect(page.locator("#live-chart path.line")).to_have_count(1)
         rows = page.locator("#top-table tbody tr")
@@ -266,6 +271,20 @@ async def test_dashboard_live_power_top_consumers_and_history(site: Site, browse
             "() => [...document.querySelectorAll('#top-table tbody tr')].map(r => Number(r.dataset.watts))"
         )
         assert shown == sorted(shown, reverse=True)  # top consumers first
+        # the header and the table are figures of one window, and they agree
+        shown = await page.evaluate(
+            """async () => {
+                const { fmtWatts } = await import('/static/lib/api.js');
+                const rows = [...document.querySelectorAll('#top-table tbody tr')];
+                return { header: document.getElementById('headroom').textContent,
+                         rows: fmtWatts(rows.reduce((sum, r) => sum + Number(r.dataset.watts), 0)) };
+            }"""
+        )
+        assert f"agents {shown['rows']}" in shown["header"], shown
+        assert re.search(r"mean of the last \d+ s", shown["header"]) and "this second" not in shown["header"]
+        # agents go by their users' names (the id stays in the title)
+        names = await page.locator("#top-table tbody tr .agent-name").all_text_contents()
+        assert {"alice", "bob", "carol"} <= set(names), names
         await expect(rows.first.locator("td.joules")).to_have_text(re.compile(r"\d [mkM]?J$"))
         await expect(rows.first.locator("td.today")).to_have_text(re.compile(r"\d [µmk]?Wh$"))
         await expect(page.locator("#agents-active")).to_have_text(re.compile(r"^[1-9]\d*$"))
@@ -276,6 +295,13 @@ async def test_dashboard_live_power_top_consumers_and_history(site: Site, browse
         await page.get_by_role("button", name="Last day").click()
         await expect(page.get_by_role("button", name="Last day")).to_have_attribute("aria-pressed", "true")
         await expect(page.locator("#hist-legend li").first).to_be_visible()
+        # the agents' chart and its legend speak one unit: watts (the legend: each agent's mean over the window)
+        legend = await page.locator("#hist-legend li").all_text_contents()
+        assert all(re.search(r"\d [µm]?W$", item) for item in legend), legend
+        assert {"alice", "bob", "carol"} & set(await page.locator("#hist-legend .agent-name").all_text_contents())
+        axis = await page.locator("#hist-agents text.axis-label").all_text_contents()
+        assert any(re.search(r" [µm]?W$", label) for label in axis), axis
+        await expect(page.locator("#hist-agents-title")).to_contain_text("watts")
         await save(page, "dashboard-desktop-dark", full_page=True)
 
 
@@ -286,11 +312,25 @@ async def test_dashboard_storage_panel_shows_qss_health(site: Site, browser: Bro
         await expect(card).to_be_visible()
         await expect(page.locator("#storage-health")).to_have_text("healthy")
         await expect(card.locator("dd").first).to_have_text("20 / 20")
-        await expect(page.locator("#storage-table tbody tr")).to_have_count(20)
-        await expect(page.locator("#storage-table tbody tr").first).to_contain_text("up")
+        backends = page.locator("#storage-backends li")
+        await expect(backends).to_have_count(20)
+        await expect(backends.first).to_contain_text("up")
         await expect(page.locator("#net-card")).to_be_hidden()  # no overlay on this node: no panel
         status = await site.parts.store.status()
-        assert await page.locator("#storage-table tbody tr").count() == len(status["backends"]) == 20
+        assert await backends.count() == len(status["backends"]) == 20
+
+
+async def test_dashboard_storage_card_fills_its_row(site: Site, browser: Browser):
+    """With no overlay panel beside it, the storage card takes the whole row, and 20 backends stay compact."""
+    async with page_at(browser, site.url(f"/dashboard?token={site.operator}")) as page:
+        card = page.locator("#storage-card")
+        await expect(page.locator("#storage-backends li")).to_have_count(20)
+        await expect(page.locator("#top-card")).to_be_visible()
+        box, full = await card.bounding_box(), await page.locator("#top-card").bounding_box()
+        assert abs(box["width"] - full["width"]) <= 1, (box, full)
+        assert box["height"] < 420, box  # not a 20-row table beside an empty half
+        await card.scroll_into_view_if_needed()
+        await save(page, "dashboard-storage-desktop")
 
 
 async def test_dashboard_sign_out_revokes_the_operator_token(site: Site, browser: Browser):

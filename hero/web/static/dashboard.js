@@ -20,6 +20,7 @@ const state = {
   budget: null,
   historyWindow: "1h",
   history: null,
+  names: new Map(), // agent id -> user name, from the operator's power reports
   timers: [],
   historyTimer: null,
 };
@@ -66,6 +67,24 @@ function short(id) {
   return id.length > 16 ? id.slice(0, 12) + "…" : id;
 }
 
+/** An agent as the operator knows it: its user's name, the short id beside it (the full id as a tooltip). */
+function agentLabel(agentId, extra = "") {
+  const span = document.createElement("span");
+  span.title = agentId + extra;
+  const name = state.names.get(agentId);
+  if (name) {
+    const strong = document.createElement("span");
+    strong.className = "agent-name";
+    strong.textContent = name;
+    span.append(strong);
+  }
+  const code = document.createElement("code");
+  code.className = "agent-id";
+  code.textContent = agentId.slice(0, name ? 8 : 10) + "…";
+  span.append(code);
+  return span;
+}
+
 function cell(row, content, className) {
   const td = document.createElement("td");
   if (className) td.className = className;
@@ -79,7 +98,13 @@ function cell(row, content, className) {
 
 function onPower(r) {
   state.budget = r.budget_watts;
+  const known = state.names.size;
+  for (const a of r.agents || []) if (a.user) state.names.set(a.agent_id, a.user);
+  if (state.names.size !== known) drawHistory(); // the legend can name agents now
+  // Every figure of a report is a mean over the same last window_s seconds: they add up.
+  const win = `${Math.round(r.window_s || 0)} s`;
   $("node-watts").textContent = fmtWatts(r.node_watts);
+  $("node-watts").title = `mean of the last ${win}`;
   $("budget").textContent = fmtWatts(r.budget_watts);
   const src = $("source");
   src.textContent = r.source === "rapl" ? "RAPL" : "model";
@@ -90,21 +115,22 @@ function onPower(r) {
   meter.max = r.budget_watts;
   meter.low = r.budget_watts * 0.75;
   meter.high = r.budget_watts * 0.9;
-  meter.value = Math.min(r.budget_watts, r.avg_watts ?? r.node_watts);
+  meter.value = Math.min(r.budget_watts, r.node_watts);
   const parts = [
     `${fmtWatts(r.headroom_watts)} headroom`,
-    `average ${fmtWatts(r.avg_watts)}`,
     `idle ${fmtWatts(r.idle_watts)}`,
-    `agents ${fmtWatts(r.agents_watts)} this second`,
+    `agents ${fmtWatts(r.agents_watts)}`,
     `runtime ${fmtWatts(r.runtime_watts)}`,
+    `other ${fmtWatts(r.other_watts)}`,
   ];
-  $("headroom").textContent = parts.join(" · ");
+  $("headroom").textContent = parts.join(" · ") + ` (mean of the last ${win})`;
+  $("live-legend").textContent = `node watts (${win} means live; 1 min means before)`;
   while (state.live.length && state.live[state.live.length - 1][0] >= r.ts) state.live.pop();
   state.live.push([r.ts, r.node_watts]);
   const cutoff = r.ts - LIVE_SPAN_S;
   while (state.live.length && state.live[0][0] < cutoff) state.live.shift();
   drawLive();
-  renderTable(r.agents || []);
+  renderTable(r.agents || [], win);
 }
 
 function drawLive() {
@@ -123,7 +149,7 @@ function drawLive() {
     `Node watts over the last hour; now ${last ? fmtWatts(last[1]) : "unknown"} of a ${fmtWatts(state.budget)} budget`);
 }
 
-function renderTable(agents) {
+function renderTable(agents, win) {
   const rows = [...agents].sort((a, b) => b.watts - a.watts);
   const max = Math.max(1e-9, ...rows.map((a) => a.watts));
   const body = $("top-table").tBodies[0];
@@ -132,10 +158,7 @@ function renderTable(agents) {
     const tr = document.createElement("tr");
     tr.dataset.agent = a.agent_id;
     tr.dataset.watts = String(a.watts);
-    const code = document.createElement("code");
-    code.textContent = a.agent_id.slice(0, 10) + "…";
-    code.title = `${a.agent_id} (${a.state})`;
-    cell(tr, code, "left");
+    cell(tr, agentLabel(a.agent_id, ` (${a.state})`), "left");
     const st = document.createElement("span");
     st.className = "state " + a.state;
     st.textContent = a.state === "active" ? "awake" : a.state;
@@ -153,7 +176,8 @@ function renderTable(agents) {
   }
   body.replaceChildren(frag);
   $("agents-count").textContent = `${agents.length} agent${agents.length === 1 ? "" : "s"}`;
-  $("top-note").textContent = rows.length > TABLE_ROWS ? `Showing the top ${TABLE_ROWS} of ${rows.length}.` : "";
+  $("top-note").textContent = `Watts: each agent's mean over the last ${win}, as in the header.` +
+    (rows.length > TABLE_ROWS ? ` Showing the top ${TABLE_ROWS} of ${rows.length}.` : "");
 }
 
 // ---------- status (agents, LLM) ----------
@@ -200,16 +224,19 @@ function drawHistory() {
     name: a.agent_id, color: palette(i), points: h.ts.map((t, j) => [at(t), a.watts[j]]),
   }));
   drawChart($("hist-agents"), { series, from: h.start, to: h.end, height: 170 });
+  // The chart plots watts (each bucket's mean); the legend gives each agent's mean over the whole window, so
+  // both speak watts, and ranking by energy over the window is ranking by that mean.
+  const span = Math.max(1, h.end - h.start);
+  const bucket = h.bucket_s >= 600 ? `${Math.round(h.bucket_s / 60)} min` : "1 min";
+  $("hist-agents-title").textContent = `Top 10 agents by energy, in watts (${bucket} means; legend: mean over the window)`;
   const legend = $("hist-legend");
   legend.replaceChildren(...h.agents.map((a, i) => {
     const li = document.createElement("li");
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.background = palette(i);
-    const code = document.createElement("code");
-    code.textContent = short(a.agent_id);
-    code.title = a.agent_id;
-    li.append(sw, code, ` ${fmtEnergyWh(a.wh)}`);
+    const label = agentLabel(a.agent_id, ` · ${fmtEnergyWh(a.wh)} in this window`);
+    li.append(sw, label, ` ${fmtWatts(a.joules / span)}`);
     return li;
   }));
   if (!h.agents.length) {
@@ -286,8 +313,21 @@ async function refreshStorage() {
     ["Last scrub", ago(s.scrub?.last_finished)],
     ["Coding", s.k ? `${s.k} + ${s.m}` : "–"],
   ]);
-  fillTable($("storage-table"), ["Backend", "Location", "State", "Fragments"],
-    backends.map((b) => [b.name, b.location, b.state, b.fragments]));
+  $("storage-backends").replaceChildren(...backends.map((b) => {
+    const li = document.createElement("li");
+    li.dataset.state = b.state;
+    const name = document.createElement("strong");
+    name.textContent = b.name;
+    const st = document.createElement("span");
+    st.className = "state " + b.state;
+    st.textContent = b.state;
+    const detail = document.createElement("span");
+    detail.className = "note";
+    detail.textContent = `${b.location} · ${b.fragments ?? "–"} fragments`;
+    if (b.error) detail.title = b.error;
+    li.append(name, st, detail);
+    return li;
+  }));
   $("storage-card").hidden = false;
 }
 

@@ -45,11 +45,12 @@ export function drawChart(svg, { series, from, to, budget, unit = "W", height = 
   let top = minMax;
   for (const s of series) for (const [, v] of s.points) if (v != null && v > top) top = v;
   if (budget != null && budget > top * 0.6) top = Math.max(top, budget);
-  // Small figures (an agent's milliwatts) read better in milli-units than as 2e-3.
-  const milli = top > 0 && top < 1 && unit.length <= 2;
+  // Small figures (an agent's milliwatts) read better in milli-units than as 2e-3; the choice follows the
+  // rounded top, so an axis reads 1.5 W rather than 1500 mW.
+  top = niceMax(top * 1.08);
+  const milli = top < 1 && unit.length <= 2;
   const shown = milli ? "m" + unit : unit;
   const k = milli ? 1000 : 1;
-  top = niceMax(top * 1.08 * k) / k;
   const labels = [0, 1, 2, 3, 4].map((i) => fmtTick((top * i * k) / 4) + (i === 4 ? " " + shown : ""));
   const longest = Math.max(...labels.map((l) => l.length));
   const pad = { l: Math.max(30, Math.round(longest * 7.4) + 10), r: 10, t: 10, b: 22 };
