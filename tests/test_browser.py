@@ -182,6 +182,58 @@ async def test_reminder_and_runtime_message_arrive_live_without_reload(site: Sit
         await save(page, "chat-phone-light")
 
 
+NEWEST_GEOMETRY = """() => {
+    const msgs = document.querySelectorAll('#log .msg');
+    const last = msgs[msgs.length - 1].getBoundingClientRect();
+    const log = document.getElementById('log').getBoundingClientRect();
+    const composer = document.getElementById('composer').getBoundingClientRect();
+    return {last_top: last.top, last_bottom: last.bottom, log_top: log.top, log_bottom: log.bottom,
+            composer_top: composer.top};
+}"""
+
+
+async def assert_newest_in_view(page: Page, when: str) -> None:
+    """The newest bubble's end is on screen: inside the log, above the composer."""
+    await page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    g = await page.evaluate(NEWEST_GEOMETRY)
+    assert g["log_top"] < g["last_bottom"] <= min(g["log_bottom"], g["composer_top"]) + 1, (when, g)
+
+
+async def test_the_newest_message_stays_in_view_on_a_phone(site: Site, browser: Browser):
+    """After load, reload, the keyboard opening, send, stop and a live reminder, the newest message is visible."""
+    user = site.parts.users.add("erin", UserKey.generate().agent_id)
+    token, _ = site.parts.users.issue(user)
+    for i in range(14):  # a history longer than a phone screen
+        await (await site.parts.node.deliver(user.agent_id, ChatMessage(f"remember that fact {i} is true"))).text()
+    async with page_at(browser, site.url(f"/?token={token}"), phone=True) as page:
+        await expect(bubbles(page)).to_have_count(28)
+        await expect(page.locator("#footprint")).to_be_visible()  # the power bar comes after the history
+        await assert_newest_in_view(page, "after load")
+        await page.reload()
+        await expect(bubbles(page)).to_have_count(28)
+        await expect(page.locator("#footprint")).to_be_visible()
+        await assert_newest_in_view(page, "after a reload")
+        await save(page, "chat-phone-after-reload")
+        await page.set_viewport_size({"width": PHONE["width"], "height": 500})  # the on-screen keyboard opens
+        await page.get_by_label("Message to your agent").focus()
+        await assert_newest_in_view(page, "with the keyboard open")
+        await send(page, "remember that phones scroll")
+        await expect(bubbles(page).last).to_have_attribute("data-seq", "30", timeout=15_000)
+        await expect(bubbles(page).last.locator(".body")).to_have_text("I will remember that phones scroll.")
+        await assert_newest_in_view(page, "after send")
+        await send(page, "Tell me a very long story about a dragon, a knight and a village.")
+        reply = bubbles(page, ".assistant").last
+        await expect(reply.locator(".body")).not_to_have_text("", timeout=60_000)
+        await page.get_by_role("button", name="Stop").click()
+        await expect(reply).to_have_class(re.compile(r"\bstopped\b"))
+        await expect(reply).to_have_attribute("data-seq", "32", timeout=15_000)
+        await assert_newest_in_view(page, "after stop")
+        await send(page, "remind me in 2 seconds to stand up")
+        await expect(bubbles(page, ".reminder").locator(".body")).to_have_text("⏰ Reminder: stand up", timeout=15_000)
+        await assert_newest_in_view(page, "after a live reminder")
+        await save(page, "chat-phone-keyboard-open")
+
+
 async def test_expired_session_asks_to_sign_in_again_and_keeps_the_message(site: Site, browser: Browser):
     users = site.parts.users
     user = users.by_agent(site.users["carol"]["agent_id"])

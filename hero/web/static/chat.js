@@ -20,6 +20,7 @@ const state = {
   sending: null, // AbortController of the reply being streamed
   events: null, // AbortController of the live event stream
   footprintTimer: null,
+  stick: true, // the log follows the newest message (until the reader scrolls up to older ones)
 };
 
 // ---------- views ----------
@@ -93,33 +94,55 @@ function setSeq(el, seq) {
   if (state.oldestSeq === null || seq < state.oldestSeq) state.oldestSeq = seq;
 }
 
+// ---------- keeping the newest message in view ----------
+// The log follows its newest message unless the reader has scrolled up. Whatever changes the log's size
+// (the power footprint appearing above it, a banner, the phone's keyboard, the composer growing) or its
+// content (a new bubble, a streamed token, a reply marked stopped) brings the newest message back in view;
+// a check made before such a change ("were we near the bottom?") cannot see it, so observers do the work.
+
 function nearBottom() {
   const log = $("log");
   return log.scrollHeight - log.scrollTop - log.clientHeight < 80;
 }
 
-function scrollDown(force = false) {
+function scrollToNewest() {
   const log = $("log");
-  if (force || nearBottom()) log.scrollTop = log.scrollHeight;
+  log.scrollTop = log.scrollHeight;
+}
+
+function keepNewestInView() {
+  if (state.stick) scrollToNewest();
+}
+
+/** Load, send, stop and pushed messages always show the newest message, wherever the reader was. */
+function revealNewest() {
+  state.stick = true;
+  scrollToNewest();
+}
+
+function followNewest() {
+  const log = $("log");
+  // A scroll by the reader decides whether to follow; our own scrolls end at the bottom, so they keep it on.
+  log.addEventListener("scroll", () => { state.stick = nearBottom(); }, { passive: true });
+  new ResizeObserver(keepNewestInView).observe(log);
+  new MutationObserver(keepNewestInView).observe(log, { childList: true, subtree: true, characterData: true });
 }
 
 function append(el) {
-  const stick = nearBottom();
   $("empty").hidden = true;
   $("log").append(el);
-  scrollDown(stick);
   return el;
 }
 
-/** A message from the history or the event stream: confirm our own pending bubble, or add it. */
+/** A message from the history or the event stream: confirm our own pending bubble, or add it (false: known). */
 function receive(m) {
-  if (state.bySeq.has(m.seq)) return;
+  if (state.bySeq.has(m.seq)) return false;
   if (m.role === "user") {
     const i = state.pendingUser.findIndex((p) => p.text === m.content);
     if (i >= 0) {
       const [p] = state.pendingUser.splice(i, 1);
       setSeq(p.el, m.seq);
-      return;
+      return true;
     }
   } else if (m.role === "assistant" && m.kind !== "reminder" && state.pendingReply.length) {
     const p = state.pendingReply.shift();
@@ -127,9 +150,10 @@ function receive(m) {
     if (m.content || !p.el.querySelector(".body").textContent) p.el.querySelector(".body").textContent = m.content;
     if (m.kind === "error") p.el.classList.add("error");
     setSeq(p.el, m.seq);
-    return;
+    return true;
   }
   append(messageElement(m));
+  return true;
 }
 
 async function loadHistory() {
@@ -137,7 +161,7 @@ async function loadHistory() {
   for (const m of page.messages) receive(m);
   $("more").hidden = !page.has_more;
   $("empty").hidden = page.messages.length > 0;
-  scrollDown(true);
+  revealNewest();
 }
 
 async function loadEarlier() {
@@ -147,6 +171,7 @@ async function loadEarlier() {
   const page = await getJSON(tokens.get(), `/api/me/messages?limit=100&before=${state.oldestSeq}`);
   const older = document.createDocumentFragment();
   for (const m of page.messages) if (!state.bySeq.has(m.seq)) older.append(messageElement(m));
+  state.stick = false; // the reader asked for older messages: stay with them
   log.insertBefore(older, log.querySelector(".msg"));
   $("more").hidden = !page.has_more;
   log.scrollTop += log.scrollHeight - before; // keep the reader's place
@@ -168,6 +193,7 @@ async function send() {
   state.sending = controller;
   setSending(true);
   banner("");
+  revealNewest();
   const mine = { el: append(messageElement({ role: "user", content: text })), text };
   const reply = { el: append(messageElement({ role: "assistant" })), final: false };
   reply.el.classList.add("streaming");
@@ -194,14 +220,12 @@ async function send() {
         continue;
       }
       const delta = chunk.choices?.[0]?.delta?.content;
-      if (delta && !reply.final) {
-        body.textContent += delta;
-        scrollDown();
-      }
+      if (delta && !reply.final) body.textContent += delta;
     }
   } catch (err) {
     if (err.name === "AbortError") {
       reply.el.classList.add("stopped");
+      revealNewest();
     } else if (!accepted) {
       // Nothing reached the agent: take the bubbles back, keep the text in the composer.
       drop(mine, state.pendingUser);
@@ -256,7 +280,7 @@ function connectEvents() {
     signal: controller.signal,
     onState: setLive,
     onEvent: (ev) => {
-      if (ev.event === "message") receive(JSON.parse(ev.data));
+      if (ev.event === "message" && receive(JSON.parse(ev.data))) revealNewest();
     },
     onAuthError: (err) => showSignIn(err.message, { expired: true }),
   });
@@ -403,6 +427,7 @@ function selectTab(tab) {
 }
 
 function wire() {
+  followNewest();
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("stop").addEventListener("click", stop);
   $("more").addEventListener("click", () => loadEarlier().catch((err) => banner(err.message)));
