@@ -143,3 +143,16 @@ def test_power_history_buckets_mixed_resolutions_and_sparse_agents(tmp_path):
     assert b[minute - 60] == pytest.approx(0.1)  # 6 J over 60 s
     assert b[minute] == pytest.approx(0.1)  # 3 J over the 30 s of this minute so far
     assert out["agents"][0]["wh"] == pytest.approx(30 / 3600)
+
+
+async def test_operator_agent_lists_name_each_agents_user(node):
+    """The operator knows users by name: /api/node/agents and /api/node/power join ids to the user registry."""
+    stranger = "ab" * 32  # an agent no user owns (a runtime test's, an imported one): no name to show
+    for agent_id in (node.alice["agent_id"], node.bob["agent_id"], stranger):
+        await (await node.node.deliver(agent_id, ChatMessage("remember that names matter"))).text()
+    expected = {node.alice["agent_id"]: "alice", node.bob["agent_id"]: "bob", stranger: None}
+    async with httpx.AsyncClient(base_url=node.base_url) as http:
+        agents = (await http.get("/api/node/agents", headers=auth(node.operator))).json()["agents"]
+        assert {a["agent_id"]: a["user"] for a in agents} == expected
+        power = (await http.get("/api/node/power", headers=auth(node.operator))).json()["agents"]
+        assert {a["agent_id"]: a["user"] for a in power} == expected
