@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hero.errors import StorageError
+from hero.errors import IntegrityError, StorageError
 from hero.nursery import Nursery
 from hero.store import manifest, pipeline
 from hero.store.damage import MAX_LISTED, Damage
@@ -202,10 +202,15 @@ class Scrubber:
     ) -> None:
         qss = self.qss
         entry = manifest.entry_name(version)
+        broken: list[str] = []  # placement records no replica of which can be verified
         try:
             report.manifests_repaired += await self._heal_meta(oid, index, entry, patch=False)
             for name in index.patches(version):
-                report.manifests_repaired += await self._heal_meta(oid, index, name, patch=True)
+                try:
+                    report.manifests_repaired += await self._heal_meta(oid, index, name, patch=True)
+                except IntegrityError as exc:  # what it recorded is found again by hash below
+                    log.warning("scrub: placement record %s of %s is unreadable: %s", name, oid[:16], exc.message)
+                    broken.append(name)
             resolved = await qss.resolve(oid, index, version)
         except StorageError as exc:
             report.unrecoverable += 1
@@ -233,6 +238,9 @@ class Scrubber:
                 progress(fetched.bytes)
         if moves:
             await self._write_patch(resolved, moves)
+        if broken:
+            await self._drop_meta(oid, index, broken)
+            report.manifests_repaired += len(broken)
 
     async def _rebuild(
         self, resolved: Resolved, segs: list[int], fetched: Fetched, report: ScrubReport
@@ -317,6 +325,15 @@ class Scrubber:
         if not any(r is True or r is False for r in results):
             log.warning("scrub: placement patch for %s version %d reached no backend; reads will search",
                         m.oid[:16], m.version)
+
+    async def _drop_meta(self, oid: str, index: ObjectIndex, entries: list[str]) -> None:
+        """Remove placement records that cannot be read (the fragments' places are recorded again by now)."""
+        directory = manifest.object_dir(oid)
+        for entry in entries:
+            for holder in index.where.pop(entry, []):
+                backend = self.qss.pool.by_name[holder]
+                await self.qss.attempt(backend, backend.delete_meta, [f"{directory}/{entry}"])
+            index.kinds.pop(entry, None)
 
     async def _heal_meta(self, oid: str, index: ObjectIndex, entry: str, *, patch: bool) -> int:
         """Bring a manifest or patch back to its full replica count and replace bad copies."""
