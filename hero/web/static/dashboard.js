@@ -303,16 +303,31 @@ async function refreshStorage() {
   if (!backends.length) { $("storage-card").hidden = true; return; } // a store that reports no health (not QSS)
   const up = s.up ?? backends.filter((b) => b.state === "up").length;
   const down = backends.length - up;
+  const damaged = s.damaged_objects ?? 0;
   const health = $("storage-health");
-  health.textContent = down ? `${down} down` : "healthy";
-  health.className = "badge " + (down ? "bad" : "ok");
+  const problems = [down && `${down} down`, damaged && `${damaged} damaged`].filter(Boolean);
+  health.textContent = problems.length ? problems.join(" · ") : "healthy";
+  health.className = "badge " + (problems.length ? "bad" : "ok");
   kpis($("storage-kpis"), [
     ["Backends up", `${up} / ${backends.length}`],
     ["To repair", s.repairs?.queued ?? 0],
     ["Repaired", s.repairs?.repaired_total ?? 0],
+    ["Damaged", damaged],
     ["Last scrub", ago(s.scrub?.last_finished)],
     ["Coding", s.k ? `${s.k} + ${s.m}` : "–"],
   ]);
+  // Objects the last scrub could not read or rebuild, by name (by id when no manifest names it any more).
+  $("storage-damaged").replaceChildren(...(s.damaged || []).map((d) => {
+    const li = document.createElement("li");
+    const name = document.createElement("strong");
+    name.textContent = (d.key ?? `object ${d.oid.slice(0, 16)}…`) + (d.version == null ? "" : ` v${d.version}`);
+    const why = document.createElement("span");
+    why.className = "note";
+    why.textContent = ` ${d.error}`;
+    li.append(name, why);
+    return li;
+  }));
+  $("storage-damaged").hidden = $("storage-damaged-title").hidden = !damaged;
   $("storage-backends").replaceChildren(...backends.map((b) => {
     const li = document.createElement("li");
     li.dataset.state = b.state;
@@ -323,7 +338,8 @@ async function refreshStorage() {
     st.textContent = b.state;
     const detail = document.createElement("span");
     detail.className = "note";
-    detail.textContent = `${b.location} · ${b.fragments ?? "–"} fragments`;
+    // A backend that is not up says why (its directory is a file, a disk is missing, …).
+    detail.textContent = b.state !== "up" && b.error ? b.error : `${b.location} · ${b.fragments ?? "–"} fragments`;
     if (b.error) detail.title = b.error;
     li.append(name, st, detail);
     return li;
