@@ -133,6 +133,7 @@ class MessageService:
         self._inbox: deque[InboundMessage] = deque()
         self._waiters: set[asyncio.Future[None]] = set()
         self._replies: dict[str, asyncio.Future[InboundMessage]] = {}
+        self._senders: OrderedDict[str, bytes] = OrderedDict()  # received message id -> sender (for replies)
         self.handlers: list[Callable[[InboundMessage], bool]] = []  # first that returns True consumes it
 
     # sending
@@ -319,9 +320,16 @@ class MessageService:
             partial.agent.hex() if partial.agent else self.local_pk.hex(), partial.topic, bytes(partial.buffer),
             reply, partial.agent.hex() if partial.agent else None,
         )
-        self._arrived(message)
+        self.arrived(message)
 
-    def _arrived(self, message: InboundMessage) -> None:
+    def sender_of(self, mid: str) -> bytes | None:
+        return self._senders.get(mid)
+
+    def arrived(self, message: InboundMessage) -> None:
+        """A complete message: a waited-for reply, else the first handler that takes it (agents), else the inbox."""
+        self._senders[message.id] = bytes.fromhex(message.src_pk)
+        while len(self._senders) > 10_000:
+            self._senders.popitem(last=False)
         if message.reply:
             waiter = self._replies.pop(message.id, None)
             if waiter is not None and not waiter.done():

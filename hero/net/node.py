@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from hero.identity import overlay_address
 from hero.net.address import Identity
 from hero.net.handshake import HandshakeError
 from hero.net.link import Link, handshake
-from hero.net.messages import MessageService
+from hero.net.messages import InboundMessage, MessageService
 from hero.net.peers import Dialer, Endpoint
 from hero.net.records import AgentDirectory, AgentRecord
 from hero.net.routing import Router, RouterConfig
@@ -334,6 +335,14 @@ class OverlayNode:
 
     def withdraw_agent(self, agent_id: str) -> None:
         self._own_agents.discard(bytes.fromhex(agent_id))
+
+    def deliver_local(self, agent: bytes, topic: bytes, payload: bytes) -> str:
+        """A message from this node's own API to an agent it hosts: no network, same handlers."""
+        mid = secrets.token_bytes(8).hex()
+        me = self.identity.public.hex()
+        ip = str(self.identity.address)
+        self.messages.arrived(InboundMessage(mid, ip, me, ip, agent.hex(), topic, payload, agent=agent.hex()))
+        return mid
 
     def resolve_agent(self, agent_id: str) -> bytes | None:
         return self.directory.resolve(bytes.fromhex(agent_id))

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hero.errors import BadRequest
+from hero.net.handshake import HandshakeError
 from hero.nursery import Nursery
 
 log = logging.getLogger("hero.net")
@@ -100,7 +101,7 @@ class Dialer:
             started = time.monotonic()
             try:
                 closed = await self._connect(peer.endpoint)
-            except (OSError, ConnectionError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any dial failure
+            except (OSError, TimeoutError, HandshakeError) as exc:
                 peer.last_error = str(exc) or type(exc).__name__
                 log.debug("dial %s failed: %s", peer.endpoint, peer.last_error)
             else:
