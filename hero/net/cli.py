@@ -50,7 +50,8 @@ def overlay_settings(args: argparse.Namespace, base: OverlaySettings | None = No
 
 
 def add_net_parser(sub: Any) -> None:
-    net = sub.add_parser("net", help="the Mycelium-compatible overlay").add_subparsers(metavar="ACTION")
+    parent = sub.add_parser("net", help="the Mycelium-compatible overlay")
+    net = parent.add_subparsers(parser_class=type(parent), metavar="ACTION", required=True)
     up = net.add_parser("up", help="run a standalone overlay node (Mycelium's flags)")
     up.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data directory for the default key file")
     add_overlay_flags(up)
