@@ -1,0 +1,130 @@
+"""Forged announcements, spoofed inner sources, replays and blocked keys are dropped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from hero.net.address import Identity
+from hero.net.node import OverlayConfig, OverlayNode
+from hero.net.session import KIND_IPV6
+from hero.net.wire import Update, encode_control, update_signed_bytes
+
+
+@asynccontextmanager
+async def nodes(count: int, **config: object) -> AsyncIterator[list[OverlayNode]]:
+    """A line of real nodes on 127.0.0.1 in this loop: n0 - n1 - ... (each dials the previous)."""
+    out: list[OverlayNode] = []
+    try:
+        for i in range(count):
+            peers = (f"tcp://127.0.0.1:{out[-1].port}",) if out else ()
+            node = OverlayNode(Identity.generate(), OverlayConfig(listen_host="127.0.0.1", tcp_listen_port=0,
+                                                                  peers=peers, **config))  # type: ignore[arg-type]
+            await node.start()
+            out.append(node)
+        for node in out:
+            await until(lambda n=node: len(n.router.selected) == count - 1)
+        yield out
+    finally:
+        for node in reversed(out):
+            await node.aclose()
+
+
+async def until(check, timeout: float = 10.0) -> None:  # noqa: ANN001
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_forged_announcement_for_another_subnet_is_dropped() -> None:
+    async with nodes(3) as (a, m, v):
+        victim = v.identity
+        link = next(iter(m.links))  # m's link towards a (m dialled a)
+        if link.remote != a.identity.public:
+            link = next(x for x in m.links if x.remote == a.identity.public)
+        prefix = victim.subnet.network_address.packed
+        rid = victim.router_id.encode()
+        forged_sig = m.identity.sign(update_signed_bytes(64, prefix, rid, 7))  # m signs in v's name
+        link.send(encode_control([Update(64, 100, 7, 0, prefix, rid, forged_sig)]))
+        # and m claims v's /64 under its own router id (Mycelium's hijack)
+        own_rid = m.identity.router_id.encode()
+        link.send(encode_control([Update(64, 100, 9, 0, prefix, own_rid,
+                                         m.identity.sign(update_signed_bytes(64, prefix, own_rid, 9)))]))
+        await until(lambda: a.router.stats.bad_signature >= 1 and a.router.stats.bad_subnet >= 1)
+        route = a.router.selected[prefix[:8]]
+        assert route.router_id == rid and route.seqno == 0  # still v's genuine announcement
+
+
+async def test_spoofed_inner_source_is_dropped() -> None:
+    async with nodes(3) as (a, m, v):
+        received: list[bytes] = []
+        a.tun_write = received.append
+
+        def ipv6(src: bytes, dst: bytes) -> bytes:
+            return bytes([0x60, 0, 0, 0, 0, 0, 59, 64]) + src + dst
+
+        m.sessions.send(a.identity.public, KIND_IPV6, ipv6(v.addr, a.addr))  # claims to come from v
+        m.sessions.send(a.identity.public, KIND_IPV6, ipv6(m.addr, a.addr))  # honest
+        await until(lambda: len(received) == 1 and a.counters.spoofed == 1)
+        assert received[0][8:24] == m.addr
+
+
+async def test_replayed_packet_is_dropped() -> None:
+    async with nodes(2) as (a, b):
+        sent: list[tuple[bytes, bytes]] = []
+        original = b.send_sealed
+
+        def record(dst: bytes, payload: bytes) -> None:
+            sent.append((dst, payload))
+            original(dst, payload)
+
+        b.send_sealed = record  # type: ignore[method-assign]
+        b.sessions._send_raw = record
+        b.messages.push(a.identity.public, b"t", b"once")
+        message = await a.messages.pop(topic=b"t", timeout_s=5, peek=False)
+        assert message is not None and message.payload == b"once"
+        data = [(d, p) for d, p in sent if p[0] == 3]
+        for dst, payload in data:
+            original(dst, payload)  # a relay replays every data packet it saw
+        await until(lambda: a.sessions.stats.replayed >= len(data))
+        assert await a.messages.pop(topic=b"t", timeout_s=0.3, peek=False) is None
+
+
+async def test_blocked_key_cannot_link() -> None:
+    bad = Identity.generate()
+    a = OverlayNode(Identity.generate(), OverlayConfig(listen_host="127.0.0.1", tcp_listen_port=0,
+                                                       blocked_keys=(bad.public.hex(),)))
+    await a.start()
+    m = OverlayNode(bad, OverlayConfig(listen_host="127.0.0.1", tcp_listen_port=0,
+                                       peers=(f"tcp://127.0.0.1:{a.port}",)))
+    await m.start()
+    try:
+        await until(lambda: a.counters.blocked >= 1)
+        assert not a.links
+    finally:
+        await m.aclose()
+        await a.aclose()
+
+
+async def test_garbage_on_the_listener_is_counted_and_the_node_keeps_serving() -> None:
+    async with nodes(2) as (a, b):
+        for junk in (b"\x00" * 10, b"\xff\xff" + b"x" * 100, b"GET / HTTP/1.1\r\n\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+            writer.write(junk)
+            await writer.drain()
+            writer.close()
+        await until(lambda: a.counters.handshakes_failed >= 3, timeout=15)
+        b.messages.push(a.identity.public, b"t", b"still here")
+        message = await a.messages.pop(topic=b"t", timeout_s=5, peek=False)
+        assert message is not None and message.payload == b"still here"
+
+
+async def test_flooding_peer_is_rate_limited() -> None:
+    async with nodes(2, control_rate=50.0) as (a, b):
+        link = next(iter(b.links))
+        for _ in range(500):
+            link.send(encode_control([]))
+        await until(lambda: a.counters.rate_limited > 0)
+        assert a.links  # the link lives on
