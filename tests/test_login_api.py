@@ -116,7 +116,6 @@ async def test_logout_revokes_only_that_token(node):
     finally:
         users.close()
     async with httpx.AsyncClient(base_url=node.base_url) as http:
-        assert (await http.post("/api/auth/logout")).status_code == 401
         r = await http.post("/api/auth/logout", headers={"Authorization": f"Bearer {first}"})
         assert r.status_code == 204
         r = await http.get("/api/me", headers={"Authorization": f"Bearer {first}"})

@@ -9,10 +9,8 @@ import httpx
 import openai
 import pytest
 
-from hero.identity import NodeKeys
 from hero.runtime.agent import Agent
 from hero.runtime.events import ChatMessage, Event, Reply
-from hero.users import Users
 from tests.conftest import add_user, auth, make_config, operator_token, serving
 
 
@@ -99,8 +97,6 @@ async def test_users_are_isolated(node):
     async with httpx.AsyncClient(base_url=node.base_url) as http:
         bob_history = (await http.get("/api/me/messages", headers=auth(node.bob["token"]))).json()["messages"]
         assert bob_history == []
-        for path in ("/api/node/agents",):
-            assert (await http.get(path, headers=auth(node.bob["token"]))).status_code == 403
         # no request field can redirect a user's message to another agent
         r = await http.post(
             "/v1/chat/completions",
@@ -111,50 +107,12 @@ async def test_users_are_isolated(node):
         assert r.status_code == 200
         alice_history = (await http.get("/api/me/messages", headers=auth(node.alice["token"]))).json()["messages"]
         assert all("bob" not in m["content"] for m in alice_history)
-        # the operator sees both agents but cannot chat as anyone
+        # the operator sees both agents (who may reach which route: tests/test_web_auth.py's matrix)
         op = operator_token(node.config.data_dir)
         agents = (await http.get("/api/node/agents", headers=auth(op))).json()["agents"]
         assert {a["agent_id"] for a in agents} == {node.alice["agent_id"], node.bob["agent_id"]}
         assert {a["state"] for a in agents} == {"active"}
-        chat = {"messages": [{"role": "user", "content": "hi"}]}
-        assert (await http.post("/v1/chat/completions", headers=auth(op), json=chat)).status_code == 403
     assert (await ai_b.models.list()).data
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {},
-        {"Authorization": "Bearer nonsense"},
-        {"Authorization": "Basic abc"},
-        {"Authorization": "Bearer hero1.e30.AAAA"},
-    ],
-)
-async def test_missing_or_invalid_token_is_401_json(node, headers):
-    async with httpx.AsyncClient(base_url=node.base_url) as http:
-        for method, path in (("GET", "/api/me/messages"), ("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
-            r = await http.request(method, path, headers=headers, json={})
-            assert r.status_code == 401, path
-            assert r.json()["error"]["type"] == "unauthorized"
-
-
-async def test_expired_tampered_and_revoked_tokens_are_401(node):
-    data_dir = node.config.data_dir
-    users = Users(data_dir, NodeKeys.load_or_create(data_dir))
-    expired, _ = users.keys.issue_token(sub=node.alice["agent_id"], name="alice", role="user", ttl=-1)
-    other_node = NodeKeys.load_or_create(data_dir / "elsewhere")
-    foreign, _ = other_node.issue_token(sub=node.alice["agent_id"], name="alice", role="user", ttl=60)
-    head, payload, sig = node.alice["token"].split(".")
-    tampered = f"{head}.{payload[:-2]}AA.{sig}"
-    async with httpx.AsyncClient(base_url=node.base_url) as http:
-        for token, reason in ((expired, "expired"), (foreign, "invalid"), (tampered, "invalid")):
-            r = await http.get("/api/me/messages", headers=auth(token))
-            assert r.status_code == 401 and reason in r.json()["error"]["message"]
-        assert (await http.get("/api/me/messages", headers=auth(node.bob["token"]))).status_code == 200
-        users.revoke("bob")
-        r = await http.get("/api/me/messages", headers=auth(node.bob["token"]))
-        assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
-    users.close()
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,8 @@ def parse_chat_request(
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidField("stream must be a boolean", field="stream")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise InvalidField("stream_options must be an object with a boolean include_usage", field="stream_options")
     # Both spellings are checked on their own: a null in one never lets a bad value through in the other.

@@ -1,0 +1,369 @@
+"""`GET /openapi.json`: every endpoint with its auth, parameters, responses and error shapes (OpenAPI 3.1).
+
+Kept by hand, one `Operation` per method and path, beside the routes it
+describes: tests hold the two together (every route of the app has an entry
+and every entry a route; each operation's `auth` is what the route enforces;
+schemathesis fuzzes the live node from this document). Limits come from the
+node's config, so the document states what this node accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from hero.config import NodeConfig
+from hero.power.charts import WINDOWS
+from hero.web.events_api import MAX_STREAMS_PER_USER
+from hero.web.node_api import MAX_PAGE
+
+Auth = Literal["public", "token", "user", "operator"]
+JSON = "application/json"
+SSE = "text/event-stream"
+
+AUTH_TEXT = {
+    "public": "No token needed.",
+    "token": "Any valid token (user or operator).",
+    "user": "A user token; it selects the caller's own agent (never another's).",
+    "operator": "The operator token.",
+}
+ERROR_TEXT = {
+    400: "Bad request (malformed JSON, nesting too deep, a bad query parameter); `param` names the field.",
+    401: "Missing, invalid, expired or revoked token.",
+    403: "The token's role may not use this endpoint.",
+    413: "Request body over the node's byte limit, or a message over its character limit (`param` names it).",
+    422: "A field has the wrong type or value; `param` names it.",
+    429: "Over the power budget or a per-user limit; retry after `Retry-After` seconds.",
+    500: "The agent's turn failed; the user is told, never with a traceback.",
+    503: "A part of the node (model, storage, power metering) is unavailable.",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: Literal["query", "header", "path"]
+    schema: dict[str, Any]
+    description: str
+    required: bool = False
+    example: Any = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    auth: Auth
+    ok: dict[str, dict[str, Any]]  # content type -> schema of the success answer
+    ok_status: int = 200
+    params: tuple[Param, ...] = ()
+    body: dict[str, Any] | None = None  # JSON schema of the request body
+    errors: tuple[int, ...] = ()  # beyond 401/403 (from auth) and 400/413/422 (from a body)
+    example: dict[str, Any] | None = None  # a request body that succeeds
+
+
+def _object(required: tuple[str, ...] = (), **properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": properties}
+
+
+STRING: dict[str, Any] = {"type": "string"}
+INTEGER: dict[str, Any] = {"type": "integer"}
+NUMBER: dict[str, Any] = {"type": "number"}
+BOOLEAN: dict[str, Any] = {"type": "boolean"}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+AGENT_ID: dict[str, Any] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+
+
+def _events(*names: str) -> dict[str, Any]:
+    """One Server-Sent Event (as clients parse them): its name, JSON text in `data`, and `id` where resumable."""
+    name = {"type": "string", "enum": list(names)} if names else STRING
+    return {"type": "object", "properties": {"event": name, "data": STRING, "id": STRING, "retry": INTEGER}}
+
+
+TEXT_PART = _object(("type", "text"), type={"const": "text"}, text=STRING)
+MESSAGE = _object(
+    ("seq", "role", "content"),
+    seq=INTEGER, role=STRING, content=STRING, ts=NUMBER, kind={"type": "string", "enum": ["chat", "reminder", "error"]},
+)
+COMPLETION = _object(
+    ("id", "object", "created", "model", "choices", "usage"),
+    id=STRING,
+    object={"const": "chat.completion"},
+    created=INTEGER,
+    model=STRING,
+    choices={
+        "type": "array",
+        "items": _object(
+            ("index", "message", "finish_reason"),
+            index=INTEGER,
+            message=_object(("role", "content"), role={"const": "assistant"}, content=STRING),
+            finish_reason=STRING,
+        ),
+    },
+    usage=_object(
+        ("prompt_tokens", "completion_tokens", "total_tokens"),
+        prompt_tokens=INTEGER, completion_tokens=INTEGER, total_tokens=INTEGER,
+    ),
+)
+MODELS = _object(
+    ("object", "data"),
+    object={"const": "list"},
+    data={"type": "array", "items": _object(("id", "object"), id=STRING, object={"const": "model"},
+                                            created=INTEGER, owned_by=STRING)},
+)
+
+
+def _chat_body(config: NodeConfig) -> dict[str, Any]:
+    limit = config.max_message_chars
+    tokens = {"type": ["integer", "null"], "minimum": 1, "maximum": config.n_ctx // 2}
+    content = {
+        "anyOf": [
+            {"type": "string", "maxLength": limit},
+            {"type": "array", "items": TEXT_PART},
+            {"type": "null"},
+        ],
+        "description": f"Text, or text parts joined; at most {limit} characters either way.",
+    }
+    message = _object(
+        ("role",), role={"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        content=content,
+    )
+    return _object(
+        ("messages",),
+        messages={
+            "type": "array", "minItems": 1, "items": message,
+            "description": "Only the last message is delivered; it must have role `user` and some text. "
+                           "Earlier ones (full-history clients) are checked and ignored.",
+        },
+        model=STRING,
+        stream=BOOLEAN,
+        stream_options={"type": ["object", "null"], "properties": {"include_usage": BOOLEAN}},
+        max_tokens=tokens,
+        max_completion_tokens={**tokens, "description": "Wins over max_tokens when both are given."},
+        temperature={"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    )
+
+
+def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
+    """Every operation the app serves, keyed by (method, path)."""
+    page = {"text/html": STRING}
+    limit_q = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Messages per page.")
+    before_q = Param("before", "query", {"type": "integer", "minimum": 1, "maximum": 2**62},
+                     "Only messages with a smaller seq (page backwards with `next_before`).")
+    last_id = {"type": "integer", "minimum": 0}
+    return {
+        ("POST", "/v1/chat/completions"): Operation(
+            "Chat with your own agent (OpenAI Chat Completions); `stream: true` gives SSE ending in `data: [DONE]`.",
+            "user",
+            {JSON: COMPLETION, SSE: _events()},
+            params=(Param("X-Hero-Priority", "header", STRING, "`background` marks the call as deferrable work."),),
+            body=_chat_body(config),
+            errors=(429, 500, 503),
+            example={"model": "hero", "messages": [{"role": "user", "content": "hi"}]},
+        ),
+        ("GET", "/v1/models"): Operation("`hero` and the loaded model.", "token", {JSON: MODELS}),
+        ("GET", "/api/me"): Operation(
+            "Your agent id and whether it is awake.",
+            "user",
+            {JSON: _object(("name", "agent_id", "agent_state", "token_expires"), name=STRING, agent_id=AGENT_ID,
+                           agent_state={"enum": ["active", "hibernated"]}, token_expires=INTEGER)},
+        ),
+        ("GET", "/api/me/messages"): Operation(
+            "Your agent's history, newest last.",
+            "user",
+            {JSON: _object(("messages", "has_more", "next_before"), messages={"type": "array", "items": MESSAGE},
+                           has_more=BOOLEAN, next_before={"type": ["integer", "null"]})},
+            params=(limit_q, before_q),
+            errors=(400, 503),
+        ),
+        ("GET", "/api/me/events"): Operation(
+            f"Live messages as SSE (each event's id is the message's seq); at most {MAX_STREAMS_PER_USER} open "
+            "streams per user.",
+            "user",
+            {SSE: _events("ready", "message", "auth")},
+            params=(
+                Param("Last-Event-ID", "header", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                      "Resume after this seq: missed messages come first."),
+                Param("last_event_id", "query", last_id, "Same, for clients that cannot set the header."),
+            ),
+            errors=(400, 429, 503),
+        ),
+        ("GET", "/api/me/power"): Operation(
+            "Your agent's watts, joules and Wh today, and the node's average agent.", "user", {JSON: ANY_OBJECT},
+            errors=(503,),
+        ),
+        ("POST", "/api/auth/challenge"): Operation(
+            "A node-signed challenge (valid 2 minutes) for signing in with your Ed25519 key.",
+            "public",
+            {JSON: _object(("challenge", "expires"), challenge=STRING, expires=INTEGER)},
+            body=_object(("agent_id",), agent_id={**AGENT_ID, "description": "Your Ed25519 public key, hex."}),
+            example={"agent_id": "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"},
+        ),
+        ("POST", "/api/auth/login"): Operation(
+            "Exchange a challenge signed with your key (hex or base64url) for a token; each challenge works once.",
+            "public",
+            {JSON: _object(("token", "name", "agent_id", "expires"), token=STRING, name=STRING, agent_id=AGENT_ID,
+                           expires=INTEGER)},
+            body=_object(("challenge", "signature"), challenge=STRING, signature=STRING),
+            errors=(401,),
+        ),
+        ("POST", "/api/auth/logout"): Operation("Revoke the token this request carries.", "token", {}, ok_status=204),
+        ("GET", "/api/node/agents"): Operation(
+            "Every agent: id, active or hibernated, last event time.",
+            "operator",
+            {JSON: _object(("agents", "active", "hibernated"), active=INTEGER, hibernated=INTEGER,
+                           agents={"type": "array", "items": _object(("agent_id", "state"), agent_id=AGENT_ID,
+                                                                     state=STRING)})},
+        ),
+        ("GET", "/api/node/status"): Operation(
+            "Agents awake and asleep, wake rate, LLM queue and tokens/s.", "operator", {JSON: ANY_OBJECT}
+        ),
+        ("GET", "/api/node/status/stream"): Operation(
+            "The node status as SSE, 1 Hz.", "operator", {SSE: _events("status", "auth")}
+        ),
+        ("GET", "/api/node/power"): Operation(
+            "Node watts against the budget, their source, per-agent watts.", "operator", {JSON: ANY_OBJECT},
+            errors=(503,),
+        ),
+        ("GET", "/api/node/power/stream"): Operation(
+            "The node power report as SSE, 1 Hz.",
+            "operator",
+            {SSE: _events("power")},
+            params=(Param("count", "query", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                          "End the stream after this many events."),),
+            errors=(400, 503),
+        ),
+        ("GET", "/api/node/power/history"): Operation(
+            "Node watts and the top agents by energy over the last minutes.",
+            "operator",
+            {JSON: ANY_OBJECT},
+            params=(Param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": 90 * 24 * 60},
+                          "How far back (default 60)."),),
+            errors=(400, 503),
+        ),
+        ("GET", "/api/node/power/chart"): Operation(
+            "Node watts and the top-10 agents by energy, bucketed for a chart.",
+            "operator",
+            {JSON: ANY_OBJECT},
+            params=(Param("window", "query", {"type": "string", "enum": sorted(WINDOWS)}, "Span (default 1h)."),),
+            errors=(422, 503),
+        ),
+        ("GET", "/api/node/storage"): Operation(
+            "QSS backends, fragments, scrubs and repairs.", "operator", {JSON: ANY_OBJECT}, errors=(503,)
+        ),
+        ("GET", "/metrics"): Operation(
+            "Prometheus text (node and per-agent watts, ...).", "operator", {"text/plain": STRING}, errors=(503,)
+        ),
+        ("GET", "/healthz"): Operation(
+            "Liveness.",
+            "public",
+            {JSON: _object(("status", "uptime", "model_loaded"), status={"const": "ok"}, uptime=NUMBER,
+                           model_loaded=BOOLEAN)},
+        ),
+        ("GET", "/openapi.json"): Operation("This document.", "public", {JSON: ANY_OBJECT}),
+        ("GET", "/"): Operation("The chat app (an installable PWA).", "public", page),
+        ("GET", "/dashboard"): Operation("The operator's live dashboard.", "public", page),
+        ("GET", "/manifest.webmanifest"): Operation(
+            "The web app manifest.", "public", {"application/manifest+json": ANY_OBJECT}
+        ),
+        ("GET", "/sw.js"): Operation("The service worker.", "public", {"text/javascript": STRING}),
+        ("GET", "/static/{path}"): Operation(
+            "The pages' own scripts, styles and icons.",
+            "public",
+            {"*/*": {}},
+            params=(Param("path", "path", STRING, "A file under static/.", required=True, example="app.css"),),
+            errors=(404,),
+        ),
+    }
+
+
+def routed(routes: list[BaseRoute]) -> set[tuple[str, str]]:
+    """(method, path) of every route (HEAD, which Starlette adds to each GET, is left implied)."""
+    found: set[tuple[str, str]] = set()
+    for route in routes:
+        if isinstance(route, Route):
+            found |= {(method, route.path) for method in route.methods or () if method != "HEAD"}
+        elif isinstance(route, Mount):
+            found.add(("GET", f"{route.path}/{{path}}"))
+    return found
+
+
+def document(config: NodeConfig) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for (method, path), op in sorted(operations(config).items(), key=lambda item: (item[0][1], item[0][0])):
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path, op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Hero",
+            "version": "1",
+            "description": "A node hosting personal AI agents. Every error is JSON "
+                           '`{"error": {"message", "type", "param"?}}`; `param` names the field at fault.',
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "hero1 token"}},
+            "schemas": {
+                "Error": _object(
+                    ("error",),
+                    error=_object(("message", "type"), message=STRING, type=STRING, param=STRING),
+                )
+            },
+        },
+    }
+
+
+def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
+    status_codes = set(op.errors)
+    if op.auth != "public":
+        status_codes.add(401)
+    if op.auth in ("user", "operator"):
+        status_codes.add(403)
+    if op.body is not None:
+        status_codes |= {400, 413, 422}
+    success: dict[str, Any] = {"description": op.summary}
+    if op.ok:
+        success["content"] = {kind: {"schema": schema} for kind, schema in op.ok.items()}
+    responses: dict[str, Any] = {str(op.ok_status): success}
+    for code in sorted(status_codes):
+        responses[str(code)] = _error(code)
+    out: dict[str, Any] = {
+        "operationId": f"{method.lower()} {path}",
+        "summary": op.summary,
+        "description": AUTH_TEXT[op.auth],
+        "x-hero-auth": op.auth,
+        "security": [] if op.auth == "public" else [{"bearer": []}],
+        "responses": responses,
+    }
+    if op.params:
+        out["parameters"] = [_parameter(p) for p in op.params]
+    if op.body is not None:
+        body: dict[str, Any] = {"schema": op.body}
+        if op.example is not None:
+            body["example"] = op.example
+        out["requestBody"] = {"required": True, "content": {JSON: body}}
+    return out
+
+
+def _parameter(p: Param) -> dict[str, Any]:
+    out = {"name": p.name, "in": p.where, "required": p.required, "schema": p.schema, "description": p.description}
+    if p.example is not None:
+        out["example"] = p.example
+    return out
+
+
+def _error(code: int) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": ERROR_TEXT.get(code, "Not found."),
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if code == 429:
+        answer["headers"] = {"Retry-After": {"schema": INTEGER, "description": "Seconds to wait."}}
+    return answer
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(document(request.app.state.config))
