@@ -10,6 +10,9 @@ import json
 from typing import Any
 
 import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tests.conftest import auth
 
@@ -128,3 +131,21 @@ async def test_valid_unicode_including_astral_characters_is_kept(node):
         assert r.status_code == 200, r.text
         history = (await http.get("/api/me/messages", headers=auth(node.alice["token"]))).json()["messages"]
     assert history[0]["content"] == "remember that I like \U0001f375 and thé"
+
+
+async def test_an_unexpected_error_is_a_500_json_and_the_connection_stays_usable(node, caplog):
+    """A bug in a handler costs that one request: one logged traceback, a JSON 500, the same connection."""
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug with /secret/path")
+
+    node.app.router.routes.append(Route("/test-broken", broken, methods=["GET"]))
+    async with httpx.AsyncClient(base_url=node.base_url, limits=httpx.Limits(max_connections=1)) as http:
+        r = await http.get("/test-broken")
+        first = client_addr(r)
+        assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
+        assert "/secret" not in r.text and "Traceback" not in r.text
+        again = await http.get("/healthz")
+        assert again.status_code == 200 and client_addr(again) == first
+    logged = [r for r in caplog.records if r.exc_info and "a bug with /secret/path" in str(r.exc_info[1])]
+    assert len(logged) == 1  # once, by the app (not again by the server)

@@ -2,7 +2,7 @@
 
 Every HeroError becomes JSON with its status (plus Retry-After when the node
 is overloaded); anything else becomes a plain 500 JSON — the traceback goes to
-the log, never to the client.
+the log once, never to the client, and the keep-alive connection stays usable.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hero.config import NodeConfig
 from hero.errors import HeroError, Overloaded
@@ -64,6 +66,7 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(ContainServerErrors)],
         exception_handlers={HeroError: hero_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.config = config
@@ -123,6 +126,38 @@ async def hero_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": {"message": exc.detail, "type": "http_error"}}, status_code=exc.status_code)
+
+
+class ContainServerErrors:
+    """An unexpected exception costs its one request: a logged 500 JSON answer, and the connection lives on.
+
+    Starlette's own last-resort handler answers and then re-raises, so the server
+    closes the keep-alive connection and logs the traceback a second time. Here the
+    exception ends where it is answered; one that comes after the answer has started
+    (a broken stream) still propagates, since that connection cannot be saved.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise
+            response = await server_error(Request(scope, receive), exc)
+            await response(scope, receive, send)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
