@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any
+from typing import Any, overload
 
 from starlette.requests import Request
 
@@ -79,9 +79,7 @@ def check_values(data: dict[str, Any]) -> None:
                 )
         elif isinstance(value, dict | list):
             if len(path) >= MAX_DEPTH:
-                raise BadRequest(
-                    f"{path[0]} nests deeper than {MAX_DEPTH} levels", field=_short(str(path[0]))
-                )
+                raise BadRequest(f"{path[0]} nests deeper than {MAX_DEPTH} levels", field=_short(str(path[0])))
             if isinstance(value, dict):
                 for key in value:
                     if not _is_unicode(key):
@@ -140,7 +138,7 @@ def _deep_member(text: str) -> str | None:
         if not text.startswith('"', index):
             return None
         try:
-            key, index = json.decoder.scanstring(text, index + 1)
+            key, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError:
             return None
         index = _skip_space(text, index)
@@ -162,6 +160,14 @@ def _skip_space(text: str, index: int) -> int:
     while index < len(text) and text[index] in " \t\n\r":
         index += 1
     return index
+
+
+@overload
+def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int: ...
+
+
+@overload
+def query_int(request: Request, name: str, default: None, *, low: int, high: int) -> int | None: ...
 
 
 def query_int(request: Request, name: str, default: int | None, *, low: int, high: int) -> int | None:
