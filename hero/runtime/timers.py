@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,9 +25,15 @@ class Timer:
     name: str = field(compare=False)
     payload: dict[str, Any] = field(compare=False, default_factory=dict)
     interactive: bool = field(compare=False, default=False)
+    attempts: int = field(compare=False, default=0)  # failed deliveries in a row (back-off; poison timers)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def decode_timers(raw: bytes) -> list[Timer]:
+    """An agent's stored timers object. Raises ValueError or TypeError if it is not a list of timers."""
+    return [Timer(**item) for item in json.loads(raw)]
 
 
 class TimerSchedule:
@@ -44,6 +51,10 @@ class TimerSchedule:
 
     def pending(self, agent_id: str) -> list[Timer]:
         return sorted(t for t in self._live.values() if t.agent_id == agent_id)
+
+    def get(self, timer_id: str) -> Timer | None:
+        """A timer not yet removed: pending, or fired and its turn not yet done."""
+        return self._live.get(timer_id)
 
     def add(self, timer: Timer) -> None:
         self._live[timer.timer_id] = timer

@@ -1,0 +1,35 @@
+"""How long the runtime waits before trying a failed thing again, and when it gives up.
+
+Three things are retried: a hibernation whose final write failed (the agent
+stays in memory until it succeeds), a timer whose delivery or turn failed, and
+reading a damaged agent's objects again. Each doubles its delay from `first_s`
+up to `max_s`; a timer whose turn keeps raising is set aside after `attempts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first_s: float
+    max_s: float
+    factor: float = 2.0
+    attempts: int = 0  # failures after which the caller gives up; 0: never gives up
+
+    def delay_s(self, failures: int) -> float:
+        """The wait after the `failures`-th failure in a row (1 for the first)."""
+        return min(self.max_s, self.first_s * self.factor ** max(0, failures - 1))
+
+    def gives_up(self, failures: int) -> bool:
+        return self.attempts > 0 and failures >= self.attempts
+
+
+@dataclass(frozen=True)
+class Retries:
+    """The node's retry policies; tests shorten them."""
+
+    hibernate: Backoff = field(default_factory=lambda: Backoff(first_s=1.0, max_s=60.0))
+    timer: Backoff = field(default_factory=lambda: Backoff(first_s=30.0, max_s=3600.0, attempts=5))
+    damaged: Backoff = field(default_factory=lambda: Backoff(first_s=10.0, max_s=600.0))
