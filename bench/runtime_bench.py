@@ -54,14 +54,14 @@ async def dispatch(data: Path, agents: int, rounds: int) -> None:
     ids = [UserKey.generate().agent_id for _ in range(agents)]
     for agent in ids:
         await node.post(agent, Ping())
-    await node._tasks.join()
+    await node.join()
     event = Ping()
 
     started = time.perf_counter()
     for _ in range(rounds):
         for agent in ids:
             await node.post(agent, event)
-        await node._tasks.join()
+        await node.join()
     single = rounds * agents / (time.perf_counter() - started)
 
     burst = 32
@@ -70,7 +70,7 @@ async def dispatch(data: Path, agents: int, rounds: int) -> None:
         for agent in ids:
             for _ in range(burst):
                 await node.post(agent, event)
-        await node._tasks.join()
+        await node.join()
     queued = max(1, rounds // 4) * agents * burst / (time.perf_counter() - started)
     print(f"(a) no-op dispatch, {agents} agents: {queued:,.0f} events/s with mail queued ({burst}/agent per wake-up); "
           f"{single:,.0f} events/s one event per agent per wake-up  [target >= 100,000]")
@@ -82,7 +82,7 @@ async def wake_latency(data: Path, agents: int) -> None:
     ids = [UserKey.generate().agent_id for _ in range(agents)]
     for agent in ids:  # give each agent real state: ~20 messages of history
         await node.post(agent, Ping())
-    await node._tasks.join()
+    await node.join()
     for act in list(node._active.values()):
         for i in range(10):
             act.ctx.add_message("user", f"message {i} " + "lorem ipsum " * 20)
@@ -106,20 +106,20 @@ async def idle_cost(data: Path, hibernated: int, resident: int, seconds: float) 
     node = await make_node(data)
     for agent in (UserKey.generate().agent_id for _ in range(20)):  # warm-up: store threads and caches
         await node.post(agent, Ping())
-    await node._tasks.join()
+    await node.join()
     tracemalloc.start()
     rss_before = process.memory_info().rss
     heap_before = tracemalloc.get_traced_memory()[0]
     for agent in (UserKey.generate().agent_id for _ in range(resident)):
         await node.post(agent, Ping())
-    await node._tasks.join()
+    await node.join()
     heap_per_agent = (tracemalloc.get_traced_memory()[0] - heap_before) / resident
     tracemalloc.stop()
     rss_per_agent = (process.memory_info().rss - rss_before) / resident
     resident_ids = set(node._active)  # the 20 warm-up agents stay resident too
     for agent in (UserKey.generate().agent_id for _ in range(hibernated)):
         await node.post(agent, Ping())
-    await node._tasks.join()
+    await node.join()
     for act in [a for a in node._active.values() if a.agent_id not in resident_ids]:
         await node._hibernate(act)
     assert len(node._active) == resident + 20

@@ -1,69 +1,144 @@
-"""Eager start: a coroutine that never waits needs no task; one that waits is resumed where it stopped."""
+"""Turns run as their agent's task, started eagerly: fast like a plain call, isolated like a task.
+
+A turn's first step runs before `post` returns, but as the agent's own task: `asyncio.timeout()`,
+`asyncio.current_task()` and context variables in that step belong to the turn, never to the HTTP
+handler or timer that delivered the event (issue 9, item 9).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
-from hero.nursery import Nursery
-from hero.runtime.eager import start_eager
+from hero.errors import Unavailable
+from hero.identity import NodeKeys, UserKey
+from hero.runtime.agent import Agent
+from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
+from hero.runtime.node import Node
+from hero.server import open_store
+from tests.conftest import make_config
+
+MARK: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="unset")
 
 
-async def test_coroutine_that_never_waits_finishes_without_a_task():
-    nursery = Nursery("t")
-    done = []
+class Timeboxed(Agent):
+    """Opens a timeout before its first await, as an agent guarding a slow tool call would."""
 
-    async def quick():
-        done.append(asyncio.current_task())
-
-    assert start_eager(quick(), nursery, name="q") is True
-    assert len(done) == 1 and len(nursery) == 0
-    await nursery.aclose()
-
-
-async def test_waiting_coroutine_is_resumed_by_a_task_with_values_and_errors():
-    nursery = Nursery("t")
-    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    bad: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    seen: list[object] = []
-
-    async def slow():
-        seen.append(await fut)
-        await asyncio.sleep(0)
+    async def handle(self, event: Event, reply: Reply) -> None:
+        reply.accept()
         try:
-            await bad
-        except ValueError as exc:
-            seen.append(str(exc))
-
-    assert start_eager(slow(), nursery, name="s") is False
-    assert seen == [] and len(nursery) == 1
-    fut.set_result(7)
-    await asyncio.sleep(0.01)
-    bad.set_exception(ValueError("boom"))
-    await nursery.join()
-    assert seen == [7, "boom"]
+            async with asyncio.timeout(0.05):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            reply.write("timed out")
+            if isinstance(event, TimerFired):
+                self.ctx.add_message("assistant", "timer timed out", kind="reminder")
+                await self.ctx.persist()
+            elif self.ctx.state.get("set_timer"):
+                await self.ctx.set_timer(self.ctx.state.pop("set_timer"), "t")
 
 
-async def test_cancelling_the_task_reaches_the_waiting_coroutine():
-    nursery = Nursery("t")
-    cleaned = []
+class Introspect(Agent):
+    """Reports which task ran its steps and sets a context variable in its first step."""
 
-    async def forever():
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cleaned.append(True)
-
-    start_eager(forever(), nursery, name="f")
-    await asyncio.sleep(0)
-    await nursery.aclose()
-    assert cleaned == [True]
+    async def handle(self, event: Event, reply: Reply) -> None:
+        first = asyncio.current_task()
+        MARK.set("turn")
+        if isinstance(event, ChatMessage) and event.text == "wait":
+            await asyncio.sleep(0.01)
+        second = asyncio.current_task()
+        self.tasks = (first, second)
+        self.mark_after_wait = MARK.get()
+        reply.accept()
 
 
-async def test_an_error_in_the_first_step_reaches_the_caller():
-    async def broken():
-        raise KeyError("first step")
+@pytest.fixture
+async def store(tmp_path):
+    config = make_config(tmp_path)
+    s = await open_store(config, NodeKeys.load_or_create(config.data_dir))
+    yield s
+    await s.close()
 
-    with pytest.raises(KeyError):
-        start_eager(broken(), Nursery("t"), name="b")
+
+def new_agent() -> str:
+    return UserKey.generate().agent_id
+
+
+async def test_a_timeout_opened_before_the_first_await_fires_in_the_turn_not_in_the_caller(store):
+    node = Node(store, None, Timeboxed, idle_after=60)
+    reply = await node.deliver(new_agent(), ChatMessage("x"))
+    await asyncio.sleep(0.2)  # the HTTP handler goes on with its own work: the turn's timeout must not cancel it
+    assert await asyncio.wait_for(reply.text(), 2) == "timed out"
+    await node.aclose()
+
+
+async def test_a_timer_task_survives_a_turn_that_times_out(store):
+    node = Node(store, None, Timeboxed, idle_after=60)
+    agent = new_agent()
+    await node.post(agent, Ping())
+    await node.join()
+    node._active[agent].ctx.state["set_timer"] = 0.05
+    await asyncio.wait_for((await node.deliver(agent, ChatMessage("arm"))).text(), 2)
+    for _ in range(100):
+        if node.stats.timers_fired:
+            break
+        await asyncio.sleep(0.02)
+    assert node.stats.timers_fired == 1  # the timer task that delivered the event finished normally
+    assert (await node.history(agent))[-1]["content"] == "timer timed out"
+    await node.aclose()
+
+
+async def test_the_turn_runs_as_one_task_of_its_own_and_keeps_its_context(store):
+    node = Node(store, None, Introspect, idle_after=60)
+    agent = new_agent()
+    caller = asyncio.current_task()
+    MARK.set("caller")
+    for text in ("quick", "wait"):
+        reply = await node.deliver(agent, ChatMessage(text))
+        await reply.wait_accepted()
+        turn = node._active[agent].agent
+        first, second = turn.tasks
+        assert first is not caller and first is second  # one task for every step, never the caller's
+        assert turn.mark_after_wait == "turn"
+        assert MARK.get() == "caller"  # the turn's context variables stay in the turn
+    await node.aclose()
+
+
+async def test_a_turn_that_never_waits_finishes_before_post_returns_without_a_task_per_event(store):
+    node = Node(store, None, Introspect, idle_after=60)
+    agent = new_agent()
+    await node.post(agent, Ping())
+    await node.join()
+    tasks_before = len(asyncio.all_tasks())
+    replies = [Reply() for _ in range(50)]
+    for reply in replies:
+        await node.post(agent, ChatMessage("quick"), reply)
+        assert reply.accepted  # the whole turn ran inside post
+    assert len(asyncio.all_tasks()) == tasks_before
+    await node.aclose()
+
+
+async def test_shutdown_cancels_a_waiting_turn_and_fails_its_queued_events(store):
+    cleaned: list[str] = []
+
+    class Forever(Agent):
+        async def handle(self, event: Event, reply: Reply) -> None:
+            reply.accept()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cleaned.append("turn")
+
+    node = Node(store, None, Forever, idle_after=60, shutdown_grace=0.1)
+    agent = new_agent()
+    first = await node.deliver(agent, ChatMessage("a"))
+    queued = await node.deliver(agent, ChatMessage("b"))
+    await node.aclose()
+    assert cleaned == ["turn"]
+    await first.wait_accepted()  # accepted before shutdown; its stream ends with the reason
+    with pytest.raises(Unavailable, match="shutting down"):
+        await first.text()
+    with pytest.raises(Unavailable, match="shutting down"):
+        await queued.wait_accepted()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hero.runtime.events import Event, Reply
+from hero.runtime.state import repair_text
 from hero.runtime.timers import Timer
 
 
@@ -75,9 +76,12 @@ class AgentContext:
         return self.state["history"]
 
     def add_message(self, role: str, content: str, *, kind: str = "chat") -> Message:
-        """Append to history and tell live listeners (other devices of this user). Persist to make it durable."""
+        """Append to history and tell live listeners (other devices of this user). Persist to make it durable.
+
+        Text that is not valid Unicode (lone surrogates) is stored with U+FFFD in their place.
+        """
         seq = self.history[-1]["seq"] + 1 if self.history else 1
-        message = Message(seq, role, content, time.time(), kind)
+        message = Message(seq, role, repair_text(content), time.time(), kind)
         self.history.append(message.to_json())
         self._publish(message)
         return message

@@ -43,27 +43,37 @@ Event = ChatMessage | TimerFired | Ping
 class Reply:
     """What the agent says back to one event: text deltas, then the end or an error.
 
-    `accepted` resolves once the event is durable (in the agent's history), so
+    `wait_accepted` returns once the event is durable (in the agent's history), so
     the edge can answer 2xx only for events that survive a crash. Deltas are
     buffered unboundedly: a slow or gone client never stalls the agent's turn.
-    It is deliberately light (a deque and at most two futures): every event has one.
+    It is deliberately light (a deque; futures only for those who wait): every event has one.
     """
 
-    __slots__ = ("_done", "_error", "_items", "_waiter", "accepted", "cancelled", "finish_reason", "usage")
+    __slots__ = (
+        "_acceptance", "_accepted", "_done", "_error", "_items", "_waiter", "cancelled", "finish_reason", "usage"
+    )
 
     def __init__(self) -> None:
         self._items: deque[str] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._error: BaseException | None = None
-        self.accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acceptance: bool | BaseException = False  # True once accepted; the error if refused
+        self._accepted: asyncio.Future[None] | None = None  # made for the first waiter
         self.finish_reason = "stop"
-        self.usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.usage: dict[str, Any] = {}  # prompt_tokens, completion_tokens, finish_reason: filled by the model
         self.cancelled = False
 
+    @property
+    def accepted(self) -> bool:
+        """The event is durable: it survives a crash."""
+        return self._acceptance is True
+
     def accept(self) -> None:
-        if not self.accepted.done():
-            self.accepted.set_result(None)
+        if self._acceptance is False:
+            self._acceptance = True
+            if self._accepted is not None:
+                self._accepted.set_result(None)
 
     def write(self, text: str) -> None:
         if text and not self._done:
@@ -75,9 +85,11 @@ class Reply:
         self._wake()
 
     def fail(self, error: BaseException) -> None:
-        if not self.accepted.done():
-            self.accepted.set_exception(error)
-            self.accepted.exception()  # mark retrieved; the edge reads it through `wait_accepted`
+        if self._acceptance is False:
+            self._acceptance = error
+            if self._accepted is not None:
+                self._accepted.set_exception(error)
+                self._accepted.exception()  # mark retrieved; the edge reads it through `wait_accepted`
         if self._error is None and not self._done:
             self._error = error
         self.close()
@@ -91,7 +103,14 @@ class Reply:
             self._waiter.set_result(None)
 
     async def wait_accepted(self) -> None:
-        await asyncio.shield(self.accepted)
+        """Return once the event is accepted; raise the error that refused it."""
+        if self._acceptance is True:
+            return
+        if self._acceptance is not False:
+            raise self._acceptance
+        if self._accepted is None:
+            self._accepted = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._accepted)
 
     async def text(self) -> str:
         return "".join([chunk async for chunk in self])
