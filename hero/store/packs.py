@@ -41,63 +41,20 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from hero.store.packformat import (
-    DEAD,
-    ENTRY,
-    HEADER,
-    INDEX_MAGIC,
-    INDEX_START,
-    KILL,
-    LIMIT,
-    MAGIC,
-    Walk,
-    checked_state,
-    index_entries,
-    walk,
-    write_index,
-)
+from hero.store.packformat import DEAD, ENTRY, HEADER, INDEX_MAGIC, INDEX_START, KILL, MAGIC, index_entries
+from hero.store.packindex import MASK40, SIDE_FILES, Location, PackBooks, PackIndex
 
 __all__ = ["DEAD", "HEADER", "MAGIC", "MAX_READERS", "Location", "PackFiles"]
 
 log = logging.getLogger("hero.store")
 PACK_BYTES = 256 << 20  # roll over to a new pack past this size
-MASK40 = LIMIT - 1
 IOV_MAX = 1024  # buffers per writev on Linux
 COMPACT_DEAD = 0.5  # rewrite a pack once this share of its bytes is dead,
 SMALL_PACK = 8 << 20  # or when it is this small (a short-lived process's pack): merged into the live one
 COPY_BYTES = 32 << 20  # compaction copies at most this much per append
 MAX_READERS = 16  # open read descriptors kept per directory (20 local backends: ~360 descriptors at most)
-SIDE_FILES = (".idx", ".del", ".idx-tmp")  # files that belong to a pack and go when it goes
-
-
-@dataclass(frozen=True)
-class Location:
-    stem: str
-    offset: int  # of the record header
-    size: int
-
-    @property
-    def data_offset(self) -> int:
-        return self.offset + HEADER.size
-
-
-@dataclass
-class _Pack:
-    indexed: int = 0  # bytes of its index read so far
-    index_state: int = INDEX_START  # the index's running checksum up to `indexed`
-    index_end: int = 0  # end of the last record its index named (entries go forward only)
-    index_ok: bool = True  # False once its index failed a check while its writer lived: only walked from then on
-    deleted: int = 0  # bytes of its deletion list read so far
-    killed: set[tuple[int, bytes]] = field(default_factory=set)  # (offset, raw digest) of its dead records
-    scanned: int = 0  # bytes of the pack accounted for (indexed or walked)
-    total: int = 0  # record bytes
-    dead: int = 0  # record bytes deleted, superseded or unreadable
-    mtime: float = 0.0
-    finished: bool = False  # its writer is gone (seen once its lock was free)
-    walked: tuple[int, int] | None = None  # (size, mtime_ns) of the pack when it was last walked whole
 
 
 class PackFiles:
@@ -108,14 +65,9 @@ class PackFiles:
         self.fsync = fsync  # compaction makes its copies durable before it removes their source
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._where: dict[bytes, int] = {}  # raw digest -> packed location (`_pack`): ~140 B a fragment, not ~275
-        self._stems: list[str] = []
-        self._stem_ids: dict[str, int] = {}
-        self._packs: dict[str, _Pack] = {}
+        self._index = PackIndex(self.dir)
         self._readers: OrderedDict[str, int] = OrderedDict()
-        self._stale = False  # records of a pack that vanished may be held by a pack we read before it
-        self._stem: str | None = None
-        self._path = ""
+        self._path = ""  # our pack (its stem is `self._index.own`), its inode, descriptors and sizes
         self._ino = 0
         self._fd = -1
         self._idx_fd = -1
@@ -130,28 +82,20 @@ class PackFiles:
     def locate(self, digest: str) -> Location | None:
         """Where a fragment's bytes are, refreshing from other processes' packs on a miss."""
         with self._lock:
-            found = self._get(digest)
+            found = self._index.get(digest)
             if found is None:
                 self._refresh()
-                found = self._found(digest)
+                found = self._index.found(digest)
             return found
 
     def read(self, digests: Sequence[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
         with self._lock:
-            if any(bytes.fromhex(d) not in self._where for d in digests):
+            if any(bytes.fromhex(d) not in self._index.where for d in digests):
                 self._refresh()
             for digest in digests:
                 out.append(self._read_one(digest))
         return out
-
-    def _found(self, digest: str) -> Location | None:
-        """After a refresh: where a record is, reading every index again if a vanished pack may have hidden it."""
-        where = self._get(digest)
-        if where is None and self._stale:
-            self._reindex()
-            where = self._get(digest)
-        return where
 
     def _read_one(self, digest: str) -> bytes | None:
         """A record's bytes, if the header where the index points is that record's.
@@ -159,7 +103,7 @@ class PackFiles:
         If it is not: another process may have killed or moved it (read what changed), else the
         index was wrong (walk the pack: it is the truth). Still not there: the entry is dropped.
         """
-        where = self._found(digest)
+        where = self._index.found(digest)
         for attempt in range(3):
             if where is None:
                 return None
@@ -169,11 +113,11 @@ class PackFiles:
             if attempt == 0:
                 self._refresh()
             elif attempt == 1:
-                self._distrust(where.stem)
+                self._index.distrust(where.stem)
             else:
-                self._drop(digest)
+                self._index.drop(digest)
                 return None
-            where = self._found(digest)
+            where = self._index.found(digest)
         return None
 
     @staticmethod
@@ -202,13 +146,13 @@ class PackFiles:
         """(fragments, bytes) held, for status: without building a record per fragment."""
         with self._lock:
             self._refresh()
-            return len(self._where), sum(packed & MASK40 for packed in self._where.values())
+            return len(self._index.where), sum(packed & MASK40 for packed in self._index.where.values())
 
     def entries(self) -> list[tuple[str, int, float]]:
         """(digest, size, mtime of its pack) of every live fragment."""
         with self._lock:
             self._refresh()
-            return [(d, w.size, self._packs[w.stem].mtime) for d, w in self._all()]
+            return [(d, w.size, self._index.packs[w.stem].mtime) for d, w in self._index.all()]
 
     # Writing
 
@@ -219,7 +163,7 @@ class PackFiles:
 
     def _append(self, items: Sequence[tuple[str, bytes]], replace: bool, *, kill: bool = True) -> None:
         """The hot path of every put, once per backend: raw keys and packed ints, no objects per record."""
-        where = self._where
+        where = self._index.where
         fresh: dict[bytes, bytes] = {}
         for digest, data in items:
             raw = bytes.fromhex(digest)
@@ -228,7 +172,7 @@ class PackFiles:
         if not fresh:
             return
         self._writable()
-        assert self._stem is not None
+        assert self._index.own is not None
         start = offset = self._size
         records: list[bytes] = []
         rows: list[tuple[bytes, int, int]] = []
@@ -246,16 +190,16 @@ class PackFiles:
         self._size = offset
         self._idx_size += len(entries) * ENTRY.size
         self._idx_state = state
-        replaced = {raw.hex(): self._unpack(where[raw]) for raw in fresh if raw in where} if kill else {}
+        replaced = {raw.hex(): self._index.unpack(where[raw]) for raw in fresh if raw in where} if kill else {}
         if replaced:
             self._kill(replaced)
-        sid = self._sid(self._stem)
+        sid = self._index.sid(self._index.own)
         for raw, offset, size in rows:
             old = where.get(raw)
             if old is not None:
-                self._mark_dead(old)
+                self._index.mark_dead(old)
             where[raw] = sid << 80 | offset << 40 | size
-        pack = self._packs[self._stem]
+        pack = self._index.packs[self._index.own]
         pack.scanned = pack.total = pack.index_end = self._size
         pack.indexed = self._idx_size
         pack.mtime = time.time()
@@ -264,10 +208,10 @@ class PackFiles:
         """Forget fragments (listed in the `.del` of each one's pack); packs left mostly dead are compacted."""
         with self._lock:
             self._refresh()
-            gone = {d: w for d in dict.fromkeys(digests) if (w := self._get(d)) is not None}
+            gone = {d: w for d in dict.fromkeys(digests) if (w := self._index.get(d)) is not None}
             self._kill(gone)
             for digest in gone:
-                self._drop(digest)
+                self._index.drop(digest)
             self._compact()
             return len(gone)
 
@@ -277,8 +221,8 @@ class PackFiles:
         for digest, where in records.items():
             raw = bytes.fromhex(digest)
             by_stem.setdefault(where.stem, []).append((raw, where))
-            if where.stem in self._packs:
-                self._packs[where.stem].killed.add((where.offset, raw))
+            if where.stem in self._index.packs:
+                self._index.packs[where.stem].killed.add((where.offset, raw))
         for stem, kills in by_stem.items():
             try:
                 fd = os.open(self.dir / f"{stem}.pack", os.O_RDWR)
@@ -303,11 +247,11 @@ class PackFiles:
                     os.close(fd)
             self._fd = self._idx_fd = -1
             self._readers.clear()
-            self._stem = None
+            self._index.own = None
 
     def _writable(self) -> None:
         """Make sure this process has an open pack under its name (a new one after a roll-over or a wipe)."""
-        if self._stem is not None:
+        if self._index.own is not None:
             if self._size < PACK_BYTES and self._still_ours():
                 return
             if self.fsync and self._still_ours():  # a compaction's copies may be in it: durable before we let go
@@ -315,7 +259,7 @@ class PackFiles:
                 os.fsync(self._idx_fd)
             os.close(self._fd)
             os.close(self._idx_fd)
-            self._stem = None
+            self._index.own = None
         stem = f"{time.time_ns():016x}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
         fd = os.open(self.dir / f"{stem}.pack", flags, 0o644)
@@ -331,11 +275,11 @@ class PackFiles:
             os.close(fd)
             os.close(idx)
             raise
-        self._stem, self._fd, self._idx_fd, self._size = stem, fd, idx, 0
+        self._index.own, self._fd, self._idx_fd, self._size = stem, fd, idx, 0
         self._idx_size, self._idx_state = len(INDEX_MAGIC), INDEX_START
         self._path = str(self.dir / f"{stem}.pack")
         self._ino = os.fstat(fd).st_ino
-        self._packs[stem] = _Pack(mtime=time.time(), indexed=self._idx_size)
+        self._index.packs[stem] = PackBooks(mtime=time.time(), indexed=self._idx_size)
 
     def _still_ours(self) -> bool:
         """False once our pack file is gone or another file took its name (a wiped directory)."""
@@ -352,269 +296,13 @@ class PackFiles:
         except OSError:
             os.close(self._fd)
             os.close(self._idx_fd)
-            self._stem = None
-
-    # The index in memory
-
-    def _sid(self, stem: str) -> int:
-        sid = self._stem_ids.get(stem)
-        if sid is None:
-            sid = self._stem_ids[stem] = len(self._stems)
-            self._stems.append(stem)
-        return sid
-
-    def _unpack(self, packed: int) -> Location:
-        return Location(self._stems[packed >> 80], packed >> 40 & MASK40, packed & MASK40)
-
-    def _get(self, digest: str) -> Location | None:
-        packed = self._where.get(bytes.fromhex(digest))
-        return None if packed is None else self._unpack(packed)
-
-    def _all(self) -> Iterator[tuple[str, Location]]:
-        for raw, packed in self._where.items():
-            yield raw.hex(), self._unpack(packed)
-
-    def _set(self, raw: bytes, packed: int) -> None:
-        old = self._where.get(raw)
-        if old == packed:  # the same record, indexed again (say, walked before its index entry was read)
-            return
-        if old is not None:
-            self._mark_dead(old)
-        self._where[raw] = packed
-
-    def _mark_dead(self, packed: int) -> None:
-        """Count a record's bytes as dead in its pack's books (what `_compact` goes by)."""
-        stem = self._stems[packed >> 80]
-        if stem in self._packs:
-            self._packs[stem].dead += HEADER.size + (packed & MASK40)
-
-    def _drop(self, digest: str) -> None:
-        packed = self._where.pop(bytes.fromhex(digest), None)
-        if packed is not None:
-            self._mark_dead(packed)
+            self._index.own = None
 
     def _refresh(self) -> None:
-        """Read what other processes appended or removed since we last looked, oldest pack first."""
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            names = []
-        stems = sorted(n[:-5] for n in names if n.endswith(".pack"))
-        present = set(stems)
-        vanished = [s for s in self._packs if s not in present]  # compacted or wiped
-        if vanished:
-            self._forget(vanished)
-        for stem in stems:
-            self._catch_up(stem, self._packs.setdefault(stem, _Pack()))
-        self._sweep_side_files(names, present)
-
-    def _catch_up(self, stem: str, pack: _Pack) -> None:
-        self._read_deletions(stem, pack)
-        if stem != self._stem:
-            self._read_index(stem, pack)
-            self._scan_tail(stem, pack)
-
-    def _forget(self, stems: list[str]) -> None:
-        """Drop packs that are gone. Their records may live on in a pack whose index we read earlier
-        (a compaction's copies): then the next miss reads every index again (`_reindex`)."""
-        sids = {self._stem_ids[s] for s in stems if s in self._stem_ids}
-        for stem in stems:
-            del self._packs[stem]
+        for stem in self._index.refresh():  # packs gone: compacted by another process, or wiped
             fd = self._readers.pop(stem, None)
             if fd is not None:
                 os.close(fd)
-        gone = [raw for raw, packed in self._where.items() if packed >> 80 in sids]
-        for raw in gone:
-            del self._where[raw]
-        self._stale = self._stale or bool(gone)
-
-    def _reindex(self) -> None:
-        """Read every other process's pack again from the start; our own records stay as they are."""
-        self._stale = False
-        own = self._stem_ids.get(self._stem) if self._stem is not None else None
-        self._where = {raw: packed for raw, packed in self._where.items() if packed >> 80 == own}
-        for stem in sorted(self._packs):
-            if stem != self._stem:
-                self._packs[stem] = pack = _Pack()
-                self._catch_up(stem, pack)
-
-    def _sweep_side_files(self, names: list[str], present: set[str]) -> None:
-        """Index and deletion files whose pack is gone (a compaction cut short, a kill racing one)."""
-        for name in names:
-            for suffix in SIDE_FILES:
-                if name.endswith(suffix) and name[: -len(suffix)] not in present:
-                    if not os.path.exists(self.dir / f"{name[: -len(suffix)]}.pack"):
-                        (self.dir / name).unlink(missing_ok=True)
-
-    def _unread(self, path: Path, start: int) -> bytes:
-        """What was appended to `path` since `start`."""
-        try:
-            with open(path, "rb") as f:
-                f.seek(start)
-                return f.read()
-        except FileNotFoundError:
-            return b""
-
-    def _read_index(self, stem: str, pack: _Pack) -> None:
-        """Take in a pack's new index entries, if they pass their checksum and name bytes the pack holds."""
-        if not pack.index_ok:
-            return
-        raw = self._unread(self.dir / f"{stem}.idx", pack.indexed)
-        if pack.indexed == 0:
-            if len(raw) < len(INDEX_MAGIC):
-                if raw != INDEX_MAGIC[: len(raw)]:
-                    self._rewalk(stem, pack)  # not an index of ours: the pack is the truth
-                return  # no index (yet): the walk of its tail covers the pack
-            if raw[: len(INDEX_MAGIC)] != INDEX_MAGIC:  # damaged, or written before entries had checksums
-                self._rewalk(stem, pack)
-                return
-            pack.indexed = len(INDEX_MAGIC)
-            raw = raw[len(INDEX_MAGIC) :]
-        chunk = raw[: len(raw) - len(raw) % ENTRY.size]  # a torn last entry is left for next time
-        if not chunk:
-            return
-        state = checked_state(chunk, pack.index_state)
-        try:
-            pack_size = os.stat(self.dir / f"{stem}.pack").st_size  # after the index: it names only bytes written
-        except FileNotFoundError:
-            return
-        if state is None or not self._take_entries(stem, pack, chunk, pack_size):
-            self._rewalk(stem, pack)
-            return
-        pack.indexed += len(chunk)
-        pack.index_state = state
-
-    def _take_entries(self, stem: str, pack: _Pack, chunk: bytes, pack_size: int) -> bool:
-        """The hot loop of opening a store (every fragment of every pack): raw keys, no Location objects.
-        False if an entry goes backwards or past the end of the pack."""
-        sid = self._sid(stem)
-        where, killed = self._where, pack.killed
-        end = pack.index_end
-        dead = 0
-        for digest, offset, size, _ in ENTRY.iter_unpack(chunk):
-            if offset < end or offset + HEADER.size + size > pack_size:
-                return False
-            dead += offset - end  # bytes a rewritten index leaves out: dead records
-            end = offset + HEADER.size + size
-            if killed and (offset, digest) in killed:
-                dead += HEADER.size + size
-                continue
-            packed = sid << 80 | offset << 40 | size
-            old = where.get(digest)
-            if old != packed:
-                if old is not None:
-                    self._mark_dead(old)
-                where[digest] = packed
-        pack.dead += dead
-        pack.index_end = end
-        pack.total = max(pack.total, end)
-        pack.scanned = max(pack.scanned, end)
-        return True
-
-    def _read_deletions(self, stem: str, pack: _Pack) -> None:
-        raw = self._unread(self.dir / f"{stem}.del", pack.deleted)
-        usable = len(raw) - len(raw) % KILL.size
-        sid = self._stem_ids.get(stem, -1)
-        for digest, offset in KILL.iter_unpack(raw[:usable]):
-            if (offset, digest) in pack.killed:
-                continue
-            pack.killed.add((offset, digest))
-            packed = self._where.get(digest)
-            if packed is not None and packed >> 80 == sid and packed >> 40 & MASK40 == offset:
-                self._drop(digest.hex())
-        pack.deleted += usable
-
-    def _scan_tail(self, stem: str, pack: _Pack) -> None:
-        """Take in records past the last indexed one: appended by a writer that died before its index entry."""
-        try:
-            st = os.stat(self.dir / f"{stem}.pack")
-        except FileNotFoundError:
-            return
-        pack.mtime = st.st_mtime
-        if st.st_size <= pack.scanned:
-            return
-        found = walk(str(self.dir / f"{stem}.pack"), pack.scanned, finished=pack.finished)
-        self._take_walk(stem, pack, found)
-        if found.end < st.st_size and not pack.finished and self._writer_gone(stem):
-            self._take_walk(stem, pack, walk(str(self.dir / f"{stem}.pack"), found.end, finished=True))
-
-    def _take_walk(self, stem: str, pack: _Pack, found: Walk) -> None:
-        sid = self._sid(stem)
-        for raw, offset, size, live in found.records:
-            if live and (offset, raw) not in pack.killed:
-                self._set(raw, sid << 80 | offset << 40 | size)
-            else:
-                pack.dead += HEADER.size + size
-        pack.dead += found.skipped
-        pack.scanned = max(pack.scanned, found.end)
-        pack.total = max(pack.total, pack.scanned)
-
-    def _distrust(self, stem: str) -> None:
-        """A read found the pack disagreeing with its index: walk the pack, unless it has not changed since."""
-        pack = self._packs.get(stem)
-        if pack is None or stem == self._stem:
-            return
-        try:
-            st = os.stat(self.dir / f"{stem}.pack")
-        except FileNotFoundError:
-            return
-        if pack.walked != (st.st_size, st.st_mtime_ns):
-            self._rewalk(stem, pack)
-
-    def _rewalk(self, stem: str, pack: _Pack) -> None:
-        """Index a pack from its own records alone; if its writer is gone, write its index again from them."""
-        path = self.dir / f"{stem}.pack"
-        sid = self._sid(stem)
-        for raw in [r for r, packed in self._where.items() if packed >> 80 == sid]:
-            del self._where[raw]
-        lock = self._lock_pack(stem)
-        try:
-            pack.finished = pack.finished or lock >= 0
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                return
-            found = walk(str(path), 0, finished=pack.finished)
-            pack.dead = pack.total = pack.scanned = 0
-            self._take_walk(stem, pack, found)
-            pack.walked = (st.st_size, st.st_mtime_ns)
-            pack.index_end = pack.scanned
-            idx = self.dir / f"{stem}.idx"
-            if lock >= 0:  # nobody appends to it any more: the next process reads a good index
-                live = [(raw, offset, size) for raw, offset, size, ok in found.records
-                        if ok and (offset, raw) not in pack.killed]
-                pack.indexed, pack.index_state = write_index(str(idx), live)
-                pack.index_ok = True
-            else:  # its writer still appends: from now on its new records are found by walking its tail
-                pack.index_ok = False
-        except OSError as exc:
-            log.warning("pack %s could not be walked or its index written: %s", path, exc)
-            pack.index_ok = False
-        finally:
-            if lock >= 0:
-                os.close(lock)
-
-    def _lock_pack(self, stem: str) -> int:
-        """A descriptor holding the pack's lock if its writer is gone (and no one compacts it), else -1."""
-        if stem == self._stem:
-            return -1
-        try:
-            fd = os.open(self.dir / f"{stem}.pack", os.O_RDONLY)
-        except FileNotFoundError:
-            return -1
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return -1
-        return fd
-
-    def _writer_gone(self, stem: str) -> bool:
-        lock = self._lock_pack(stem)
-        if lock >= 0:
-            os.close(lock)
-            self._packs[stem].finished = True
-        return lock >= 0
 
     # Space
 
@@ -625,12 +313,13 @@ class PackFiles:
         if there is another small one, so one process's own last pack is left alone. The order
         is what makes it crash-safe: copy, make the copies durable, and only then remove sources.
         """
-        small = [s for s, p in self._packs.items() if s != self._stem and p.total < SMALL_PACK]
+        own = self._index.own
+        small = [s for s, p in self._index.packs.items() if s != own and p.total < SMALL_PACK]
         wanted = [
-            stem for stem, pack in self._packs.items()
-            if stem != self._stem and (pack.dead >= COMPACT_DEAD * pack.total or (len(small) > 1 and stem in small))
+            stem for stem, pack in self._index.packs.items()
+            if stem != own and (pack.dead >= COMPACT_DEAD * pack.total or (len(small) > 1 and stem in small))
         ]
-        locked = [(stem, fd) for stem in wanted if (fd := self._lock_pack(stem)) >= 0]
+        locked = [(stem, fd) for stem in wanted if (fd := self._index.lock(stem)) >= 0]
         if not locked:
             return
         try:
@@ -650,13 +339,13 @@ class PackFiles:
             reader = self._readers.pop(stem, None)
             if reader is not None:
                 os.close(reader)
-            del self._packs[stem]
+            del self._index.packs[stem]
 
     def _copy_live(self, locked: list[tuple[str, int]]) -> None:
         """Append every live record of these packs to ours, in runs of at most COPY_BYTES."""
         fds = dict(locked)
         by_stem: dict[str, list[tuple[str, Location]]] = {stem: [] for stem in fds}
-        for digest, where in self._all():
+        for digest, where in self._index.all():
             if where.stem in by_stem:
                 by_stem[where.stem].append((digest, where))
         for stem, live in by_stem.items():
@@ -675,7 +364,7 @@ class PackFiles:
 
     def _make_durable(self) -> None:
         """fsync our pack, its index and the directory (the new pack's name): copies survive a power cut."""
-        if not self.fsync or self._stem is None:
+        if not self.fsync or self._index.own is None:
             return
         os.fsync(self._fd)
         os.fsync(self._idx_fd)
@@ -689,7 +378,7 @@ class PackFiles:
         """(digest, pack path, data offset, size) of every live fragment: for checks and tests."""
         with self._lock:
             self._refresh()
-            found = list(self._all())
+            found = list(self._index.all())
         for digest, where in found:
             yield digest, self.dir / f"{where.stem}.pack", where.data_offset, where.size
 
