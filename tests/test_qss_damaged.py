@@ -147,3 +147,22 @@ async def test_an_object_with_too_few_fragments_left_is_reported_damaged(tmp_pat
         assert await store.get("node/fine") == b"still fine"
     finally:
         await store.close()
+
+
+async def test_a_replica_whose_signer_rotted_does_not_make_the_object_anothers(tmp_path: Path):
+    """A flipped byte in the signer field must not turn our object into "another node's" (skipped by scrub,
+    gc and keys): only a replica that verifies under its claimed signer says whose the object is."""
+    data = tmp_path / "data"
+    oid = await _stored(data)
+    replicas = _manifests(data, oid, 1)
+    for path in replicas[:4]:
+        raw = path.read_bytes()
+        at = raw.index(b'"signer":"') + len(b'"signer":"')
+        path.write_bytes(raw[:at] + (b"0" if raw[at : at + 1] != b"0" else b"1") + raw[at + 1 :])
+    store = await open_store(data)
+    try:
+        assert await store.keys() == [KEY, "node/fine"]
+        report = await store.scrub()
+        assert (report["objects"], report["manifests_repaired"], report["damaged_objects"]) == (2, 4, 0)
+    finally:
+        await store.close()

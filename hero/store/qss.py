@@ -826,7 +826,8 @@ class QSS:
                     continue
                 try:
                     record = manifest.open_manifest(blob, None, entry)
-                    if record.signer not in self.trusted:
+                    if record.signer not in self.trusted:  # another node's, if it verifies as theirs; else rot
+                        manifest.open_manifest(blob, {record.signer}, entry)
                         return Identity("foreign")
                     record = manifest.open_manifest(blob, self.trusted, entry)
                 except IntegrityError as exc:
