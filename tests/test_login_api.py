@@ -149,15 +149,15 @@ async def test_only_canonical_base64url_signatures_are_accepted(node):
         assert (await http.post("/api/auth/login", json={"challenge": text, "signature": sig})).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("changes", "claim"),
-    [({"exp": "soon"}, "exp"), ({"exp": None}, "exp"), ({"n": ["x"]}, "n"), ({"n": {"a": 1}}, "n"),
-     ({"aid": 5}, "aid"), ({"aid": ["a"]}, "aid"), ({"more": 1}, "more")],
-)
-async def test_challenges_whose_claims_have_the_wrong_types_are_401(node, changes, claim):
-    claims = {"aid": node.key.agent_id, "n": "00" * 16, "exp": int(time.time()) + 60} | changes
-    text = node.keys.seal_claims(CHALLENGE_PREFIX, claims)
+async def test_challenges_whose_claims_have_the_wrong_types_are_401_naming_the_claim(node):
+    cases = [({"exp": "soon"}, "exp"), ({"exp": None}, "exp"), ({"n": ["x"]}, "n"), ({"n": {"a": 1}}, "n"),
+             ({"aid": 5}, "aid"), ({"aid": ["a"]}, "aid"), ({"more": 1}, "more")]
+    wrong = []
     async with httpx.AsyncClient(base_url=node.base_url) as http:
-        r = await http.post("/api/auth/login", json={"challenge": text, "signature": sign(node.key, text)})
-    assert r.status_code == 401, r.text
-    assert f"'{claim}'" in r.json()["error"]["message"]
+        for changes, claim in cases:
+            claims = {"aid": node.key.agent_id, "n": "00" * 16, "exp": int(time.time()) + 60} | changes
+            text = node.keys.seal_claims(CHALLENGE_PREFIX, claims)
+            r = await http.post("/api/auth/login", json={"challenge": text, "signature": sign(node.key, text)})
+            if r.status_code != 401 or f"'{claim}'" not in r.json()["error"]["message"]:
+                wrong.append(f"{changes}: {r.status_code} {r.text[:150]}")
+    assert wrong == [], "\n".join(wrong)
