@@ -118,3 +118,12 @@ async def test_hero_up_starts_and_the_dashboard_api_shows_the_backend_down(tmp_p
             assert "symlink to a missing" in down[0]["error"] and body["up"] == 19
             me = await client.get("/api/me", headers=auth(user["token"]))
             assert me.status_code == 200
+
+
+def test_a_fragment_server_on_an_unusable_directory_is_one_line_and_exit_2(tmp_path: Path):
+    where = tmp_path / "disk"
+    where.write_text("a file, not a directory\n")
+    result = hero_cli("storage", "serve", "--dir", str(where), "--port", "9", "--location", "x", "--trust", "ab" * 32,
+                      check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("hero: ") and "is a file, not a directory" in result.stderr

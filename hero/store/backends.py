@@ -247,8 +247,9 @@ class DirBackend:
         """Temp files left by a killed writer; young ones may belong to a live writer in another process."""
         cutoff = time.time() - TMP_MAX_AGE
         for entry in os.scandir(self._tmp):
-            if entry.stat().st_mtime < cutoff:
-                Path(entry.path).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # a writer in another process just placed it
+                if entry.stat().st_mtime < cutoff:
+                    Path(entry.path).unlink(missing_ok=True)
 
     @staticmethod
     def _write_new(path: str, data: bytes) -> bool:
