@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from hero.runtime.report import AgentInfo
 from hero.web.auth import require_operator, require_user
 from hero.web.bodies import query_int
 
@@ -18,7 +19,7 @@ MAX_PAGE = 500
 async def me(request: Request) -> Response:
     claims = await require_user(request)
     node = request.app.state.node
-    state = "active" if node.is_active(claims.sub) else "hibernated"
+    state = node.agent_state(claims.sub) or "hibernated"
     return JSONResponse(
         {"name": claims.name, "agent_id": claims.sub, "agent_state": state, "token_expires": claims.exp}
     )
@@ -57,13 +58,20 @@ async def node_agents(request: Request) -> Response:
     agents = await request.app.state.node.agents()
     return JSONResponse(
         {
-            "agents": name_agents(
-                request, [{"agent_id": a.agent_id, "state": a.state, "last_event": a.last_event} for a in agents]
-            ),
+            "agents": name_agents(request, [_agent_json(a) for a in agents]),
             "active": sum(a.state == "active" for a in agents),
             "hibernated": sum(a.state == "hibernated" for a in agents),
+            "damaged": sum(a.state == "damaged" for a in agents),
         }
     )
+
+
+def _agent_json(info: AgentInfo) -> dict[str, Any]:
+    """One agent for the operator; a damaged one says why (the store's error) and since when."""
+    out = {"agent_id": info.agent_id, "state": info.state, "last_event": info.last_event}
+    if info.reason is not None:
+        out.update(reason=info.reason, damaged_since=info.since)
+    return out
 
 
 async def healthz(request: Request) -> Response:

@@ -77,7 +77,12 @@ async def node_status(request: Request) -> dict[str, Any]:
         "ts": time.time(),
         "uptime": round(time.time() - state.started, 1),
         "node_id": node.node_id,
-        "agents": {"active": active, "hibernated": len(states) - active, "total": len(states)},
+        "agents": {
+            "active": active,
+            "hibernated": states.count("hibernated"),
+            "damaged": states.count("damaged"),
+            "total": len(states),
+        },
         "wake_rate_per_min": round(rates.per_second(1, WAKE_WINDOW_S, full_window=True) * 60.0, 2),
         "runtime": {
             "activations": node.stats.activations,
