@@ -43,8 +43,10 @@ class Assistant(Agent):
             parts.append(delta)
             reply.write(delta)
         reply.finish_reason = str(reply.usage.pop("finish_reason", "stop"))
-        ctx.add_message("assistant", "".join(parts).strip())
-        await ctx.persist()
+        text = "".join(parts).strip()
+        if text:  # a reply stopped before its first token leaves no entry, never an empty one
+            ctx.add_message("assistant", text, kind="stopped" if reply.cancelled else "chat")
+            await ctx.persist()
 
     async def timer(self, event: TimerFired, reply: Reply) -> None:
         if event.name == reminders.TIMER:
@@ -61,7 +63,7 @@ class Assistant(Agent):
         history = [
             {"role": m["role"], "content": m["content"]}
             for m in self.ctx.history[-HISTORY_WINDOW:]
-            if m.get("kind", "chat") in ("chat", "reminder") and m["content"]
+            if m.get("kind", "chat") in ("chat", "reminder", "stopped") and m["content"]
         ]
         return [{"role": "system", "content": system}, *history]
 

@@ -27,7 +27,7 @@ class Message:
     role: str  # "user" | "assistant" | "system"
     content: str
     ts: float
-    kind: str = "chat"  # "chat" | "reminder" | "error"
+    kind: str = "chat"  # "chat" | "reminder" | "error" | "stopped" (a reply cut short: stop button, shutdown)
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "role": self.role, "content": self.content, "ts": self.ts, "kind": self.kind}

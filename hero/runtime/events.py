@@ -94,6 +94,13 @@ class Reply:
             self._error = error
         self.close()
 
+    def interrupt(self, error: HeroError) -> None:
+        """End the listener's side now with `error` (the node is shutting down) and ask the turn to stop."""
+        self.cancelled = True
+        if self._error is None and not self._done:
+            self._error = error
+        self.close()
+
     def cancel(self) -> None:
         """The listener has gone (client disconnect, user pressed stop): the turn may cut generation short."""
         self.cancelled = True

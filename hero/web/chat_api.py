@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from hero.errors import HeroError, InvalidField, PayloadTooLarge
 from hero.runtime.events import ChatMessage, Reply
+from hero.web import shutdown
 from hero.web.auth import authenticate, require_user
 from hero.web.bodies import read_json
 
@@ -143,8 +145,14 @@ async def chat_completions(request: Request) -> Response:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if chat.stream:
+        stop = anyio.Event()
         return EventSourceResponse(
-            _sse(reply, completion_id, created, chat), ping=15, send_timeout=30, headers={"Cache-Control": "no-cache"}
+            _sse(reply, completion_id, created, chat, stop),
+            ping=15,
+            send_timeout=30,
+            headers={"Cache-Control": "no-cache"},
+            shutdown_event=stop,
+            shutdown_grace_period=shutdown.GRACE_S,
         )
     try:
         text = await reply.text()
@@ -169,7 +177,9 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
-async def _sse(reply: Reply, completion_id: str, created: int, chat: ChatRequest) -> AsyncIterator[dict[str, str]]:
+async def _sse(
+    reply: Reply, completion_id: str, created: int, chat: ChatRequest, stop: anyio.Event
+) -> AsyncIterator[dict[str, str]]:
     def chunk(delta: dict[str, str], finish: str | None) -> dict[str, str]:
         body: dict[str, Any] = {
             "id": completion_id,
@@ -186,10 +196,11 @@ async def _sse(reply: Reply, completion_id: str, created: int, chat: ChatRequest
     try:
         yield chunk({"role": "assistant", "content": ""}, None)
         try:
-            async for delta in reply:
-                parts.append(delta)
-                yield chunk({"content": delta}, None)
-        except HeroError as exc:
+            async with shutdown.on_shutdown(stop, lambda: reply.interrupt(shutdown.shutting_down())):
+                async for delta in reply:
+                    parts.append(delta)
+                    yield chunk({"content": delta}, None)
+        except HeroError as exc:  # the turn failed, or the node is shutting down: say so, then end
             yield {"data": json.dumps(exc.to_json())}
             yield {"data": "[DONE]"}
             return

@@ -8,7 +8,8 @@ We subscribe *before* reading the history and drop anything already sent, so
 a message added between the two reads is neither lost nor sent twice.
 
 The stream ends when the token expires or is revoked (an `auth` event says
-why), so a client is asked to sign in again instead of listening forever.
+why), so a client is asked to sign in again instead of listening forever; when
+the node shuts down it ends with an `error` event and a `done` event (`[DONE]`).
 
 A user holds at most `MAX_STREAMS_PER_USER` open streams (every device and
 tab holds one); past that the answer is 429 `too_many_streams`, so one user
@@ -23,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from hero.errors import BadRequest, HeroError, TooManyStreams
 from hero.identity import TokenClaims
+from hero.web import shutdown
 from hero.web.auth import bearer, require_user
 
 RECHECK_S = 30.0  # how often a quiet stream re-checks its token (revocation reaches open streams too)
@@ -77,8 +80,17 @@ class StreamSlots:
 class _HeldStream(EventSourceResponse):
     """An event stream that gives its user's slot back when it ends, however it ends."""
 
-    def __init__(self, content: AsyncIterator[dict[str, Any]], *, slots: StreamSlots, agent_id: str) -> None:
-        super().__init__(content, ping=15, send_timeout=30, headers={"Cache-Control": "no-cache"})
+    def __init__(
+        self, content: AsyncIterator[dict[str, Any]], *, slots: StreamSlots, agent_id: str, stop: anyio.Event
+    ) -> None:
+        super().__init__(
+            content,
+            ping=15,
+            send_timeout=30,
+            headers={"Cache-Control": "no-cache"},
+            shutdown_event=stop,
+            shutdown_grace_period=shutdown.GRACE_S,
+        )
         self._slots = slots
         self._agent_id = agent_id
 
@@ -94,14 +106,17 @@ async def my_events(request: Request) -> Response:
     since = last_event_id(request)
     slots: StreamSlots = request.app.state.event_streams
     slots.take(claims.sub)
-    return _HeldStream(_events(request, claims, since), slots=slots, agent_id=claims.sub)
+    stop = anyio.Event()
+    return _HeldStream(_events(request, claims, since, stop), slots=slots, agent_id=claims.sub, stop=stop)
 
 
 def _event(message: dict[str, Any]) -> dict[str, Any]:
     return {"event": "message", "id": str(message["seq"]), "data": json.dumps(message, separators=(",", ":"))}
 
 
-async def _events(request: Request, claims: TokenClaims, since: int) -> AsyncIterator[dict[str, Any]]:
+async def _events(
+    request: Request, claims: TokenClaims, since: int, stop: anyio.Event
+) -> AsyncIterator[dict[str, Any]]:
     node = request.app.state.node
     with node.subscribe(claims.sub) as live:
         yield {"retry": RETRY_MS, "event": "ready", "data": json.dumps({"last_event_id": since})}
@@ -111,19 +126,25 @@ async def _events(request: Request, claims: TokenClaims, since: int) -> AsyncIte
                 if message["seq"] > sent:
                     sent = message["seq"]
                     yield _event(message)
-        while True:
-            wait = max(0.1, min(RECHECK_S, claims.exp - time.time()))
-            try:
-                message = await asyncio.wait_for(live.get(), wait)
-            except TimeoutError:
-                reason = _still_valid(request)
-                if reason is not None:
-                    yield {"event": "auth", "data": json.dumps({"error": {"message": reason, "type": "unauthorized"}})}
-                    return
-                continue
-            if message.seq > sent:
-                sent = message.seq
-                yield _event(message.to_json())
+        try:
+            async with shutdown.on_shutdown(stop, lambda: live.interrupt(shutdown.shutting_down())):
+                while True:
+                    wait = max(0.1, min(RECHECK_S, claims.exp - time.time()))
+                    try:
+                        message = await asyncio.wait_for(live.get(), wait)
+                    except TimeoutError:
+                        reason = _still_valid(request)
+                        if reason is not None:
+                            error = {"error": {"message": reason, "type": "unauthorized"}}
+                            yield {"event": "auth", "data": json.dumps(error)}
+                            return
+                        continue
+                    if message.seq > sent:
+                        sent = message.seq
+                        yield _event(message.to_json())
+        except HeroError as exc:  # the node is shutting down: say so, then end
+            yield {"event": "error", "data": json.dumps(exc.to_json())}
+            yield {"event": "done", "data": "[DONE]"}
 
 
 def _still_valid(request: Request) -> str | None:
