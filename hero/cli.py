@@ -206,7 +206,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
     users = {u.agent_id: u.name for u in open_users(args.data).list()}
     for agent in agents:
         agent["user"] = users.get(agent["agent_id"])
-    lines = [f"{a['agent_id'][:16]}…  {a['state']:10} {a['user'] or '-'}" for a in agents]
+    lines = [
+        f"{a['agent_id'][:16]}…  {a['state']:10} {a['user'] or '-'}" + (f"  {a['reason']}" if a.get("reason") else "")
+        for a in agents
+    ]
     emit(args, agents, "\n".join(lines) or "no agents")
     return 0
 

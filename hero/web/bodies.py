@@ -3,7 +3,7 @@
 What JSON itself allows but nothing downstream can use is refused here, once,
 naming the field: lone surrogates (`"\\ud800"` decodes to a Python string that
 cannot be encoded as UTF-8, so it would poison the agent's history, the model's
-prompt and every later response), NaN and Infinity, numbers of more than 64
+prompt and every later response), NaN and Infinity, integers of more than 64
 digits (Python refuses to convert ints past 4,300 digits) and nesting deeper
 than `MAX_DEPTH` (Python's parser stops at about 1,000 levels with a
 RecursionError, and deep values break anything that recurses over them).
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from hero.errors import BadRequest, InvalidField, PayloadTooLarge
 
 MAX_DEPTH = 32  # a chat body needs 5 (body, messages, message, content parts, part)
-MAX_DIGITS = 64  # no number in the API needs more; longer ones become ±inf and are refused by name
+MAX_DIGITS = 64  # no integer in the API needs more; longer ones are refused by name
 THREAD_ABOVE_BYTES = 64 * 1024  # parse bigger bodies off the event loop
 
 
@@ -58,7 +58,10 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def _parse_int(digits: str) -> int | float:
-    return int(digits) if len(digits) <= MAX_DIGITS else float(digits)
+    """Integers past MAX_DIGITS become ±inf, which `check_values` refuses by name (never a lossy float)."""
+    if len(digits) <= MAX_DIGITS:
+        return int(digits)
+    return -math.inf if digits.startswith("-") else math.inf
 
 
 Path = tuple[str | int, ...]
