@@ -23,7 +23,7 @@ from hero.identity import NodeKeys
 from hero.runtime.agent import Agent, AgentContext
 from hero.runtime.node import state_key
 from hero.server import open_store
-from tests.conftest import add_user, auth, free_port, hero_json, make_config, operator_token, serving
+from tests.conftest import add_user, auth, free_port, hero_cli, hero_json, make_config, operator_token, serving
 from tests.test_runtime_faults import poisoned_state, rot
 
 
@@ -174,6 +174,9 @@ async def test_a_damaged_agent_gets_a_clear_503_and_the_operator_sees_which_and_
         cli = await asyncio.to_thread(hero_json, "agents", "--data", str(config.data_dir), "--url", url)
         [row] = [a for a in cli if a["agent_id"] == alice["agent_id"]]
         assert row["state"] == "damaged" and "timers unreadable" in row["reason"]
+        text = await asyncio.to_thread(hero_cli, "agents", "--data", str(config.data_dir), "--url", url)
+        [line] = [line for line in text.stdout.splitlines() if "alice" in line]
+        assert "damaged" in line and "timers unreadable" in line
 
 
 # item 11 (repair half): a history that already holds a lone surrogate
