@@ -30,6 +30,8 @@ class NodeConfig:
     llm_threads: int | None = None
     max_body_bytes: int = 1 << 20
     max_message_chars: int = 16_000  # one chat message; longer ones are refused with 413
+    host_speed: float | None = None  # this machine's cpu_speed (hero calibrate), to emulate the profile's hardware
+    cpu_parts_hz: float = 0.0  # > 0: sample the node's CPU by part at this rate (benchmarks); 0 = off
 
 
 def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
@@ -59,7 +61,7 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
                 parsed[name] = Path(value)
             elif kind.startswith("int"):
                 parsed[name] = int(value)
-            elif kind == "float":
+            elif kind.startswith("float"):
                 parsed[name] = float(value)
             else:
                 parsed[name] = str(value)
@@ -70,4 +72,8 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
         raise UsageError(f"{origin}: idle_after must be > 0")
     if not 0 < result.port < 65536:
         raise UsageError(f"{origin}: port must be 1..65535")
+    if result.host_speed is not None and not result.host_speed > 0:
+        raise UsageError(f"{origin}: host_speed must be > 0")
+    if not 0 <= result.cpu_parts_hz <= 1000:
+        raise UsageError(f"{origin}: cpu_parts_hz must be from 0 to 1000")
     return result

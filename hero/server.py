@@ -27,7 +27,7 @@ from hero.errors import UsageError
 from hero.identity import NodeKeys, UserKey
 from hero.nodelock import NodeLock
 from hero.power.profiles import load_profile
-from hero.power.service import PowerService
+from hero.power.service import PowerConfig, PowerService
 from hero.runtime.node import AgentFactory, Node
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
@@ -61,7 +61,11 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
     model = check_model_path(config.model) if config.model else default_model_path()
     keys = NodeKeys.load_or_create(config.data_dir)
     users = Users(config.data_dir, keys)
-    power = PowerService(config.profile, config.data_dir)
+    power = PowerService(
+        config.profile,
+        config.data_dir,
+        PowerConfig(host_speed=config.host_speed, cpu_parts_hz=config.cpu_parts_hz),
+    )
     store = await open_store(config, keys)
     llm = LLMService(
         model, n_ctx=config.n_ctx, threads=config.llm_threads, max_tokens=config.max_tokens, metering=power

@@ -23,6 +23,7 @@ from hero.power.history import PowerHistory, Retention
 from hero.power.ledger import CONSERVATION_TOLERANCE, Ledger, TickReport, utc_day
 from hero.power.meter import POWERCAP_ROOT, PROC_STAT, NodeMeter
 from hero.power.metrics import make_registry
+from hero.power.parts import PartSampler
 from hero.power.profiles import HardwareProfile, load_profile
 from hero.power.window import PowerWindow
 
@@ -54,6 +55,7 @@ class PowerConfig:
     cgroup_fs: Path = Path("/sys/fs/cgroup")
     proc_self_cgroup: Path = Path("/proc/self/cgroup")
     history: bool = True
+    cpu_parts_hz: float = 0.0  # > 0: sample where the process's CPU goes by part (hero.power.parts); off by default
 
 
 class PowerService:
@@ -96,6 +98,7 @@ class PowerService:
             else None
         )
         self.registry: CollectorRegistry = make_registry(self)
+        self.parts = PartSampler(cfg.cpu_parts_hz) if cfg.cpu_parts_hz > 0 else None
         # The seams' hot paths, called once per turn: instance attributes bound to the parts that do the
         # work, so a turn pays for no extra Python frame (the methods below document the same calls).
         self.run_turn = self.ledger.run_turn  # type: ignore[method-assign]
@@ -139,12 +142,16 @@ class PowerService:
         self._updated = asyncio.Event()
         self.meter.prime()
         self.ledger.prime()
+        if self.parts is not None:
+            self.parts.start()
         self._last_flush = self._last_compact = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="hero-power-tick")
 
     async def aclose(self) -> None:
         """Stop the tick (cancel and await it), end the streams, flush history and close the file."""
         self._closed = True
+        if self.parts is not None:
+            await asyncio.to_thread(self.parts.stop)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -361,6 +368,7 @@ class PowerService:
             "loop_wait_ratio": self.ledger.loop_wait_ratio,
             "tick_seconds": self.last_tick_seconds,
             "note": NOTE,
+            "cpu": self.cpu_report(),
         }
         llm = self.llm
         if llm is not None:
@@ -372,6 +380,21 @@ class PowerService:
                 "last_load_seconds": llm.last_load_seconds,
                 "unload_after_s": self.config.governor.unload_after_s,
             }
+        return out
+
+    def cpu_report(self) -> dict[str, Any]:
+        """CPU-seconds since start: the ledger's exact buckets, and the sampled split by part when enabled."""
+        accounts = self.ledger.accounts()
+        out: dict[str, Any] = {
+            "agents_seconds": sum(a.cpu_s_total for a in accounts),  # loop steps + inference, charged per agent
+            "llm_seconds": sum(a.llm_s_total for a in accounts),  # of which inference
+            "runtime_seconds": self.ledger.runtime_cpu_s,  # process CPU no agent caused (web, ticks, threads)
+            "storage_bytes": sum(a.storage_total for a in accounts),  # state bytes written and read for agents
+            "parts": None,
+        }
+        if self.parts is not None:
+            out["parts"] = {"sample_hz": 1.0 / self.parts.period_s, "samples": self.parts.samples,
+                            "seconds": self.parts.totals()}
         return out
 
     def agent_report(self, agent_id: str) -> dict[str, Any]:
