@@ -46,7 +46,6 @@ from hero.store.base import StateStore
 log = logging.getLogger("hero.runtime")
 
 AgentFactory = Callable[[AgentContext], Agent]
-__all__ = ["AgentFactory", "AgentInfo", "Node", "NodeStats", "state_key", "timers_key"]
 
 
 @dataclass(eq=False)
