@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from pyeclib.ec_iface import ECDriver, ECDriverError
 
@@ -62,7 +63,8 @@ class Codec:
         return by_index
 
     def index_of(self, fragment: bytes) -> int:
-        return int(self._driver.get_metadata(fragment, formatted=1)["index"])
+        metadata = cast(dict[str, Any], self._driver.get_metadata(fragment, formatted=1))  # a dict when formatted
+        return int(metadata["index"])
 
 
 def _choose(fragments: Mapping[int, bytes], k: int) -> list[bytes]:

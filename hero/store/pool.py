@@ -108,7 +108,7 @@ class BackendPool:
                     out.append(exc)
             failed_sync = _sync_devices(wrote) if sync else {}
             if failed_sync:
-                out = [failed_sync.get(getattr(calls[i][0], "device", None), v) if calls[i][1] in WRITES else v
+                out = [failed_sync.get(getattr(calls[i][0], "device", -1), v) if calls[i][1] in WRITES else v
                        for i, v in zip(local, out, strict=True)]
             return out
 

@@ -237,7 +237,7 @@ class QSS:
         results = await self.pool.fanout([(b, "list_meta", (directory,)) for b in self.pool.backends])
         index = ObjectIndex(oid)
         for backend, names in zip(self.pool.backends, results, strict=True):
-            if isinstance(names, StorageError):
+            if not isinstance(names, list):  # the backend's fault, returned as a value
                 index.complete = False
                 continue
             for name in names:
@@ -264,7 +264,7 @@ class QSS:
         unreadable: list[str] = []
         errors: dict[str, list[str]] = {}  # what is wrong -> the backends whose replica has it
         for backend, blob in zip(backends, blobs, strict=True):
-            if isinstance(blob, StorageError) or blob is None:
+            if not isinstance(blob, bytes):  # absent, or the backend's fault
                 unreadable.append(backend.name)
                 continue
             try:
@@ -702,8 +702,10 @@ class QSS:
         if want_all:
             first = [w for s in segs for w in at_place(s, range(m.n))]
         else:
-            order = {s: sorted(range(m.n), key=lambda i, s=s: (not self.pool.is_up(resolved.places[s][i]), i))
-                     for s in segs}
+            def up_first(s: int) -> list[int]:
+                return sorted(range(m.n), key=lambda i: (not self.pool.is_up(resolved.places[s][i]), i))
+
+            order = {s: up_first(s) for s in segs}
             first = [w for s in segs for w in at_place(s, order[s][: m.k])]
         await self._fetch_round(resolved, first, fetched, tried, skip_down=True)
         short = [s for s in segs if len(fetched.good[s]) < m.k]
@@ -792,7 +794,7 @@ class QSS:
         holders: dict[str, list[str]] = {}
         complete = True
         for backend, names in zip(self.pool.backends, results, strict=True):
-            if isinstance(names, StorageError):
+            if not isinstance(names, list):
                 complete = False
                 continue
             for name in names:
@@ -876,8 +878,8 @@ class QSS:
         if keep < 1:
             raise BadRequest("gc must keep at least 1 version", field="keep")
         oids, holders, complete = await self.oids()
-        report = {"objects": 0, "versions_removed": 0, "fragments_removed": 0, "meta_removed": 0,
-                  "orphans_removed": 0, "orphan_sweep": "skipped"}
+        report: dict[str, Any] = {"objects": 0, "versions_removed": 0, "fragments_removed": 0, "meta_removed": 0,
+                                  "orphans_removed": 0, "orphan_sweep": "skipped"}
         referenced: set[str] = set()
         sweep_ok = complete
         for oid in sorted(oids):
