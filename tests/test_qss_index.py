@@ -161,3 +161,26 @@ def test_a_rotten_record_header_costs_that_record_only(tmp_path: Path, field: in
     assert fresh.read([d for d, _ in items]) == got
     assert len(fresh.entries()) == 9
     fresh.close()
+
+
+def test_a_record_also_held_by_another_pack_survives_a_bad_index_of_this_one(tmp_path: Path):
+    """Pack B holds a copy of x (as after a compaction cut short) whose bytes rotted, and B lost its tail after
+    its index was written. Walking B finds no x; the reader still finds the good copy in pack A."""
+    x, y = _frag(1, 3000), _frag(2, 3000)
+    first = PackFiles(tmp_path, fsync=False)
+    first.append([x])
+    first.close()
+    elsewhere = tmp_path / "elsewhere"
+    second = PackFiles(elsewhere, fsync=False)  # its stem sorts after the first pack's
+    second.append([x, y])
+    second.close()
+    for path in elsewhere.iterdir():
+        path.rename(tmp_path / path.name)
+    elsewhere.rmdir()
+    (_, a), (_, b) = sorted((p.name, p) for p in tmp_path.glob("*.pack"))
+    raw = bytearray(b.read_bytes())
+    raw[100] ^= 0xFF  # x's bytes in the second pack rot
+    b.write_bytes(bytes(raw[: len(raw) - 10]))  # and the pack loses its tail: y's index entry points past the end
+    reader = PackFiles(tmp_path, fsync=False)
+    assert reader.read([x[0], y[0]]) == [x[1], None]
+    reader.close()

@@ -166,7 +166,8 @@ class PackIndex:
         self.where = {raw: packed for raw, packed in self.where.items() if packed >> 80 == own}
         for stem in sorted(self.packs):
             if stem != self.own:
-                self.packs[stem] = pack = PackBooks()
+                old = self.packs[stem]  # what was learnt of its writer and index stays: no walk of it again
+                self.packs[stem] = pack = PackBooks(index_ok=old.index_ok, finished=old.finished)
                 self._catch_up(stem, pack)
 
     def _sweep_side_files(self, names: list[str], present: set[str]) -> None:
@@ -296,8 +297,10 @@ class PackIndex:
         """Index a pack from its own records alone; if its writer is gone, write its index again from them."""
         path = self.dir / f"{stem}.pack"
         sid = self.sid(stem)
-        for raw in [r for r, packed in self.where.items() if packed >> 80 == sid]:
+        taken = [r for r, packed in self.where.items() if packed >> 80 == sid]
+        for raw in taken:
             del self.where[raw]
+        self._stale = self._stale or bool(taken)  # an entry dropped here may have hidden a good copy elsewhere
         lock = self.lock(stem)
         try:
             pack.finished = pack.finished or lock >= 0
