@@ -802,6 +802,10 @@ class QSS:
                     holders.setdefault(name, []).append(backend.name)
         return set(holders), holders, complete
 
+    def known_name(self, oid: str) -> str | None:
+        """The store key of an object this process has written or identified, without asking any backend."""
+        return self._names.get(oid)
+
     async def name_of(self, oid: str, holders: Sequence[str]) -> str | None:
         """The store key of an object of ours (None for another node's object, an empty or a damaged one)."""
         found = await self.identify(oid, holders)

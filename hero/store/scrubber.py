@@ -63,7 +63,7 @@ class ScrubReport:
             self.damaged_objects += 1
         if len(self.damaged) < MAX_LISTED:
             self.damaged.append(found)
-        log.error("scrub: damaged %s%s: %s", found.key or f"object {found.oid[:16]}… (name unreadable)",
+        log.error("scrub: damaged %s%s: %s", found.key or f"object {found.oid[:16]}…",
                   f" version {found.version}" if found.version is not None else "", found.error)
 
     def to_json(self) -> dict[str, Any]:
@@ -118,7 +118,7 @@ class Scrubber:
             try:
                 index = await self.qss.index(oid)
                 if version in index.versions():
-                    await self.check_version(oid, index, version, report, Pacer(None))
+                    await self.check_version(oid, index, version, report, Pacer(None), key=self.qss.known_name(oid))
             except StorageError as exc:
                 log.warning("repair of %s version %d failed: %s", oid[:16], version, exc.message)
                 report.unrecoverable += 1
