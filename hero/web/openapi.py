@@ -86,7 +86,8 @@ def _events(*names: str) -> dict[str, Any]:
 TEXT_PART = _object(("type", "text"), type={"const": "text"}, text=STRING)
 MESSAGE = _object(
     ("seq", "role", "content"),
-    seq=INTEGER, role=STRING, content=STRING, ts=NUMBER, kind={"type": "string", "enum": ["chat", "reminder", "error"]},
+    seq=INTEGER, role=STRING, content=STRING, ts=NUMBER,
+    kind={"type": "string", "description": "`chat`, `reminder`, `error`, or `stopped` (a reply cut short)."},
 )
 COMPLETION = _object(
     ("id", "object", "created", "model", "choices", "usage"),
@@ -169,7 +170,7 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
             "Your agent id and whether it is awake.",
             "user",
             {JSON: _object(("name", "agent_id", "agent_state", "token_expires"), name=STRING, agent_id=AGENT_ID,
-                           agent_state={"enum": ["active", "hibernated"]}, token_expires=INTEGER)},
+                           agent_state={"enum": ["active", "hibernated", "damaged"]}, token_expires=INTEGER)},
         ),
         ("GET", "/api/me/messages"): Operation(
             "Your agent's history, newest last.",
@@ -212,11 +213,13 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
         ),
         ("POST", "/api/auth/logout"): Operation("Revoke the token this request carries.", "token", {}, ok_status=204),
         ("GET", "/api/node/agents"): Operation(
-            "Every agent: id, active or hibernated, last event time.",
+            "Every agent: id, user, active, hibernated or damaged (with the reason and since when), last event.",
             "operator",
-            {JSON: _object(("agents", "active", "hibernated"), active=INTEGER, hibernated=INTEGER,
-                           agents={"type": "array", "items": _object(("agent_id", "state"), agent_id=AGENT_ID,
-                                                                     state=STRING)})},
+            {JSON: _object(("agents", "active", "hibernated"), active=INTEGER, hibernated=INTEGER, damaged=INTEGER,
+                           agents={"type": "array", "items": _object(
+                               ("agent_id", "state"), agent_id=AGENT_ID,
+                               state={"enum": ["active", "hibernated", "damaged"]},
+                               reason=STRING, damaged_since=NUMBER)})},
         ),
         ("GET", "/api/node/status"): Operation(
             "Agents awake and asleep, wake rate, LLM queue and tokens/s.", "operator", {JSON: ANY_OBJECT}
