@@ -28,7 +28,8 @@ def add_bench_parser(subparsers: Any) -> None:
     node.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
     node.add_argument("--idle-after", type=float, help="the node's idle_after in seconds (default: the node's)")
     node.add_argument("--host-speed", type=float, help="this machine's cpu_speed (default: measured now)")
-    node.add_argument("--drain", type=float, default=180.0, help="seconds to wait for replies after the run")
+    node.add_argument("--drain", type=float, default=600.0,
+                      help="seconds to wait for replies still coming after the run (default 600)")
     node.add_argument("--json", action="store_true", help="print one JSON object")
     node.add_argument("--report", type=Path, metavar="DIR", help="write a Markdown report, PNG plots, the history")
     node.add_argument("--search", action="store_true", help="also find the largest agent count within the targets")

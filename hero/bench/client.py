@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-ANSWERED, REFUSED, FAILED = "answered", "refused", "failed"
+ANSWERED, REFUSED, FAILED, UNFINISHED = "answered", "refused", "failed", "unfinished"
 
 
 @dataclass
@@ -20,7 +20,7 @@ class MessageResult:
     user: int
     kind: str
     sent_s: float  # seconds after the run started
-    status: str = FAILED  # answered | refused (429) | failed (anything else: counted as lost)
+    status: str = FAILED  # answered | refused (429) | failed (an error: lost) | unfinished (still going at the end)
     http_status: int | None = None
     error: str | None = None
     woke: bool = False  # the agent was hibernated when the session began (this was its first message)

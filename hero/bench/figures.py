@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hero.bench.client import ANSWERED, FAILED, REFUSED
+from hero.bench.client import ANSWERED, FAILED, REFUSED, UNFINISHED
 from hero.bench.run import RunRecord
 from hero.bench.workload import CHAT
 from hero.power.profiles import load_profile
@@ -111,6 +111,7 @@ def compute(rec: RunRecord) -> dict[str, Any]:
     sent = len(results)
     refused = sum(r.status == REFUSED for r in results)
     lost = sum(r.status == FAILED for r in results)
+    unfinished = sum(r.status == UNFINISHED for r in results)
     watts_mean = (mean(dyn) or 0.0) + idle_share
     watts_p95 = (percentile(dyn, 95) or 0.0) + idle_share
     ttft_p99 = percentile(ttft, 99)
@@ -133,7 +134,8 @@ def compute(rec: RunRecord) -> dict[str, Any]:
                               "met": node_max is not None and node_max <= budget},
         "ttft_p99_s": {"target": f"<= {TARGETS['ttft_p99_s']} s", "value": ttft_p99,
                        "met": ttft_p99 is not None and ttft_p99 <= TARGETS["ttft_p99_s"]},
-        "every_message_answered_or_refused": {"target": "none lost", "value": lost, "met": invariants["none_lost"]
+        "every_message_answered_or_refused": {"target": "none lost", "value": lost + unfinished,
+                                              "met": invariants["none_lost"]
                                               and invariants["sent_is_answered_plus_refused"]},
     }
     return {
@@ -181,6 +183,7 @@ def compute(rec: RunRecord) -> dict[str, Any]:
         "messages_answered": n_answered,
         "messages_refused": refused,
         "messages_lost": lost,
+        "messages_unfinished": unfinished,
         "messages_llm": len(llm),
         "qss_bytes_per_message": (end.backend_bytes - start.backend_bytes) * per_msg,
         "energy_per_message_j": hero_j * per_msg,
@@ -203,6 +206,7 @@ def compute(rec: RunRecord) -> dict[str, Any]:
         "hibernations": st1["runtime"]["hibernations"] - st0["runtime"]["hibernations"],
         "conservation_error_max": max(conservation, default=None),
         "power_windows_checked": len(conservation),
+        "phases_s": rec.phases_s,
         "loadavg_start": list(start.loadavg),
         "loadavg_end": list(end.loadavg),
         "invariants": invariants,

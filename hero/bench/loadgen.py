@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from hero.bench.client import ANSWERED, EventWatch, MessageResult, agent_state, auth, chat
+from hero.bench.client import ANSWERED, FAILED, UNFINISHED, EventWatch, MessageResult, agent_state, auth, chat
 from hero.bench.nodeproc import BenchUser
 from hero.bench.workload import REMINDER, UserPlan, Workload
 from hero.nursery import Nursery
@@ -127,8 +127,8 @@ class LoadRun:
             monitor.cancel()
             await self._side.aclose()
         for r in self.results:
-            if r.status != ANSWERED and r.error is None:
-                r.error = "no answer before the run's drain limit"
+            if r.status == FAILED and r.error is None:  # cancelled in flight: neither an answer nor an error
+                r.status, r.error = UNFINISHED, "no answer before the run's drain limit"
         return LoadResult(self.results, self.reminders, self.samples, elapsed, self.watch_errors)
 
     async def _user(self, plan: UserPlan, user: BenchUser) -> None:

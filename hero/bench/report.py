@@ -37,7 +37,8 @@ def text_summary(s: dict[str, Any]) -> str:
         f"max 5 s {_f(s['node_watts_max_5s'], digits=1)} W of {s['budget_watts']:g} W "
         f"(Hero alone: max {_f(s['hero_watts_max_5s'], digits=1)} W)",
         f"  messages            sent {s['messages_sent']}, answered {s['messages_answered']}, "
-        f"refused {s['messages_refused']}, lost {s['messages_lost']}",
+        f"refused {s['messages_refused']}, lost {s['messages_lost']}, unfinished at the drain limit "
+        f"{s['messages_unfinished']}",
         f"  time to first token p50 {_ms(s['ttft_p50_s'])}, p99 {_ms(s['ttft_p99_s'])}; full reply p50 "
         f"{_ms(s['reply_p50_s'])}, p99 {_ms(s['reply_p99_s'])}",
         f"  wake latency        p50 {_ms(s['wake_p50_s'])}, p99 {_ms(s['wake_p99_s'])} (n={s['wakes_measured']})",
@@ -91,6 +92,7 @@ def _limits(rec: RunRecord, s: dict[str, Any]) -> list[str]:
 def markdown(rec: RunRecord, s: dict[str, Any], search: Any, command: str) -> str:
     profile = load_profile(rec.config.profile)
     m = rec.machine
+    dirty = m.get("uncommitted_files") or []
     t = s["targets"]
     how_speed = "measured now with the calibration workload" if rec.host_speed_measured else "given"
     client_ms = s["cpu_s"]["bench_client"] / max(1, s["messages_answered"]) * 1000
@@ -111,7 +113,8 @@ def markdown(rec: RunRecord, s: dict[str, Any], search: Any, command: str) -> st
         f"| node watts, max 5 s average | {_f(s['node_watts_max_5s'], ' W', 1)} | ≤ {s['budget_watts']:g} W | "
         f"{_f(t['node_watts_max_5s']['met'])} |",
         f"| time to first token, p99 (model replies) | {_ms(s['ttft_p99_s'])} | ≤ 2 s | {_f(t['ttft_p99_s']['met'])} |",
-        f"| messages lost (sent − answered − refused) | {s['messages_lost']} | 0 | "
+        f"| messages neither answered nor refused (lost {s['messages_lost']}, unfinished at the drain limit "
+        f"{s['messages_unfinished']}) | {s['messages_lost'] + s['messages_unfinished']} | 0 | "
         f"{_f(t['every_message_answered_or_refused']['met'])} |",
         "",
         "## Honest modelling",
@@ -119,6 +122,9 @@ def markdown(rec: RunRecord, s: dict[str, Any], search: Any, command: str) -> st
         f"- **Machine**: {m['cpus']} CPUs ({m['cpu_model'] or 'unknown model'}), {m['ram_gb']} GB RAM, Linux "
         f"{m['kernel']}, Python {m['python']}; shared with other work (load average {s['loadavg_start'][0]:.1f} → "
         f"{s['loadavg_end'][0]:.1f}).",
+        f"- **Source**: commit {m.get('commit')}" + (
+            f", with uncommitted changes in {len(dirty)} files of hero/ and agents/ (other engineers' work in "
+            f"progress: {', '.join(dirty[:8])}{' …' if len(dirty) > 8 else ''})." if dirty else "."),
         f"- **Profile**: `{profile.name}` ({profile.source}): {profile.cores} cores, idle {profile.idle_w:g} W, "
         f"max {profile.max_w:g} W, budget {profile.budget_w:g} W, cpu_speed {profile.cpu_speed:g}"
         + (", curve " + ", ".join(f"{u:g}→{w:g} W" for u, w in profile.curve) if profile.curve else "") + ".",

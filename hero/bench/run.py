@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from hero.bench.workload import DEFAULT_RATE, Workload, make_workload
 from hero.power.calibrate import REFERENCE_SCORE, cpu_score
 
 SEED_CONCURRENCY = 16
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -45,7 +47,7 @@ class BenchConfig:
     idle_after_s: float | None = None  # None: the node's own default (its config, env, hero.toml)
     host_speed: float | None = None  # None: measured here with the calibration workload
     cpu_parts_hz: float = 20.0  # the node samples its CPU by part (hero/power/parts.py) at this rate
-    drain_s: float = 180.0
+    drain_s: float = 600.0
     progress: bool = False
     data_dir: Path | None = None  # None: a temp dir, removed afterwards (the report keeps what matters)
     template: Path | None = None  # a seeded data dir to copy instead of seeding (the search reuses one)
@@ -55,7 +57,6 @@ class BenchConfig:
 
 @dataclass
 class Snapshot:
-    t: float  # run-relative
     unix: float
     power: dict[str, Any]
     status: dict[str, Any]
@@ -74,7 +75,7 @@ class RunRecord:
     host_speed: float
     host_speed_measured: bool
     machine: dict[str, Any]
-    seed_s: float
+    phases_s: dict[str, float]  # wall time of each step of the run (users, seeding, node start, load, audits)
     start: Snapshot
     end: Snapshot
     load: LoadResult
@@ -98,7 +99,19 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": sys.version.split()[0], "kernel": os.uname().release}
+            "python": sys.version.split()[0], "kernel": os.uname().release, **source_version()}
+
+
+def source_version() -> dict[str, Any]:
+    """The commit the node ran, and how many of its source files differed from it (others edit the tree)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "hero", "agents"],
+                               capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "uncommitted_files": None}
+    return {"commit": commit or None, "uncommitted_files": [line[3:] for line in dirty]}
 
 
 async def seed(node: NodeProcess, client: httpx.AsyncClient, users: list[BenchUser]) -> None:
@@ -140,14 +153,14 @@ async def prepare_template(cfg: BenchConfig, data: Path) -> None:
         await seed_node(data, users, client, profile=cfg.profile, env={})
 
 
-async def snapshot(node: NodeProcess, client: httpx.AsyncClient, operator: str, t0: float) -> Snapshot:
+async def snapshot(node: NodeProcess, client: httpx.AsyncClient, operator: str) -> Snapshot:
     power = (await client.get(f"{node.url}/api/node/power", headers=auth(operator))).json()
     status = (await client.get(f"{node.url}/api/node/status", headers=auth(operator))).json()
     disk = await asyncio.to_thread(backend_bytes, node.data_dir)
     cpu = psutil.Process(node.pid).cpu_times()
     machine = psutil.cpu_times()
     busy = sum(getattr(machine, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
-    return Snapshot(time.perf_counter() - t0, time.time(), power, status, disk,
+    return Snapshot(time.time(), power, status, disk,
                     {"user": cpu.user, "system": cpu.system}, time.process_time(), busy,
                     busy + machine.idle + getattr(machine, "iowait", 0.0), os.getloadavg())
 
@@ -171,36 +184,55 @@ async def run_bench(cfg: BenchConfig) -> RunRecord:
 
 async def _run(cfg: BenchConfig, data: Path, host_speed: float, measured: bool) -> RunRecord:
     env = {"HERO_HOST_SPEED": str(host_speed), "HERO_CPU_PARTS_HZ": str(cfg.cpu_parts_hz)}
+    machine = await asyncio.to_thread(machine_info)  # before the node starts: the source it runs
     workload = make_workload(cfg.agents, cfg.duration_s, rate=cfg.rate, seed=cfg.seed)
-    seed_started = time.perf_counter()
+    phases: dict[str, float] = {}
+    lap = _Laps(phases)
     if cfg.template is not None:
         await asyncio.to_thread(shutil.copytree, cfg.template, data)
     users, operator = await asyncio.to_thread(create_users, data, cfg.registered)
+    lap("users")
     async with make_client(cfg.agents + 64) as client:
         if cfg.template is None:
             await seed_node(data, users, client, profile=cfg.profile, env=env)
-        seed_s = time.perf_counter() - seed_started
+        lap("seeding")
         node = NodeProcess(data, free_port(), profile=cfg.profile, idle_after_s=cfg.idle_after_s, env=env)
         await node.start()
+        lap("node_start")
         progress = Progress(workload, enabled=cfg.progress)
         try:
-            t0 = time.perf_counter()
-            start = await snapshot(node, client, operator, t0)
+            start = await snapshot(node, client, operator)
             run = LoadRun(workload, users[: cfg.agents], node.url, operator, client, drain_s=cfg.drain_s,
                           on_sample=progress.update)
             load = await run.run()
-            end = await snapshot(node, client, operator, run.t0)
-            start.t = start.t - (run.t0 - t0)
+            end = await snapshot(node, client, operator)
+            lap("load_and_drain")
             metrics = (await client.get(f"{node.url}/metrics", headers=auth(operator))).text
             histories = await audit_histories(client, node.url, users[: cfg.agents], load.results)
+            lap("history_audit")
         finally:
             progress.close()
             exit_code = await node.stop()
+    lap("node_stop")
     agent_ids = [u.agent_id for u in users[: cfg.agents]]
     epochs = await audit_epochs(data, agent_ids, start.unix)
     history = await asyncio.to_thread(read_power_history, data / "power.duckdb", start.unix, end.unix, agent_ids)
     if cfg.keep_history is not None:
         cfg.keep_history.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(shutil.copy2, data / "power.duckdb", cfg.keep_history / "power.duckdb")
-    return RunRecord(cfg, workload, host_speed, measured, machine_info(), seed_s, start, end, load, histories,
+    lap("store_and_history_audit")
+    return RunRecord(cfg, workload, host_speed, measured, machine, phases, start, end, load, histories,
                      epochs, history, metrics, node.output, exit_code, users, data)
+
+
+class _Laps:
+    """Records the wall time since the previous call under each name."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.mark = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = round(now - self.mark, 2)
+        self.mark = now
