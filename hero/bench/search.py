@@ -3,9 +3,10 @@
 The main run's count is the first probe. While it passes, the count doubles (up to `--registered`);
 once a count fails, the search bisects between the largest pass and the smallest fail until they are
 within `resolution` of each other. Every probe is a full run (fresh node, same seed, same rate,
-`--search-duration` seconds) on a copy of one seeded data dir, so the registered agents are the same
-hibernated population each time. A probe passes when every target in `figures.TARGETS` is met and
-nothing is lost. Short runs have few messages at small counts, so each probe reports its sample size.
+`--search-duration` seconds, replies waited for at most as long again) on a copy of one seeded data
+dir, so the registered agents are the same hibernated population each time. A probe passes when
+every target in `figures.TARGETS` is met and nothing is lost. Short runs have few messages at small
+counts, so each probe reports its sample size.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ async def search_max_agents(cfg: BenchConfig, duration_s: float, *, first: dict[
         count = next_count(lo, hi, cfg.registered) if first is not None else cfg.agents
         while count is not None and len(result.probes) < MAX_PROBES:
             run_cfg = replace(cfg, agents=count, duration_s=duration_s, template=template, data_dir=None,
-                              keep_data=False, keep_history=None, progress=False)
+                              keep_data=False, keep_history=None, progress=False,
+                              drain_s=min(cfg.drain_s, max(60.0, duration_s)))
             summary = compute(await run_bench(run_cfg))
             probe = probe_of(summary, duration_s)
             result.probes.append(probe)
