@@ -361,7 +361,7 @@ class Router:
                 self._queue(peer, SeqnoRequest(64, seqno, 64, router_id, prefix))
 
     def _bump(self, now: float) -> None:
-        if now - self._last_bump < self.config.seqno_bump_min_s:
+        if now < self._last_bump + self.config.seqno_bump_min_s:  # the same sum as _bump_due: no float drift
             self._bump_due = self._last_bump + self.config.seqno_bump_min_s
             return
         self._bump_due = None
