@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hero.net.address import Identity, RouterId, load_or_create_key, verify
 from hero.net.handshake import Handshake, HandshakeError
 from hero.net.messages import MessageService
-from hero.net.records import AgentRecord, AgentDirectory
+from hero.net.records import AgentDirectory, AgentRecord
 from hero.net.session import ReplayWindow, Sessions
 from hero.net.wire import (
     METRIC_INFINITE,

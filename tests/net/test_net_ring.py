@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.net.helpers import Proc, start_node, wait_api, wait_routes
 from tests.conftest import free_port
+from tests.net.helpers import Proc, start_node, wait_api, wait_routes
 
 N = 5
 

@@ -17,7 +17,7 @@ async def nodes(count: int, **config: object) -> AsyncIterator[list[OverlayNode]
     """A line of real nodes on 127.0.0.1 in this loop: n0 - n1 - ... (each dials the previous)."""
     out: list[OverlayNode] = []
     try:
-        for i in range(count):
+        for _ in range(count):
             peers = (f"tcp://127.0.0.1:{out[-1].port}",) if out else ()
             node = OverlayNode(Identity.generate(), OverlayConfig(listen_host="127.0.0.1", tcp_listen_port=0,
                                                                   peers=peers, **config))  # type: ignore[arg-type]
@@ -31,8 +31,8 @@ async def nodes(count: int, **config: object) -> AsyncIterator[list[OverlayNode]
             await node.aclose()
 
 
-async def until(check, timeout: float = 10.0) -> None:  # noqa: ANN001
-    deadline = asyncio.get_running_loop().time() + timeout
+async def until(check, limit_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
@@ -111,11 +111,11 @@ async def test_blocked_key_cannot_link() -> None:
 async def test_garbage_on_the_listener_is_counted_and_the_node_keeps_serving() -> None:
     async with nodes(2) as (a, b):
         for junk in (b"\x00" * 10, b"\xff\xff" + b"x" * 100, b"GET / HTTP/1.1\r\n\r\n"):
-            reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+            _, writer = await asyncio.open_connection("127.0.0.1", a.port)
             writer.write(junk)
             await writer.drain()
             writer.close()
-        await until(lambda: a.counters.handshakes_failed >= 3, timeout=15)
+        await until(lambda: a.counters.handshakes_failed >= 3, limit_s=15)
         b.messages.push(a.identity.public, b"t", b"still here")
         message = await a.messages.pop(topic=b"t", timeout_s=5, peek=False)
         assert message is not None and message.payload == b"still here"
