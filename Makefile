@@ -28,6 +28,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	bash scripts/install-browser.sh
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-test
@@ -35,6 +36,7 @@ bench: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -215,8 +215,9 @@ def measure_llm(threads: int) -> dict[str, Any]:
     llm = Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = llm.create_completion("The three laws of thermodynamics are", max_tokens=48, temperature=0.0)
+    out = llm.create_completion("The three laws of thermodynamics are", max_tokens=48, temperature=0.0, stream=False)
     gen_s = time.perf_counter() - t0
+    assert isinstance(out, dict)  # stream=False gives one response, not an iterator
     tokens = int(out["usage"]["completion_tokens"])
     return {
         "model": path.name,
