@@ -109,11 +109,11 @@ async def node_overhead(us: float, steps: int, n: int, reps: int) -> dict[str, A
         for _ in range(reps):
             for name, node in nodes.items():
                 await node.post(agent, event)
-                await node._tasks.join()  # activated; the agent stays in memory
+                await node.join()  # activated; the agent stays in memory
                 t0 = time.perf_counter_ns()
                 for _ in range(n):
                     await node.post(agent, event)
-                await node._tasks.join()
+                await node.join()
                 best[name] = min(best[name], (time.perf_counter_ns() - t0) / n)
                 await node.hibernate_idle(0.0)  # hand the lease to the other node
         for node in nodes.values():
