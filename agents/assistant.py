@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agents.skills import memory, reminders
 from hero.runtime.agent import Agent, AgentContext
-from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
+from hero.runtime.events import ChatMessage, Event, OverlayMessage, Ping, Reply, TimerFired
 
 SYSTEM = "You are a helpful personal assistant. Answer briefly and kindly."
 SKILLS = (reminders.handle, memory.handle)
@@ -22,6 +22,8 @@ class Assistant(Agent):
             await self.chat(event, reply)
         elif isinstance(event, TimerFired):
             await self.timer(event, reply)
+        elif isinstance(event, OverlayMessage):
+            await self.overlay(event, reply)
         elif isinstance(event, Ping):
             reply.accept()
 
@@ -47,6 +49,20 @@ class Assistant(Agent):
         if text:  # a reply stopped before its first token leaves no entry, never an empty one
             ctx.add_message("assistant", text, kind="stopped" if reply.cancelled else "chat")
             await ctx.persist()
+
+    async def overlay(self, event: OverlayMessage, reply: Reply) -> None:
+        """A message from an allowed overlay sender: kept apart in history, answered by the LLM (no skills run)."""
+        ctx = self.ctx
+        ctx.add_message("user", f"[overlay {event.src_ip}] {event.text}", kind="overlay")
+        await ctx.persist()
+        reply.accept()
+        parts: list[str] = []
+        prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": event.text}]
+        async for delta in ctx.stream_llm(prompt, reply):
+            parts.append(delta)
+            reply.write(delta)
+        ctx.add_message("assistant", "".join(parts).strip(), kind="overlay")
+        await ctx.persist()
 
     async def timer(self, event: TimerFired, reply: Reply) -> None:
         if event.name == reminders.TIMER:

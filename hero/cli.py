@@ -61,6 +61,11 @@ def build_parser() -> Parser:
     up.add_argument("--idle-after", type=float, help="seconds without an event before an agent hibernates")
     up.add_argument("--profile", help="hardware profile name or TOML path (default zos-edge-60w)")
     up.add_argument("-v", "--verbose", action="store_true", help="log more")
+    up.add_argument("--no-overlay", action="store_true", help="run no overlay node inside")
+    up.add_argument("--peers", nargs="*", metavar="tcp://HOST:PORT", help="overlay static peers")
+    up.add_argument("--tcp-listen-port", type=int, help="overlay TCP port (default 9651)")
+    up.add_argument("--api-addr", help="overlay message API HOST:PORT (default 127.0.0.1:8989)")
+    up.add_argument("--no-tun", action="store_true", help="overlay without a TUN device")
     up.set_defaults(func=cmd_up)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(
@@ -137,7 +142,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from hero.server import serve
 
     config = load_config(
-        args.data, host=args.host, port=args.port, model=args.model, idle_after=args.idle_after, profile=args.profile
+        args.data, host=args.host, port=args.port, model=args.model, idle_after=args.idle_after, profile=args.profile,
+        overlay="off" if args.no_overlay else None, overlay_port=args.tcp_listen_port, overlay_api=args.api_addr,
+        overlay_peers=" ".join(args.peers) if args.peers is not None else None,
+        overlay_tun="off" if args.no_tun else None,
     )
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"

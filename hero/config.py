@@ -31,6 +31,11 @@ class NodeConfig:
     max_body_bytes: int = 1 << 20
     max_message_chars: int = 16_000  # one chat message; longer ones are refused with 413
     host_speed: float | None = None  # this machine's cpu_speed (hero calibrate), to emulate the profile's hardware
+    overlay: str = "on"  # "off": no overlay node inside (`hero up --no-overlay`)
+    overlay_port: int = 9651  # overlay peering (TCP), Mycelium's port
+    overlay_api: str = "127.0.0.1:8989"  # the Mycelium message API
+    overlay_peers: str = ""  # static peers, space-separated tcp://HOST:PORT
+    overlay_tun: str = "on"  # "off": the message overlay without a TUN device
     cpu_parts_hz: float = 0.0  # > 0: sample the node's CPU by part at this rate (benchmarks); 0 = off
 
 

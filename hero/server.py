@@ -25,6 +25,7 @@ from agents import assistant
 from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys, UserKey
+from hero.net.embed import start_overlay
 from hero.nodelock import NodeLock
 from hero.power.profiles import load_profile
 from hero.power.service import PowerConfig, PowerService
@@ -48,6 +49,7 @@ class Parts:
     node: Node
     power: PowerService
     app: Starlette
+    overlay: Any = None  # hero.net's OverlayService when the overlay runs inside
 
 
 async def open_store(config: NodeConfig, keys: NodeKeys) -> QSS:
@@ -81,13 +83,18 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
     )
     power.attach(node, llm)
     app = create_app(config=config, node=node, users=users, llm=llm, store=store, power=power)
+    app.state.overlay = None
     try:
         await store.start()
         await llm.start()
         await node.start()
         await power.start()
-        yield Parts(config, keys, users, store, llm, node, power, app)
+        overlay = await start_overlay(config, keys, [u.agent_id for u in users.list() if not u.revoked], node.deliver)
+        app.state.overlay = overlay
+        yield Parts(config, keys, users, store, llm, node, power, app, overlay)
     finally:
+        if app.state.overlay is not None:
+            await app.state.overlay.aclose()
         await power.aclose()  # first, so the governor does not hibernate or unload mid-shutdown
         await node.aclose()
         await llm.aclose()

@@ -49,7 +49,7 @@ def llm(model_path: Path) -> LLMService:
 
 
 def make_config(tmp_path: Path, **changes: Any) -> NodeConfig:
-    base = NodeConfig(data_dir=tmp_path / "data", port=free_port(), max_tokens=24, n_ctx=1024)
+    base = NodeConfig(data_dir=tmp_path / "data", port=free_port(), max_tokens=24, n_ctx=1024, overlay="off")
     return replace(base, **changes)
 
 

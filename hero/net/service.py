@@ -56,6 +56,7 @@ class OverlayService:
         self.api_port: int | None = None
         self._api: uvicorn.Server | None = None
         self._api_task: asyncio.Task[Any] | None = None
+        self.inbox: Any = None  # the AgentInbox when running inside `hero up`
 
     async def start(self) -> None:
         sock = None
@@ -107,6 +108,7 @@ class OverlayService:
             "routes": node.router.table(),
             "fallbackRoutes": len(node.router.table(fallback=True)),
             "agentsPublished": len(node._own_agents),
+            "agentMessages": {"delivered": self.inbox.delivered, "refused": self.inbox.refused} if self.inbox else None,
             "agentRecords": len(node.directory),
             "counters": {k: v for k, v in vars(node.counters).items() if isinstance(v, int)},
             "sessions": vars(node.sessions.stats),

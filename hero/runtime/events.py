@@ -38,7 +38,27 @@ class Ping:
     interactive: bool = True
 
 
-Event = ChatMessage | TimerFired | Ping
+@dataclass(frozen=True)
+class OverlayMessage:
+    """A message that came over the overlay for this agent (from another node, agent or Mycelium client).
+
+    The sender is the authenticated key of the node it came from; what the agent writes into the reply
+    goes back to the sender as a Mycelium reply to `message_id`.
+    """
+
+    message_id: str
+    src_pk: str
+    src_ip: str
+    topic: bytes
+    payload: bytes
+    interactive: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8", errors="replace")
+
+
+Event = ChatMessage | TimerFired | Ping | OverlayMessage
 
 class Reply:
     """What the agent says back to one event: text deltas, then the end or an error.

@@ -27,7 +27,7 @@ WAKE_WINDOW_S = 60.0  # wake rate: activations per minute over the last minute
 TOKENS_WINDOW_S = 5.0  # tokens/s over the last few seconds: responsive, not jumpy
 STREAM_PERIOD_S = 1.0
 STORAGE_PATH = "/api/node/storage"  # QSS health, when the node runs QSS
-PEERS_PATH = "/api/v1/admin/peers"  # the overlay's Mycelium-compatible admin API, when present
+PEERS_PATH = "/api/node/net"  # the overlay's operator view (hero.net), when present
 
 
 class Rates:

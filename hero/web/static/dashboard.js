@@ -348,13 +348,16 @@ async function refreshStorage() {
 }
 
 async function refreshNetwork() {
-  const peers = await probe("/api/v1/admin/peers");
-  if (!Array.isArray(peers)) { $("net-card").hidden = true; return; }
-  const routes = (await probe("/api/v1/admin/routes/selected")) || [];
-  const connected = peers.filter((p) => (p.connectionState || p.state) === "connected").length;
-  kpis($("net-kpis"), [["Peers", `${connected} / ${peers.length} connected`], ["Routes", routes.length]]);
-  fillTable($("net-table"), ["Peer", "Type", "State"], peers.map((p) => [
-    p.endpoint ? `${p.endpoint.proto}://${p.endpoint.socketAddr}` : p.id ?? "?", p.type ?? "", p.connectionState ?? p.state ?? "",
+  const net = await probe("/api/node/net");
+  if (!net || !Array.isArray(net.peers)) { $("net-card").hidden = true; return; }
+  const alive = net.peers.filter((p) => p.connectionState === "alive").length;
+  const kib = (n) => (n == null ? "–" : `${(n / 1024).toFixed(1)} KiB`);
+  kpis($("net-kpis"), [
+    ["Address", net.nodeIp], ["Peers", `${alive} / ${net.peers.length} up`], ["Routes", net.routes.length],
+    ["TUN", net.tun && net.tun.name ? net.tun.name : "off"],
+  ]);
+  fillTable($("net-table"), ["Peer", "Type", "State", "Sent", "Received"], net.peers.map((p) => [
+    `${p.endpoint.proto}://${p.endpoint.addr.socket}`, p.type, p.connectionState, kib(p.txBytes), kib(p.rxBytes),
   ]));
   $("net-card").hidden = false;
 }

@@ -1,0 +1,66 @@
+"""An agent on node A answers a message sent from node B over the overlay (and strangers are refused)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+from hero.runtime.agent import Agent
+from hero.runtime.events import Event, OverlayMessage, Reply
+from tests.conftest import add_user, free_port, make_config, operator_token, serving
+from tests.net.helpers import start_node, wait_api
+
+
+class Echo(Agent):
+    async def handle(self, event: Event, reply: Reply) -> None:
+        if isinstance(event, OverlayMessage):
+            self.ctx.add_message("user", event.text, kind="overlay")
+            await self.ctx.persist()
+            reply.accept()
+            reply.write(f"agent {self.ctx.agent_id[:8]} got: {event.text}")
+        else:
+            reply.accept()
+
+
+async def test_agent_on_a_answers_a_message_from_b(tmp_path: Path) -> None:
+    config = make_config(tmp_path, overlay="on", overlay_port=free_port(), overlay_api=f"127.0.0.1:{free_port()}",
+                         overlay_tun="off")
+    config.data_dir.mkdir(parents=True)
+    alice = add_user(config.data_dir, "alice")
+    bob = add_user(config.data_dir, "bob")
+    b = start_node(tmp_path, "b", [config.overlay_port])
+    try:
+        wait_api(b)
+        (config.data_dir / "overlay-allow.json").write_text(json.dumps({alice["agent_id"]: [b.public]}))
+        async with serving(replace(config), agent_factory=Echo) as parts:
+            assert parts.overlay is not None
+            async with httpx.AsyncClient(timeout=30) as client:
+                for _ in range(200):  # b learns alice's agent record once the link is up
+                    r = await client.post(b.api + "/api/v1/messages", params={"reply_timeout": 10}, json={
+                        "dst": {"pk": alice["agent_id"]}, "topic": base64.b64encode(b"chat").decode(),
+                        "payload": base64.b64encode(b"hello agent").decode()})
+                    if r.status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                assert r.status_code == 200, r.text
+                answer = base64.b64decode(r.json()["payload"]).decode()
+                assert answer == f"agent {alice['agent_id'][:8]} got: hello agent"
+                assert r.json()["srcPk"] == parts.overlay.node.identity.public.hex()
+                # bob's agent has no allow-list entry: the message is refused, bob's agent never wakes
+                r = await client.post(b.api + "/api/v1/messages", params={"reply_timeout": 2}, json={
+                    "dst": {"pk": bob["agent_id"]}, "payload": base64.b64encode(b"let me in").decode()})
+                assert r.status_code == 408
+                assert parts.overlay.inbox.refused >= 1 and parts.node.agent_state(bob["agent_id"]) != "active"
+                base = f"http://127.0.0.1:{config.port}"
+                op = {"Authorization": f"Bearer {operator_token(config.data_dir)}"}
+                net = (await client.get(base + "/api/node/net", headers=op)).json()
+                assert net["nodeIp"] == str(parts.overlay.node.identity.address) and net["peers"]
+                assert (await client.get(base + "/api/node/net",
+                                         headers={"Authorization": f"Bearer {alice['token']}"})).status_code == 403
+    finally:
+        b.stop()
