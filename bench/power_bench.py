@@ -118,7 +118,7 @@ async def node_overhead(us: float, steps: int, n: int, reps: int) -> dict[str, A
                 await node.hibernate_idle(0.0)  # hand the lease to the other node
         for node in nodes.values():
             await node.aclose()
-        await store.close()
+        await store.aclose()
     extra = best["metered"] - best["base"]
     return {
         "turn_us": us,

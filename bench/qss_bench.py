@@ -144,7 +144,7 @@ async def throughput(root: Path, args: argparse.Namespace, floor: Floor, random_
         out["scrub_fragment_mb_s"] = (scrub, scrub / compress)
         out["scrub_report"] = {k: report[k] for k in ("checked", "corrupt", "missing", "repaired")}
     finally:
-        await store.close()
+        await store.aclose()
     return out
 
 
@@ -203,7 +203,7 @@ async def latency(root: Path, args: argparse.Namespace) -> dict[str, float]:
             floors.append(disk.once())
             gets.append((await timed(store.get(key)))[1])
     finally:
-        await store.close()
+        await store.aclose()
         disk.close()
     puts.sort()
     gets.sort()
@@ -236,10 +236,10 @@ async def by_versions(root: Path, args: argparse.Namespace) -> dict[int, dict[st
             try:
                 _, restarted = await timed(fresh.latest("agent/" + "ab" * 32 + "/state"))
             finally:
-                await fresh.close()
+                await fresh.aclose()
             out[target] = {"put_ms": put * 1e3, "latest_ms": own * 1e3, "latest_after_restart_ms": restarted * 1e3}
     finally:
-        await store.close()
+        await store.aclose()
     return out
 
 
@@ -259,7 +259,7 @@ async def repair(root: Path, args: argparse.Namespace) -> dict[str, float]:
         report, took = await timed(store.scrub())
         assert report["missing"] > 0 and report["repaired"] == report["missing"], report
     finally:
-        await store.close()
+        await store.aclose()
     return {"held_mib": held / MiB, "seconds": took, "rebuilt_mb_s": held / took / 1e6,
             "seconds_per_gib": took * (1 << 30) / held}
 

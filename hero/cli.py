@@ -237,7 +237,7 @@ async def _stored_agents(config: Any) -> list[dict[str, Any]]:
                 out.append({"agent_id": agent_id, "state": "hibernated", "last_event": head.created if head else None})
         return out
     finally:
-        await store.close()
+        await store.aclose()
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
         await power.aclose()  # first, so the governor does not hibernate or unload mid-shutdown
         await node.aclose()
         await llm.aclose()
-        await store.close()
+        await store.aclose()
         users.close()
 
 

@@ -57,7 +57,7 @@ async def power_node(
     finally:
         await power.aclose()
         await node.aclose()
-        await store.close()
+        await store.aclose()
 
 
 async def next_reports(power: PowerService, n: int) -> list[dict]:

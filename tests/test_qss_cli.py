@@ -146,5 +146,5 @@ async def test_storage_api_is_for_the_operator_only(tmp_path: Path):
             server.should_exit = True
             await task
     finally:
-        await store.close()
+        await store.aclose()
         users.close()

@@ -30,7 +30,7 @@ async def _stored(data: Path, versions: int = 1) -> str:
         await store.put("node/fine", b"still fine", epoch=1)
         return store.ring.object_id(KEY)
     finally:
-        await store.close()
+        await store.aclose()
 
 
 def _manifests(data: Path, oid: str, version: int) -> list[Path]:
@@ -65,7 +65,7 @@ async def _api_storage(data: Path) -> dict:
             server.should_exit = True
             await task
     finally:
-        await store.close()
+        await store.aclose()
         users.close()
 
 
@@ -106,7 +106,7 @@ async def test_replicas_too_broken_to_name_the_object_still_report_it(tmp_path: 
         assert damaged["key"] is None and damaged["oid"] == oid and damaged["error"]
         assert (await store.status())["damaged"][0]["oid"] == oid
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_an_unreadable_version_is_named_with_its_version_and_healing_clears_it(tmp_path: Path):
@@ -127,7 +127,7 @@ async def test_an_unreadable_version_is_named_with_its_version_and_healing_clear
         assert (again["damaged_objects"], again["damaged"]) == (0, [])
         assert (await store.status())["damaged_objects"] == 0
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_an_object_with_too_few_fragments_left_is_reported_damaged(tmp_path: Path):
@@ -146,7 +146,7 @@ async def test_an_object_with_too_few_fragments_left_is_reported_damaged(tmp_pat
         assert "segment 0" in report["damaged"][0]["error"]
         assert await store.get("node/fine") == b"still fine"
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_a_replica_whose_signer_rotted_does_not_make_the_object_anothers(tmp_path: Path):
@@ -165,4 +165,4 @@ async def test_a_replica_whose_signer_rotted_does_not_make_the_object_anothers(t
         report = await store.scrub()
         assert (report["objects"], report["manifests_repaired"], report["damaged_objects"]) == (2, 4, 0)
     finally:
-        await store.close()
+        await store.aclose()

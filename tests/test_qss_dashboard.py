@@ -27,14 +27,14 @@ async def test_storage_card_shows_a_down_backend_and_a_damaged_object(tmp_path: 
         await store.put("node/fine", b"fine", epoch=1)
         oid = store.ring.object_id(KEY)
     finally:
-        await store.close()
+        await store.aclose()
     for replica in (data / "backends").glob(f"*/meta/obj/{oid}/*.m"):
         replica.write_bytes(replica.read_bytes()[:-3])  # every replica of its manifest truncated
     store = await open_store(data)
     try:
         assert (await store.scrub())["damaged_objects"] == 1
     finally:
-        await store.close()
+        await store.aclose()
     shutil.rmtree(data / "backends" / "07")
     (data / "backends" / "07").write_text("not a disk\n")
 

@@ -70,7 +70,7 @@ async def test_reads_survive_lost_backends_up_to_m(tmp_path: Path):
         for n in range(5):
             (backends / f"gone-{n:02d}").rename(backends / f"{n:02d}")
     finally:
-        await store.close()
+        await store.aclose()
 
 
 @settings(max_examples=8, deadline=None)
@@ -99,7 +99,7 @@ def test_random_byte_flips_are_never_returned_and_a_scrub_heals_all_of_them(seed
             again = await store.scrub()
             assert (again["corrupt"], again["missing"], again["repaired"]) == (0, 0, 0)
         finally:
-            await store.close()
+            await store.aclose()
 
     with tempfile.TemporaryDirectory() as root:
         asyncio.run(run(Path(root)))
@@ -121,7 +121,7 @@ async def test_truncated_foreign_and_missing_fragments_are_detected_and_rebuilt(
         assert (report["corrupt"], report["missing"], report["repaired"]) == (3, 1, 4)
         assert all(fragment_hash(p.read_bytes()) == p.name for p in mine)
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_manifest_tampering(tmp_path: Path):
@@ -135,7 +135,7 @@ async def test_manifest_tampering(tmp_path: Path):
         original = replicas[0].read_bytes()
         replicas[0].write_bytes(original.replace(b'"epoch":1', b'"epoch":7'))
     finally:
-        await store.close()
+        await store.aclose()
     store = await open_store(tmp_path)
     try:
         assert await store.get(AGENT + "/state") == b"v2"
@@ -145,14 +145,14 @@ async def test_manifest_tampering(tmp_path: Path):
         for path in replicas:
             path.write_bytes(path.read_bytes().replace(b'"size":2', b'"size":3'))
     finally:
-        await store.close()
+        await store.aclose()
     store = await open_store(tmp_path)
     try:
         with pytest.raises(IntegrityError, match="failed its signature check"):
             await store.get(AGENT + "/state")
         assert await store.get(AGENT + "/state", 1) == b"v1"
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_a_write_below_quorum_fails_and_the_previous_version_stays_head(tmp_path: Path):
@@ -179,7 +179,7 @@ async def test_a_write_below_quorum_fails_and_the_previous_version_stays_head(tm
         for n in range(4):
             if (backends / f"gone-{n:02d}").exists():
                 (backends / f"gone-{n:02d}").rename(backends / f"{n:02d}")
-        await store.close()
+        await store.aclose()
 
 
 async def test_a_degraded_write_succeeds_and_its_missing_fragments_are_rebuilt(tmp_path: Path):
@@ -190,14 +190,14 @@ async def test_a_degraded_write_succeeds_and_its_missing_fragments_are_rebuilt(t
     report = await store.put_report(AGENT + "/state", b"degraded but durable" * 100, epoch=1)
     assert report.fragments == 17 and sorted(report.skipped) == ["local-03", "local-09", "local-14"]
     assert "missing" in report.skipped["local-03"]
-    await store.close()  # runs the queued repair: rebuilt fragments go to healthy backends
+    await store.aclose()  # runs the queued repair: rebuilt fragments go to healthy backends
     store = await open_store(tmp_path)
     try:
         scrub = await store.scrub()
         assert (scrub["checked"], scrub["missing"], scrub["corrupt"]) == (20, 0, 0)
         assert await store.get(AGENT + "/state") == b"degraded but durable" * 100
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_reads_queue_repairs_that_the_background_scrubber_runs(tmp_path: Path):
@@ -216,7 +216,7 @@ async def test_reads_queue_repairs_that_the_background_scrubber_runs(tmp_path: P
         status = await store.status()
         assert status["scrub"]["background"] and status["repairs"]["repaired_total"] == 2
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_background_pass_runs_when_due_and_respects_its_rate(tmp_path: Path):
@@ -239,7 +239,7 @@ async def test_background_pass_runs_when_due_and_respects_its_rate(tmp_path: Pat
         assert last["seconds"] >= last["bytes"] / 2e6 * 0.8  # paced at 2 MB/s
         assert fragment_hash(files[0].read_bytes()) == files[0].name
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_a_full_disk_backend_is_reported_not_fatal(tmp_path: Path):
@@ -278,7 +278,7 @@ async def test_a_full_disk_backend_is_reported_not_fatal(tmp_path: Path):
             assert again.fragments == 19 and "full" in again.skipped["small-disk"]
             assert await store.get("node/blob") == b"next"
         finally:
-            await store.close()
+            await store.aclose()
     finally:
         umount = await asyncio.create_subprocess_exec("umount", "-l", str(disk))
         await umount.wait()
@@ -303,7 +303,7 @@ asyncio.run(main())
 async def test_kill_9_of_a_writer_mid_put_leaves_the_previous_version_intact(tmp_path: Path):
     store = await open_store(tmp_path)
     await store.put(AGENT + "/state", b"the previous version", epoch=1)
-    await store.close()
+    await store.aclose()
     baseline = len(fragment_files(tmp_path / "backends"))
     writer = await asyncio.create_subprocess_exec(
         sys.executable, "-c", WRITER, str(tmp_path), cwd=ROOT, stdout=asyncio.subprocess.PIPE
@@ -327,7 +327,7 @@ async def test_kill_9_of_a_writer_mid_put_leaves_the_previous_version_intact(tmp
         next_version = await store.put(AGENT + "/state", b"after the crash", epoch=1)
         assert next_version.version == 2 and await store.get(AGENT + "/state") == b"after the crash"
     finally:
-        await store.close()
+        await store.aclose()
 
 
 def test_every_four_backend_loss_pattern_on_the_store_layout(tmp_path: Path):
@@ -352,7 +352,7 @@ def test_every_four_backend_loss_pattern_on_the_store_layout(tmp_path: Path):
         data = pipeline.open_segment(kept, key=key, oid=m.oid, version=m.version, index=0, count=1, codec=codec,
                                      nonce=seg.nonce, compressed=seg.compressed, plain=seg.plain, sealed=seg.sealed)
         assert data == b"small agent state"
-    asyncio.run(store.close())
+    asyncio.run(store.aclose())
 
 
 async def test_remembered_head_reads_see_other_writers_and_repairs_by_others(tmp_path: Path):
@@ -379,5 +379,5 @@ async def test_remembered_head_reads_see_other_writers_and_repairs_by_others(tmp
         assert (await a.latest(key))[1] == b"third" * 500
         assert await a.get(key) == b"third" * 500
     finally:
-        await a.close()
-        await b.close()
+        await a.aclose()
+        await b.aclose()

@@ -76,7 +76,7 @@ async def _build(root: Path) -> Layout:
         patched = store.ring.object_id(PATCHED)
         assert len(list(backends.glob(f"*/meta/obj/{patched}/*.p.*"))) == 5
     finally:
-        await store.close()
+        await store.aclose()
     for name in ("pack", "idx", "del"):
         assert len(list(backends.glob(f"*/packs/*.{name}"))) == 20, name
     return Layout(root, objects, fragments, holders)
@@ -166,7 +166,7 @@ async def _check(work: Path, layout: Layout, kind: str, n: int) -> None:
             assert TARGET not in after and TARGET in damaged, report
             assert all(d["error"] and d["key"] in (oids[d["oid"]], None) for d in report["damaged"]), report
     finally:
-        await store.close()
+        await store.aclose()
 
 
 @pytest.mark.parametrize("n", [1, 4, 5])

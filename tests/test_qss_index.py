@@ -53,7 +53,7 @@ async def test_a_flipped_index_entry_loses_nothing(tmp_path: Path, backends: int
         where = await _digests_by_backend(store, AGENT + "/state")
         other = await _digests_by_backend(store, "node/other")
     finally:
-        await store.close()
+        await store.aclose()
     for n in range(backends):
         name = f"local-{n:02d}"
         assert _flip_entries(tmp_path / "backends" / f"{n:02d}", where[name] | other[name], positions) > 0
@@ -65,7 +65,7 @@ async def test_a_flipped_index_entry_loses_nothing(tmp_path: Path, backends: int
         report = await store.scrub()
         assert (report["objects"], report["unrecoverable"], report["missing"], report["corrupt"]) == (2, 0, 0, 0)
     finally:
-        await store.close()
+        await store.aclose()
 
 
 def _frag(n: int, size: int = 1000) -> tuple[str, bytes]:

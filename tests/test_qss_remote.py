@@ -59,7 +59,7 @@ async def test_store_on_remote_fragment_servers_survives_losing_a_site_and_a_wip
             assert [b["kind"] for b in status["backends"]] == ["remote"] * 5
             assert all(b["fragments"] > 0 for b in status["backends"])
         finally:
-            await store.close()
+            await store.aclose()
         for i in range(5):
             for path in all_files(tmp_path / f"server{i}"):
                 assert marker not in path.read_bytes()
@@ -78,7 +78,7 @@ async def test_store_on_remote_fragment_servers_survives_losing_a_site_and_a_wip
             status = await store.status()
             assert next(b for b in status["backends"] if b["name"] == "remote-3")["state"] == "down"
         finally:
-            await store.close()
+            await store.aclose()
 
 
 async def test_a_fragment_server_that_stops_is_skipped_and_reported(tmp_path: Path):
@@ -100,7 +100,7 @@ async def test_a_fragment_server_that_stops_is_skipped_and_reported(tmp_path: Pa
             down = {b["name"]: b for b in status["backends"] if b["state"] == "down"}
             assert set(down) == {"remote-0", "remote-1"} and down["remote-0"]["error"]
         finally:
-            await store.close()
+            await store.aclose()
 
 
 def test_fragment_server_accepts_only_signed_fresh_requests_from_trusted_nodes(tmp_path: Path):
@@ -150,4 +150,4 @@ async def test_remote_round_trip_sizes(tmp_path: Path, size: int):
             scrub = await store.scrub()
             assert (scrub["checked"], scrub["corrupt"], scrub["missing"]) == (4, 0, 0)
         finally:
-            await store.close()
+            await store.aclose()

@@ -44,7 +44,7 @@ async def test_put_get_versions_keys(tmp_path: Path):
         with pytest.raises(BadRequest):
             await store.put("../escape", b"x", epoch=1)
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_versions_survive_reopening_and_nothing_is_overwritten(tmp_path: Path):
@@ -52,14 +52,14 @@ async def test_versions_survive_reopening_and_nothing_is_overwritten(tmp_path: P
     for i in range(3):
         await store.put(AGENT + "/state", f"v{i}".encode(), epoch=1)
     before = {p: p.read_bytes() for p in fragment_files(tmp_path / "backends")}
-    await store.close()
+    await store.aclose()
     store = await open_store(tmp_path)
     try:
         await store.put(AGENT + "/state", b"v3", epoch=1)
         assert [await store.get(AGENT + "/state", n) for n in (1, 2, 3, 4)] == [b"v0", b"v1", b"v2", b"v3"]
         assert all(p.read_bytes() == data for p, data in before.items())
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_stale_epoch_is_fenced_and_head_does_not_move(tmp_path: Path):
@@ -73,7 +73,7 @@ async def test_stale_epoch_is_fenced_and_head_does_not_move(tmp_path: Path):
         assert [v.epoch for v in await store.versions(AGENT + "/state")] == [2, 2, 3]
         assert await store.get(AGENT + "/state") == b"owner 3"
     finally:
-        await store.close()
+        await store.aclose()
 
 
 @settings(max_examples=15, deadline=None)
@@ -96,7 +96,7 @@ def test_any_size_round_trips_through_the_store(size: int, segment_kib: int, see
             segments = max(1, -(-size // (segment_kib << 10)))
             assert len(fragment_files(root / "backends")) == 20 * segments
         finally:
-            await store.close()
+            await store.aclose()
 
     with tempfile.TemporaryDirectory() as root:
         asyncio.run(run(Path(root)))
@@ -112,7 +112,7 @@ async def test_one_fragment_per_backend_and_manifests_on_m_plus_one_backends(tmp
         replicas = list((tmp_path / "backends").glob(f"*/meta/obj/{oid}/*.m"))
         assert len(replicas) == 5
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_locations_from_config_bound_fragments_per_site(tmp_path: Path):
@@ -135,7 +135,7 @@ async def test_locations_from_config_bound_fragments_per_site(tmp_path: Path):
         status = await store.status()
         assert status["locations"] == {f"site{i}": {"backends": 4, "up": 4} for i in range(5)}
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_two_writers_on_the_same_backends_never_fork_a_version(tmp_path: Path):
@@ -150,8 +150,8 @@ async def test_two_writers_on_the_same_backends_never_fork_a_version(tmp_path: P
         contents = {await b.get(AGENT + "/state", n) for n in range(1, 13)}
         assert contents == {f"write {i}".encode() for i in range(12)}
     finally:
-        await a.close()
-        await b.close()
+        await a.aclose()
+        await b.aclose()
 
 
 async def test_gc_keeps_the_newest_versions_and_sweeps_orphans(tmp_path: Path):
@@ -174,7 +174,7 @@ async def test_gc_keeps_the_newest_versions_and_sweeps_orphans(tmp_path: Path):
         again = await store.gc(2, orphan_grace=0)
         assert again["versions_removed"] == 0 and again["orphans_removed"] == 0
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_backends_see_no_plaintext_and_no_key_names(tmp_path: Path):
@@ -188,7 +188,7 @@ async def test_backends_see_no_plaintext_and_no_key_names(tmp_path: Path):
         await store.put("node/incompressible", random.randbytes(100_000) + marker, epoch=1)
         assert marker in await store.get(f"agent/{agent_id}/state")
     finally:
-        await store.close()
+        await store.aclose()
     files = all_files(tmp_path / "backends")
     assert sum(p.suffix == ".pack" for p in files) == 20 and sum(p.suffix == ".m" for p in files) == 15
     for path in files:
@@ -211,7 +211,7 @@ async def test_keys_and_state_come_back_from_the_backends_alone(tmp_path: Path):
     for key, value in states.items():
         await store.put(key, b"old", epoch=1)
         await store.put(key, value, epoch=2)
-    await store.close()
+    await store.aclose()
 
     for path in data.iterdir():
         if path.name != "keys":
@@ -226,14 +226,14 @@ async def test_keys_and_state_come_back_from_the_backends_alone(tmp_path: Path):
             assert await store.get(key) == value
             assert [(v.version, v.epoch) for v in await store.versions(key)] == [(1, 1), (2, 2)]
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_another_master_key_sees_nothing_and_cannot_read(tmp_path: Path):
     data = tmp_path / "data"
     store = await open_store(data)
     await store.put(AGENT + "/state", b"mine", epoch=1)
-    await store.close()
+    await store.aclose()
     other = tmp_path / "other"
     (other / "keys").mkdir(parents=True)
     for name in ("node.ed25519", "node.x25519"):
@@ -279,7 +279,7 @@ async def test_defaults_on_an_empty_data_dir(tmp_path: Path):
         status = await store.status()
         assert status["up"] == 20 and status["codec"].startswith(("isa_l", "liberasurecode"))
     finally:
-        await store.close()
+        await store.aclose()
 
 
 def test_manifest_names_parse():
@@ -302,7 +302,7 @@ async def test_head_and_latest_read_the_newest_version_in_one_lookup(tmp_path):
         version, data = await qss.latest("agent/x/state")
         assert version == head and data == b"two!"
     finally:
-        await qss.close()
+        await qss.aclose()
 
 
 async def test_a_writer_that_remembers_its_head_still_sees_other_writers(tmp_path):
@@ -327,8 +327,8 @@ async def test_a_writer_that_remembers_its_head_still_sees_other_writers(tmp_pat
             await a.put("agent/y/state", b"a5", epoch=1)
         assert await a.get("agent/y/state") == b"b4"
     finally:
-        await a.close()
-        await b.close()
+        await a.aclose()
+        await b.aclose()
 
 
 async def test_keep_versions_in_storage_toml_trims_old_versions_in_the_background(tmp_path: Path):
@@ -350,7 +350,7 @@ async def test_keep_versions_in_storage_toml_trims_old_versions_in_the_backgroun
         await store.put(AGENT + "/state", b"v5", epoch=1)
         assert await store.get(AGENT + "/state") == b"v5"
     finally:
-        await store.close()
+        await store.aclose()
     with pytest.raises(UsageError, match="keep_versions"):
         await open_store(tmp_path, keep_versions=-1)
 
@@ -359,7 +359,7 @@ async def test_fragments_of_the_file_per_fragment_layout_are_adopted_into_packs(
     """A data dir from before pack files keeps its agents: `fragments/<hash>` files move into packs."""
     store = await open_store(tmp_path)
     await store.put(AGENT + "/state", b"from before packs" * 100, epoch=1)
-    await store.close()
+    await store.aclose()
     backends = tmp_path / "backends"
     for fragment in fragment_files(backends):
         loose = backends / fragment.backend / "fragments"
@@ -374,4 +374,4 @@ async def test_fragments_of_the_file_per_fragment_layout_are_adopted_into_packs(
         assert len(fragment_files(backends)) == 20
         assert [p.name for p in backends.glob("*/fragments/*")] == ["ee" * 32]  # kept for a human to look at
     finally:
-        await store.close()
+        await store.aclose()

@@ -52,7 +52,7 @@ async def _stored(data: Path) -> None:
         await store.put(AGENT + "/state", STATE, epoch=1)
         await store.put("node/other", OTHER, epoch=1)
     finally:
-        await store.close()
+        await store.aclose()
 
 
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))
@@ -101,7 +101,7 @@ async def test_reads_and_writes_go_on_with_19_and_the_backend_comes_back_when_fi
         assert again.fragments == 20 and again.skipped == {}
         assert (await store.status())["up"] == 20
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_hero_up_starts_and_the_dashboard_api_shows_the_backend_down(tmp_path: Path):

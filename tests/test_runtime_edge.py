@@ -67,7 +67,7 @@ async def stored_history(config: Any, agent_id: str) -> list[dict[str, Any]]:
     try:
         return json.loads(await store.get(state_key(agent_id)))["history"]
     finally:
-        await store.close()
+        await store.aclose()
 
 
 # item 10: no empty entries; streams end cleanly at shutdown
@@ -147,7 +147,7 @@ async def test_a_damaged_agent_gets_a_clear_503_and_the_operator_sees_which_and_
             assert r.status_code == 200
     store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
     await rot(store, f"agent/{alice['agent_id']}/timers", 5)
-    await store.close()
+    await store.aclose()
 
     config = replace(config, port=free_port())
     url = f"http://127.0.0.1:{config.port}"
@@ -187,7 +187,7 @@ async def test_a_user_whose_history_holds_a_lone_surrogate_can_read_and_chat_aga
     alice = add_user(config.data_dir, "alice")
     store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
     await store.put(state_key(alice["agent_id"]), poisoned_state(), epoch=1)  # as an older node stored it
-    await store.close()
+    await store.aclose()
     async with serving(config), httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.port}", timeout=60) as client:
         page = await client.get("/api/me/messages", headers=auth(alice["token"]))
         assert page.status_code == 200

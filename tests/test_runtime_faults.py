@@ -65,7 +65,7 @@ async def store(tmp_path: Path):
     config = make_config(tmp_path)
     s = await open_store(config, NodeKeys.load_or_create(config.data_dir))
     yield s
-    await s.close()
+    await s.aclose()
 
 
 def new_agent() -> str:

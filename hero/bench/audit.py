@@ -100,7 +100,7 @@ async def audit_epochs(data_dir: Path, agent_ids: list[str], since_unix: float) 
                 audit.interleaved += 1
             audit.activations += len({v.epoch for v in versions if v.created >= since_unix})
     finally:
-        await store.close()
+        await store.aclose()
     return audit
 
 

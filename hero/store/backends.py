@@ -124,7 +124,7 @@ class Backend(Protocol):
 
     async def stat(self) -> BackendStat: ...
 
-    async def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 def check_digest(digest: str) -> str:
@@ -431,7 +431,7 @@ class DirBackend:
     async def stat(self) -> BackendStat:
         return await self._run(self.stat_sync)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         if self._packs is not None:
             self._packs.close()
 
@@ -610,7 +610,7 @@ class RemoteBackend:
             raw.get("free_bytes"),
         )
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:

@@ -52,7 +52,7 @@ class StateStore(Protocol):
         """Keys that have at least one version and start with `prefix`, sorted."""
         ...
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Finish background work and release resources."""
         ...
 

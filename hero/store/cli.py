@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace, op: Callable[[QSS], Awaitable[T]]) -> T:
         try:
             return await op(qss)
         finally:
-            await qss.close()
+            await qss.aclose()
 
     return asyncio.run(main())
 

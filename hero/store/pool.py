@@ -176,9 +176,9 @@ class BackendPool:
         health.errors_total += 1
         health.retry_at = time.monotonic() + backoff
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         for backend in self.backends:
-            await backend.close()
+            await backend.aclose()
 
 
 def _sync_devices(devices: dict[int, DirBackend]) -> dict[int, StorageError]:

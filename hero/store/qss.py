@@ -188,16 +188,16 @@ class QSS:
         self.scrubber.start(self._background)
         self.retention.start(self._background)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Finish queued repairs, stop the scrubber, release backends and threads."""
         if self._closed:
             return
         self._closed = True
         try:
             await self._background.aclose()
-            await self.scrubber.close()
+            await self.scrubber.aclose()
         finally:
-            await self.pool.close()
+            await self.pool.aclose()
             self._cpu.shutdown(wait=False, cancel_futures=True)
             self._io.shutdown(wait=False, cancel_futures=True)
 
@@ -205,7 +205,7 @@ class QSS:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
     # Helpers
 

@@ -132,7 +132,7 @@ class Scrubber:
         if self._task is None:
             self._task = nursery.spawn(self._run(), name="qss-scrubber")
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """After the owner's nursery has stopped the background task: run what is still queued, briefly."""
         self._task = None
         if self._heap:

@@ -96,7 +96,7 @@ def test_a_fetches_healthz_from_c_over_the_overlay(chain: dict[str, object]) -> 
     assert isinstance(addresses, dict)
     tun = sh("ip", "-n", c, "-6", "addr", "show", "dev", "hero0", check=False)
     deadline = time.monotonic() + 20
-    while "hero0" not in tun.stdout and time.monotonic() < deadline:
+    while addresses[c] not in tun.stdout and time.monotonic() < deadline:
         time.sleep(0.1)
         tun = sh("ip", "-n", c, "-6", "addr", "show", "dev", "hero0", check=False)
     assert addresses[c] in tun.stdout, tun.stdout + tun.stderr
