@@ -249,7 +249,7 @@ async def test_another_master_key_sees_nothing_and_cannot_read(tmp_path: Path):
         with pytest.raises(NotFound):
             await thief.get(AGENT + "/state")
     finally:
-        await thief.close()
+        await thief.aclose()
 
 
 async def test_config_file_is_checked(tmp_path: Path):
