@@ -28,7 +28,7 @@ from typing import Any
 import zstandard
 
 from hero.identity import NodeKeys
-from hero.store.backends import sync_filesystem
+from hero.store.backends.directory import sync_filesystem
 from hero.store.packs import PackFiles
 from hero.store.pipeline import fragment_hash
 from hero.store.qss import QSS, open_qss

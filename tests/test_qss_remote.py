@@ -16,7 +16,7 @@ import pytest
 
 from hero.identity import NodeKeys
 from hero.store import reqsign
-from hero.store.backends import pack_put
+from hero.store.backends.wire import encode_fragments
 from tests.store.helpers import AGENT, agent_key, all_files, fragment_server, open_store, stored_fragment
 
 
@@ -108,7 +108,7 @@ def test_fragment_server_accepts_only_signed_fresh_requests_from_trusted_nodes(t
     stranger = NodeKeys.load_or_create(tmp_path / "stranger")
     fragment = b"ciphertext fragment bytes"
     digest = blake3.blake3(fragment).hexdigest()
-    body = pack_put([(digest, fragment)])
+    body = encode_fragments([(digest, fragment)])
     path = "/v1/fragments/put?replace=0"
     with fragment_server(tmp_path / "srv", [trusted.node_id]) as url:
         status, reply = request(url, "POST", path, body)
@@ -119,7 +119,7 @@ def test_fragment_server_accepts_only_signed_fresh_requests_from_trusted_nodes(t
         assert request(url, "POST", path, body, signed)[0] == 204
         status, reply = request(url, "POST", path, body, signed)
         assert status == 401 and b"replayed" in reply
-        tampered = pack_put([(digest, b"something else entirely")])
+        tampered = encode_fragments([(digest, b"something else entirely")])
         status, reply = request(url, "POST", path, tampered, reqsign.sign_headers(trusted, "POST", path, body))
         assert status == 401 and b"bad request signature" in reply
         status, reply = request(url, "POST", path, tampered, reqsign.sign_headers(trusted, "POST", path, tampered))

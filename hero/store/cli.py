@@ -239,7 +239,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from hero.store.backends import DirBackend
+    from hero.store.backends.directory import DirBackend
     from hero.store.config import NAME
     from hero.store.fragserver import create_app
 

@@ -15,9 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hero.errors import BadRequest, HeroError, IntegrityError, PayloadTooLarge
+from hero.errors import HeroError, IntegrityError, PayloadTooLarge
 from hero.store import reqsign
-from hero.store.backends import BackendFull, DirBackend, check_digest, pack_got, unpack_put
+from hero.store.backends.directory import DirBackend
+from hero.store.backends.protocol import BackendFull
+from hero.store.backends.wire import decode_digests, decode_fragments, encode_found
 
 MAX_BODY = 256 << 20
 
@@ -41,22 +43,17 @@ def create_app(backend: DirBackend, trusted: Iterable[str], *, max_body: int = M
     def flag(request: Request, name: str) -> bool:
         return request.query_params.get(name, "0") == "1"
 
-    def digests(body: bytes) -> list[str]:
-        if len(body) % 32:
-            raise BadRequest("fragment hash list must be a multiple of 32 bytes")
-        return [check_digest(body[i : i + 32].hex()) for i in range(0, len(body), 32)]
-
     async def put_fragments(request: Request) -> Response:
-        items = unpack_put(await body_of(request))
+        items = decode_fragments(await body_of(request))
         await backend.put_fragments(items, replace=flag(request, "replace"))
         return Response(status_code=204)
 
     async def get_fragments(request: Request) -> Response:
-        found = await backend.get_fragments(digests(await body_of(request)))
-        return Response(pack_got(found), media_type="application/octet-stream")
+        found = await backend.get_fragments(decode_digests(await body_of(request)))
+        return Response(encode_found(found), media_type="application/octet-stream")
 
     async def delete_fragments(request: Request) -> Response:
-        removed = await backend.delete_fragments(digests(await body_of(request)))
+        removed = await backend.delete_fragments(decode_digests(await body_of(request)))
         return JSONResponse({"removed": removed})
 
     async def list_fragments(request: Request) -> Response:

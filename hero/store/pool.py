@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hero.errors import Conflict, StorageError
-from hero.store.backends import Backend, BackendDown, BackendFull, DirBackend
+from hero.store.backends.directory import DirBackend
+from hero.store.backends.protocol import Backend, BackendDown, BackendFull
 from hero.store.placement import Slot
 
 T = TypeVar("T")

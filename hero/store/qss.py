@@ -39,7 +39,9 @@ from hero.identity import NodeKeys
 from hero.nursery import Nursery
 from hero.store import config as config_mod
 from hero.store import crypto, damage, erasure, manifest, pipeline
-from hero.store.backends import Backend, DirBackend, RemoteBackend
+from hero.store.backends.directory import DirBackend
+from hero.store.backends.protocol import Backend
+from hero.store.backends.remote import RemoteBackend
 from hero.store.base import Version, check_key
 from hero.store.config import QSSConfig
 from hero.store.damage import Identity

@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 
 from hero.identity import NodeKeys
-from hero.store.backends import DirBackend
+from hero.store.backends.directory import DirBackend
 from hero.store.cli import add_storage_parser
 from hero.store.fragserver import create_app
 from hero.store.packs import PackFiles

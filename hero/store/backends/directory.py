@@ -1,14 +1,10 @@
-"""Where fragments and manifests live: a directory, or a fragment server over HTTP.
+"""A backend in one local directory: fragments in append-only packs (`packs.py`), meta files in `meta/`.
 
-A backend stores two things. Fragments are content-addressed by their BLAKE3
-hash, so writing one twice is a no-op and a backend can verify what it holds
-without any key. Meta files (manifests, placement records) are named and
-written put-if-absent, so two writers can never both create the same version.
-Nothing is overwritten except a repair replacing a rotten copy; deletes
-happen only for `gc`.
-
-Faults are typed: `BackendDown` (unreachable, I/O error, refused) and
-`BackendFull` (no space) — both `StorageError`s the caller skips and reports.
+Its calls are blocking (`*_sync`) with an async face that runs them in the
+store's I/O executor; the pool batches the blocking ones of every directory
+backend into one executor job and one syncfs per filesystem (`pool.py`).
+An unusable directory (a file, a dangling symlink, a missing disk) is down
+and says why; it is tried again on its next call.
 """
 
 from __future__ import annotations
@@ -18,31 +14,29 @@ import contextlib
 import ctypes
 import errno
 import functools
-import http.client
-import json
 import os
-import re
 import shutil
-import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
-from hero.errors import BadRequest, Conflict, IntegrityError, StorageError
-from hero.identity import NodeKeys
-from hero.store import reqsign
+from hero.errors import Conflict, IntegrityError, StorageError
+from hero.store.backends.protocol import (
+    BackendDown,
+    BackendFull,
+    BackendStat,
+    FragmentInfo,
+    check_digest,
+    check_meta_name,
+)
 from hero.store.packs import PackFiles
 from hero.store.pipeline import HEX64, fragment_hash
 
 T = TypeVar("T")
-META_NAME = re.compile(r"^[a-z]+(/[A-Za-z0-9_.-]+)*$")
-MISSING = 0xFFFFFFFFFFFFFFFF
 TMP_MAX_AGE = 3600.0
 _syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 if _syncfs is not None:
@@ -56,87 +50,6 @@ def sync_filesystem(fd: int) -> None:
         os.sync()
     elif _syncfs(fd) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-
-
-class BackendDown(StorageError):
-    """The backend cannot be reached or failed an I/O; it is skipped and reported."""
-
-    code = "backend_down"
-
-
-class BackendFull(StorageError):
-    """The backend has no space left; writes go elsewhere, reads go on."""
-
-    code = "backend_full"
-
-
-@dataclass(frozen=True)
-class FragmentInfo:
-    digest: str
-    size: int
-    mtime: float
-
-
-@dataclass(frozen=True)
-class BackendStat:
-    name: str
-    location: str
-    kind: str
-    address: str
-    fragments: int
-    bytes: int
-    free_bytes: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Backend(Protocol):
-    name: str
-    location: str
-    kind: str
-    address: str
-    fault: str | None  # why it could not be opened, if so: down from the start, tried again on each call
-
-    async def put_fragments(self, items: Sequence[tuple[str, bytes]], *, replace: bool = False) -> None:
-        """Store fragments by hash; `replace` rewrites copies that exist (repair of a rotten one)."""
-        ...
-
-    async def get_fragments(self, digests: Sequence[str]) -> list[bytes | None]:
-        """The stored bytes per hash (None where absent). Not verified: the caller hashes them."""
-        ...
-
-    async def delete_fragments(self, digests: Sequence[str]) -> int: ...
-
-    async def list_fragments(self) -> list[FragmentInfo]: ...
-
-    async def put_meta(self, name: str, data: bytes, *, replace: bool = False) -> bool:
-        """Create `name` if absent (True); False if it holds the same bytes; Conflict if it holds others."""
-        ...
-
-    async def get_meta(self, name: str) -> bytes | None: ...
-
-    async def list_meta(self, directory: str) -> list[str]:
-        """Entry names directly inside a meta directory (empty if it does not exist)."""
-        ...
-
-    async def delete_meta(self, names: Sequence[str]) -> int: ...
-
-    async def stat(self) -> BackendStat: ...
-
-    async def aclose(self) -> None: ...
-
-
-def check_digest(digest: str) -> str:
-    if not HEX64.match(digest):
-        raise BadRequest(f"invalid fragment hash {digest!r}")
-    return digest
-
-
-def check_meta_name(name: str) -> str:
-    if not META_NAME.match(name) or ".." in name.split("/"):
-        raise BadRequest(f"invalid meta name {name!r}")
-    return name
 
 
 def unusable_reason(root: Path, exc: OSError) -> str:
@@ -434,193 +347,3 @@ class DirBackend:
     async def aclose(self) -> None:
         if self._packs is not None:
             self._packs.close()
-
-
-# Wire format of batched fragment calls (shared with the fragment server)
-
-
-def pack_put(items: Sequence[tuple[str, bytes]]) -> bytes:
-    parts = []
-    for digest, data in items:
-        parts.append(bytes.fromhex(check_digest(digest)) + struct.pack(">Q", len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
-def unpack_put(body: bytes) -> list[tuple[str, bytes]]:
-    items, off = [], 0
-    while off < len(body):
-        if off + 40 > len(body):
-            raise BadRequest("truncated fragment batch")
-        digest = body[off : off + 32].hex()
-        (size,) = struct.unpack_from(">Q", body, off + 32)
-        off += 40
-        if off + size > len(body):
-            raise BadRequest("truncated fragment batch")
-        items.append((digest, body[off : off + size]))
-        off += size
-    return items
-
-
-def pack_got(found: Sequence[bytes | None]) -> bytes:
-    parts = []
-    for data in found:
-        parts.append(struct.pack(">Q", MISSING if data is None else len(data)))
-        if data is not None:
-            parts.append(data)
-    return b"".join(parts)
-
-
-def unpack_got(body: bytes, count: int) -> list[bytes | None]:
-    out: list[bytes | None] = []
-    off = 0
-    for _ in range(count):
-        if off + 8 > len(body):
-            raise BackendDown("fragment server sent a truncated reply")
-        (size,) = struct.unpack_from(">Q", body, off)
-        off += 8
-        if size == MISSING:
-            out.append(None)
-            continue
-        if off + size > len(body):
-            raise BackendDown("fragment server sent a truncated reply")
-        out.append(body[off : off + size])
-        off += size
-    return out
-
-
-class RemoteBackend:
-    """A fragment server (`hero storage serve`) over HTTP; every request is signed by the node key.
-
-    Uses blocking `http.client` connections from a small pool, run in the I/O
-    executor: keep-alive, no extra dependency, and fragments stream as bytes.
-    """
-
-    kind = "remote"
-    fault: str | None = None  # a server that does not answer is found down by its first call
-
-    def __init__(
-        self, url: str, *, name: str, location: str, keys: NodeKeys, executor: Executor | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadRequest(f"backend url must be http(s)://host:port, got {url!r}")
-        self.name = name
-        self.location = location
-        self.address = url.rstrip("/")
-        self._scheme = parts.scheme
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._prefix = parts.path.rstrip("/")
-        self._keys = keys
-        self._executor = executor
-        self._timeout = timeout
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self._timeout)
-
-    def _request(self, method: str, path: str, body: bytes = b"", ok: Sequence[int] = (200,)) -> tuple[int, bytes]:
-        target = self._prefix + path
-        headers = reqsign.sign_headers(self._keys, method, target, body)
-        headers["Content-Length"] = str(len(body))
-        conn = self._connection()
-        try:
-            conn.request(method, target, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise BackendDown(f"backend {self.name} ({self.address}) unreachable: {exc}") from None
-        if response.will_close:
-            conn.close()
-        else:
-            with self._lock:
-                self._idle.append(conn)
-        status = response.status
-        if status in ok:
-            return status, data
-        message, kind = _error_of(data)
-        message = message or response.reason
-        if status == 507:
-            raise BackendFull(f"backend {self.name} ({self.address}) is full: {message}")
-        if status == 409:
-            raise Conflict(f"backend {self.name}: {message}")
-        if kind == IntegrityError.code:
-            raise IntegrityError(f"backend {self.name}: {message}")
-        if status in (401, 403):
-            raise BackendDown(f"backend {self.name} ({self.address}) refused this node ({status}): {message}")
-        raise BackendDown(f"backend {self.name} ({self.address}) answered {status}: {message}")
-
-    async def _call(self, method: str, path: str, body: bytes = b"", ok: Sequence[int] = (200,)) -> tuple[int, bytes]:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(self._request, method, path, body, ok)
-        )
-
-    async def put_fragments(self, items: Sequence[tuple[str, bytes]], *, replace: bool = False) -> None:
-        if items:
-            await self._call("POST", f"/v1/fragments/put?replace={int(replace)}", pack_put(items), ok=(204,))
-
-    async def get_fragments(self, digests: Sequence[str]) -> list[bytes | None]:
-        if not digests:
-            return []
-        body = b"".join(bytes.fromhex(check_digest(d)) for d in digests)
-        _, data = await self._call("POST", "/v1/fragments/get", body)
-        return unpack_got(data, len(digests))
-
-    async def delete_fragments(self, digests: Sequence[str]) -> int:
-        body = b"".join(bytes.fromhex(check_digest(d)) for d in digests)
-        _, data = await self._call("POST", "/v1/fragments/delete", body)
-        return int(json.loads(data)["removed"])
-
-    async def list_fragments(self) -> list[FragmentInfo]:
-        _, data = await self._call("GET", "/v1/fragments")
-        return [FragmentInfo(d, int(s), float(t)) for d, s, t in json.loads(data)["fragments"]]
-
-    async def put_meta(self, name: str, data: bytes, *, replace: bool = False) -> bool:
-        status, _ = await self._call(
-            "PUT", f"/v1/meta/{check_meta_name(name)}?replace={int(replace)}", data, ok=(200, 201)
-        )
-        return status == 201
-
-    async def get_meta(self, name: str) -> bytes | None:
-        status, data = await self._call("GET", f"/v1/meta/{check_meta_name(name)}", ok=(200, 404))
-        return data if status == 200 else None
-
-    async def list_meta(self, directory: str) -> list[str]:
-        _, data = await self._call("GET", f"/v1/meta-list/{check_meta_name(directory)}")
-        return list(json.loads(data)["names"])
-
-    async def delete_meta(self, names: Sequence[str]) -> int:
-        body = json.dumps([check_meta_name(n) for n in names]).encode()
-        _, data = await self._call("POST", "/v1/meta-delete", body)
-        return int(json.loads(data)["removed"])
-
-    async def stat(self) -> BackendStat:
-        _, data = await self._call("GET", "/v1/status")
-        raw = json.loads(data)
-        return BackendStat(
-            self.name, self.location, self.kind, self.address, int(raw["fragments"]), int(raw["bytes"]),
-            raw.get("free_bytes"),
-        )
-
-    async def aclose(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-def _error_of(data: bytes) -> tuple[str, str]:
-    """(message, type) of a fragment server's JSON error body."""
-    try:
-        error = json.loads(data)["error"]
-        return str(error["message"]), str(error.get("type", ""))
-    except (ValueError, KeyError, TypeError):
-        return data[:200].decode(errors="replace"), ""
