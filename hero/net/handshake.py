@@ -164,7 +164,7 @@ class Handshake:
             raise HandshakeError(f"bad public key: {exc}") from None
 
     def _mix_dh(self, token: str) -> None:
-        a, b = token  # "es": initiator's e with responder's s
+        a, b = token[0], token[1]  # "es": initiator's e with responder's s
         mine_first = self.initiator
         local_tok, remote_tok = (a, b) if mine_first else (b, a)
         local = self.e if local_tok == "e" else self.s

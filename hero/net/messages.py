@@ -342,9 +342,9 @@ class MessageService:
             self._inbox.popleft()
             self.stats.inbox_dropped += 1
         self._inbox.append(message)
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        for poller in self._waiters:
+            if not poller.done():
+                poller.set_result(None)
 
     # the API's side
 

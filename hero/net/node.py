@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -205,7 +205,7 @@ class OverlayNode:
 
     # router plumbing
 
-    def _send_control(self, peer: object, tlvs: list[Tlv]) -> None:
+    def _send_control(self, peer: object, tlvs: Sequence[Tlv]) -> None:
         assert isinstance(peer, Link)
         batch: list[Tlv] = []
         size = 0

@@ -16,7 +16,7 @@ fallbacks are kept, not recomputed); TLVs are batched into one packet per peer.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from hero.identity import overlay_address
@@ -180,7 +180,7 @@ class Router:
 
     # input
 
-    def receive(self, peer: Peer, tlvs: list[Tlv], now: float) -> None:
+    def receive(self, peer: Peer, tlvs: Sequence[Tlv], now: float) -> None:
         if peer not in self.peers:
             return
         for tlv in tlvs:
@@ -209,7 +209,7 @@ class Router:
         sample = (now - sent) * 1000.0
         old = state.cost
         first = state.rtt_ms is None
-        state.rtt_ms = sample if first else (9 * state.rtt_ms + sample) / 10
+        state.rtt_ms = sample if state.rtt_ms is None else (9 * state.rtt_ms + sample) / 10
         if first:  # the link's cost is known: tell the neighbour everything we can reach
             self._queue(peer, self._own_update())
             for route in self.selected.values():
@@ -466,7 +466,7 @@ class Router:
     # views
 
     def table(self, *, fallback: bool = False) -> list[dict[str, object]]:
-        rows = []
+        rows: list[dict[str, object]] = []
         for subnet, by_peer in self.routes.items():
             selected = self.selected.get(subnet)
             for route in by_peer.values():

@@ -13,10 +13,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hero.net.address import Identity
-from hero.net.routing import Router, RouterConfig, Verified
+from hero.net.routing import Peer, Router, RouterConfig, Verified
 from hero.net.wire import Hello, Ihu, Tlv, Update, encode_control
 
 STATIC_COST = 10
@@ -91,8 +92,8 @@ class Simulation:
     def _push(self, at: float, node: int, kind: int, arg: int, tlvs: list[Tlv] | None = None) -> None:
         heapq.heappush(self._heap, (at, next(self._seq), node, kind * 100000 + arg if kind >= 0 else -1 - arg, tlvs))
 
-    def _sender(self, i: int):
-        def send(peer: object, tlvs: list[Tlv]) -> None:
+    def _sender(self, i: int) -> Callable[[Peer, list[Tlv]], None]:
+        def send(peer: Peer, tlvs: list[Tlv]) -> None:
             j = int(peer)  # type: ignore[call-overload]
             link = self.link(i, j)
             self.stats.packets += 1
@@ -112,8 +113,8 @@ class Simulation:
 
         return send
 
-    def _dead(self, i: int):
-        def dead(peer: object) -> None:
+    def _dead(self, i: int) -> Callable[[Peer], None]:
+        def dead(peer: Peer) -> None:
             return None  # the router already dropped the peer; a real link would close here
 
         return dead
