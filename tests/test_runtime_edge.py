@@ -42,6 +42,7 @@ class SlowLLM:
         temperature: float | None = None,
         should_stop: Callable[[], bool] | None = None,
         usage: dict[str, Any] | None = None,
+        interactive: bool = True,
     ) -> AsyncIterator[str]:
         if self.first is not None:
             yield self.first

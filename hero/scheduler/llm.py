@@ -1,50 +1,56 @@
-"""The node's LLM service: one llama.cpp model shared by every agent.
+"""The node's LLM service: one llama.cpp model shared by every agent, their requests decoded together.
 
-Requests from agents go into a fair queue (round-robin across agents, FIFO
-within one) and are served by one inference thread, so the event loop never
-blocks on inference. Tokens stream back to the asking coroutine as they are
-made. The CPU time of each request is measured in the inference thread and
-charged to the agent that asked. History is trimmed to fit the context window.
+A request's prompt is built in a worker thread (template from the GGUF,
+trimming, tokenizing: prompt.py), then it waits in a bounded fair queue
+(interactive first, round-robin across agents: fairqueue.py) until the
+inference thread gives it a slot in the running batch (batch.py). Text comes
+back to the asking coroutine as it is made; the event loop never runs
+inference. The power governor turns two knobs, `threads` and `parallel`
+(sequences decoded at once), and unloads the model when nobody talks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hero.errors import ModelError, Unavailable
+from hero.errors import ModelError, Overloaded, Unavailable
 from hero.runtime.seams import Metering
-from hero.scheduler.fairqueue import FairQueue
+from hero.scheduler.batch import END, Batcher, BatchStats, Job
+from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
+from hero.scheduler.llamacpp import Context, Model
+from hero.scheduler.prompt import Prompt, PromptBuilder
+from hero.scheduler.sampling import Sampling
+from hero.scheduler.template import ChatTemplate
 
 log = logging.getLogger("hero.llm")
 
-_END = object()
-_MESSAGE_OVERHEAD = 6  # template tokens around each chat message (role markers, separators)
+MAX_BATCH = 512  # tokens per llama_decode
+KNOWN_STARTS = 4096  # agents whose history start is remembered for prompt reuse (trim.py)
 
 
 @dataclass(eq=False)
-class _Request:
-    agent_id: str
-    messages: list[dict[str, str]]
-    max_tokens: int
-    temperature: float
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
-    should_stop: Callable[[], bool] | None = None
-    usage: dict[str, Any] | None = None
-    cancelled: bool = False
+class _Loaded:
+    """Everything that lives as long as the model is in memory."""
 
-    def stopped(self) -> bool:
-        return self.cancelled or (self.should_stop is not None and self.should_stop())
+    model: Model
+    ctx: Context
+    builder: PromptBuilder
+    batcher: Batcher
+    users: int = 0  # prompt builders and the inference thread while it serves
 
-    def send(self, item: object) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+    def close(self) -> None:
+        self.batcher.close(Unavailable("the model was unloaded"))
+        self.ctx.close()
+        self.model.close()
 
 
 class LLMService:
@@ -55,23 +61,37 @@ class LLMService:
         n_ctx: int = 2048,
         threads: int | None = None,
         max_tokens: int = 256,
-        temperature: float = 0.7,
+        max_tokens_cap: int | None = None,
+        temperature: float | None = None,
+        sampling: Sampling | None = None,
+        parallel: int = 8,
+        queue_max: int = 64,
+        prefix_cache_mib: int = 256,
         metering: Metering | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.threads = threads or _default_threads()
+        self.max_parallel = max(1, parallel)
+        self.parallel = self.max_parallel
         self.max_tokens = max_tokens
-        self.temperature = temperature
+        self.max_tokens_cap = max_tokens_cap or max(max_tokens, n_ctx // 2)
+        sampling = sampling or Sampling()
+        self.sampling = sampling if temperature is None else replace(sampling, temperature=temperature)
+        self.prefix_cache_bytes = prefix_cache_mib << 20
         self.metering = metering
-        self.tokens_total = 0
+        self.stats = BatchStats()
         self.requests_total = 0
+        self.rejected_total = 0
         self.last_request_at: float | None = None
         self.last_load_seconds: float | None = None
-        self._queue: FairQueue[_Request] = FairQueue()
-        self._model_lock = threading.Lock()
-        self._llama: Any = None
+        self._queue: FairQueue[Job] = FairQueue(maxsize=queue_max)
+        self._lock = threading.Condition()  # guards loading, unloading and `users`
+        self._loaded: _Loaded | None = None
+        self._starts: OrderedDict[str, int] = OrderedDict()
         self._thread: threading.Thread | None = None
+
+    # ---- what the node, the governor and the dashboard read ----
 
     @property
     def name(self) -> str:
@@ -79,16 +99,68 @@ class LLMService:
 
     @property
     def loaded(self) -> bool:
-        return self._llama is not None
+        return self._loaded is not None
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    @property
+    def queue_max(self) -> int | None:
+        return self._queue.maxsize
+
+    def queue_full(self, interactive: bool = True) -> bool:
+        return self._queue.full(INTERACTIVE if interactive else BACKGROUND)
+
+    @property
+    def running(self) -> int:
+        loaded = self._loaded
+        return loaded.batcher.running if loaded is not None else 0
+
+    @property
+    def tokens_total(self) -> int:
+        return self.stats.tokens
+
+    def retry_after_s(self) -> float:
+        """When a full queue will have room: its depth in rounds of `parallel` requests of the usual length."""
+        rounds = (self.queue_depth + 1) / max(1, self.parallel)
+        return min(60.0, max(1.0, rounds * self.stats.request_s))
+
+    def figures(self) -> dict[str, Any]:
+        """The service's figures for the dashboard's LLM panel and /metrics."""
+        st = self.stats
+        loaded = self._loaded
+        kv_total = loaded.ctx.n_seq * loaded.ctx.n_ctx_seq if loaded is not None else 0
+        kv_used = loaded.batcher.kv_cells if loaded is not None else 0
+        store = loaded.batcher.store if loaded is not None else None
+        return {
+            "running": self.running,
+            "parallel": self.parallel,
+            "max_parallel": self.max_parallel,
+            "queue_max": self.queue_max,
+            "rejected_total": self.rejected_total,
+            "batch_sequences": st.batch_sequences,
+            "batch_tokens": st.batch_tokens,
+            "steps_total": st.steps,
+            "decode_seconds_total": round(st.decode_s, 3),
+            "prompt_tokens_total": st.prompt_tokens,
+            "prompt_tokens_reused_total": st.reused_tokens,
+            "kv_cells_used": kv_used,
+            "kv_cells_total": kv_total,
+            "kv_use": round(kv_used / kv_total, 4) if kv_total else 0.0,
+            "prefix_saved": len(store) if store is not None else 0,
+            "prefix_saved_bytes": store.bytes if store is not None else 0,
+            "time_to_first_token_s": round(st.ttft_s, 3),
+            "last_load_seconds": self.last_load_seconds,
+            "sequences": loaded.batcher.sequences() if loaded is not None else [],
+        }
+
+    # ---- lifecycle and knobs ----
+
     async def start(self, *, preload: bool = True) -> None:
         """Start the inference thread; load the model now so the first chat is not slow."""
         if preload:
-            await asyncio.to_thread(self._ensure_loaded)
+            await asyncio.to_thread(self._release, await asyncio.to_thread(self._acquire))
         self._thread = threading.Thread(target=self._worker, name="hero-llm", daemon=True)
         self._thread.start()
 
@@ -100,16 +172,18 @@ class LLMService:
         await self.unload()
 
     async def unload(self) -> None:
-        """Free the model's memory; the next request reloads it (the governor calls this when nobody talks)."""
-        def drop() -> None:
-            with self._model_lock:
-                self._llama = None
-
-        await asyncio.to_thread(drop)
+        """Free the model's memory unless it is in use; the next request reloads it (the governor's lever)."""
+        await asyncio.to_thread(self._unload)
 
     def set_threads(self, n: int) -> None:
-        """Change inference threads for the next request (the governor lowers them when over budget)."""
+        """Inference threads from the next decode step on (the governor lowers them when over budget)."""
         self.threads = max(1, n)
+
+    def set_parallel(self, n: int) -> None:
+        """Sequences decoded at once from the next admission on; running ones finish (the governor's knob)."""
+        self.parallel = max(1, min(self.max_parallel, n))
+
+    # ---- the caller's side ----
 
     async def stream(
         self,
@@ -120,147 +194,192 @@ class LLMService:
         temperature: float | None = None,
         should_stop: Callable[[], bool] | None = None,
         usage: dict[str, Any] | None = None,
+        interactive: bool = True,
+        sampling: Sampling | None = None,
     ) -> AsyncIterator[str]:
         """Queue a chat completion for `agent_id` and yield its text as it is generated.
 
         If given, `usage` is filled with prompt_tokens, completion_tokens and
-        finish_reason ("stop" or "length") by the time the stream ends.
+        finish_reason ("stop", or "length" for a reply cut by the token limit)
+        by the time the stream ends; a `max_tokens` over the cap is clamped and
+        reported as max_tokens_requested / max_tokens. Raises `Overloaded`
+        when the queue is full, `BadRequest` (naming `messages`) when the
+        messages cannot fit the context.
         """
         if self._thread is None:
             raise Unavailable("the LLM service is not running")
-        request = _Request(
-            agent_id,
-            messages,
-            max_tokens or self.max_tokens,
-            self.temperature if temperature is None else temperature,
-            asyncio.get_running_loop(),
-            should_stop=should_stop,
-            usage=usage,
-        )
         self.last_request_at = time.monotonic()
-        self._queue.put(agent_id, request)
+        priority = INTERACTIVE if interactive else BACKGROUND
+        if self._queue.full(priority):
+            raise self._overloaded()
+        requested = max_tokens or self.max_tokens
+        limit = min(requested, self.max_tokens_cap)
+        usage = usage if usage is not None else {}
+        if limit < requested:
+            usage.update(max_tokens_requested=requested, max_tokens=limit)
+        prompt = await asyncio.to_thread(self._prepare, agent_id, messages, limit)
+        if prompt.dropped or prompt.cut:
+            usage.update(messages_dropped=prompt.dropped, newest_message_cut=prompt.cut)
+        settings = sampling or self.sampling
+        if temperature is not None:
+            settings = replace(settings, temperature=temperature)
+        loop = asyncio.get_running_loop()
+        job = Job(agent_id, prompt.tokens, limit, settings, loop, asyncio.Queue(), should_stop, usage)
+        try:
+            self._queue.put(agent_id, job, priority=priority)
+        except QueueFull:
+            raise self._overloaded() from None
+        self.requests_total += 1
         try:
             while True:
-                item = await request.out.get()
-                if item is _END:
+                item = await job.out.get()
+                if item is END:
                     return
                 if isinstance(item, BaseException):
                     raise item
                 yield item  # type: ignore[misc]
         finally:
-            request.cancelled = True
-            self._queue.remove(agent_id, request)
+            job.cancelled = True
+            self._queue.remove(agent_id, job)
 
-    # inference thread
+    def _overloaded(self) -> Overloaded:
+        self.rejected_total += 1
+        return Overloaded(
+            f"the model is busy: {self.queue_depth} requests are waiting (at most {self.queue_max} of each priority)",
+            retry_after=self.retry_after_s(),
+        )
+
+    def _prepare(self, agent_id: str, messages: list[dict[str, str]], max_tokens: int) -> Prompt:
+        """Build the prompt in a worker thread; its CPU time is the asking agent's."""
+        started = time.thread_time_ns()
+        loaded = self._acquire()
+        try:
+            prompt = loaded.builder.build(messages, max_tokens=max_tokens, start=self._starts.get(agent_id))
+        finally:
+            self._release(loaded)
+            if self.metering is not None:
+                self.metering.charge_llm(agent_id, time.thread_time_ns() - started, 0)
+        if prompt.start is not None:
+            self._starts[agent_id] = prompt.start
+            self._starts.move_to_end(agent_id)
+            while len(self._starts) > KNOWN_STARTS:
+                self._starts.popitem(last=False)
+        return prompt
+
+    # ---- the model's lifetime ----
+
+    def _acquire(self) -> _Loaded:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load()
+            self._loaded.users += 1
+            return self._loaded
+
+    def _release(self, loaded: _Loaded) -> None:
+        with self._lock:
+            loaded.users -= 1
+            self._lock.notify_all()
+
+    def _load(self) -> _Loaded:
+        started = time.perf_counter()
+        model = Model(self.model_path)
+        try:
+            ctx = Context(model, n_ctx_seq=self.n_ctx, n_seq=self.max_parallel, n_batch=MAX_BATCH, threads=self.threads)
+        except ModelError:
+            model.close()
+            raise
+        stops = [model.token_text(t) for t in (model.eos, model.eot) if t >= 0]
+        template = ChatTemplate(
+            model.chat_template(), bos=model.token_text(model.bos), eos=model.token_text(model.eos), stops=stops
+        )
+        builder = PromptBuilder(model, template, self.n_ctx)
+        batcher = Batcher(
+            ctx,
+            stops=template.stops,
+            parallel=self.parallel,
+            prefix_bytes=self.prefix_cache_bytes,
+            deliver=_deliver,
+            stats=self.stats,
+            metering=self.metering,
+        )
+        self.last_load_seconds = time.perf_counter() - started
+        log.info(
+            "loaded %s in %.2fs (%d sequences × %d tokens%s)",
+            self.model_path.name,
+            self.last_load_seconds,
+            ctx.n_seq,
+            ctx.n_ctx_seq,
+            ", built-in ChatML template" if template.builtin else "",
+        )
+        return _Loaded(model, ctx, builder, batcher)
+
+    def _unload(self) -> bool:
+        with self._lock:
+            loaded = self._loaded
+            if loaded is None:
+                return False
+            if loaded.batcher.running == 0:  # the inference thread may be a moment from letting go
+                self._lock.wait_for(lambda: loaded.users == 0, timeout=1.0)
+            if loaded.users > 0:
+                return False
+            self._loaded = None
+        loaded.close()
+        return True
+
+    # ---- the inference thread ----
 
     def _worker(self) -> None:
-        while (request := self._queue.get()) is not None:
-            if request.stopped():
-                request.send(_END)
-                continue
+        loaded: _Loaded | None = None
+        while True:
+            if loaded is None or loaded.batcher.running == 0:
+                if loaded is not None:
+                    self._release(loaded)
+                    loaded = None
+                job = self._queue.get()  # idle: block, holding nothing
+                if job is None:
+                    return
+                try:
+                    loaded = self._acquire()
+                except ModelError as exc:
+                    log.error("the model could not be loaded: %s", exc)
+                    _deliver([(job, exc)])
+                    continue
+                self._start(loaded, job)
+            batcher = loaded.batcher
+            batcher.parallel = self.parallel
+            while batcher.can_admit() and (job := self._queue.get_nowait()) is not None:
+                self._start(loaded, job)
+            loaded.ctx.set_threads(self.threads)
             try:
-                self._serve(request)
-            except Exception as exc:
-                log.exception("inference failed for agent %s", request.agent_id[:12])
-                request.send(ModelError(f"inference failed: {type(exc).__name__}"))
-            else:
-                request.send(_END)
+                batcher.step()
+            except Exception as exc:  # a bug, not a model fault: fail these requests, keep serving
+                log.exception("inference step failed")
+                batcher.close(ModelError(f"inference failed: {type(exc).__name__}"))
 
-    def _ensure_loaded(self) -> Any:
-        with self._model_lock:
-            if self._llama is None:
-                from llama_cpp import Llama
-
-                started = time.perf_counter()
-                self._llama = Llama(
-                    model_path=str(self.model_path),
-                    n_ctx=self.n_ctx,
-                    n_threads=self.threads,
-                    n_threads_batch=self.threads,
-                    verbose=False,
-                )
-                self.last_load_seconds = time.perf_counter() - started
-                log.info("loaded %s in %.2fs", self.model_path.name, self.last_load_seconds)
-            return self._llama
-
-    def _serve(self, request: _Request) -> None:
-        llama = self._ensure_loaded()
-        with self._model_lock:
-            started = time.thread_time_ns()
-            tokens = 0
-            finish = "stop"
-            try:
-                _apply_threads(llama, self.threads)
-                count = self._counter(llama)
-                messages = trim_messages(request.messages, count, self.n_ctx - request.max_tokens)
-                self.requests_total += 1
-                chunks = llama.create_chat_completion(
-                    messages, stream=True, max_tokens=request.max_tokens, temperature=request.temperature
-                )
-                for chunk in chunks:
-                    if request.stopped():
-                        break
-                    choice = chunk["choices"][0]
-                    text = choice["delta"].get("content")
-                    if text:
-                        tokens += 1
-                        request.send(text)
-                    finish = choice.get("finish_reason") or finish
-                if request.usage is not None:
-                    prompt = sum(count(m["content"]) + _MESSAGE_OVERHEAD for m in messages)
-                    request.usage.update(prompt_tokens=prompt, completion_tokens=tokens, finish_reason=finish)
-            finally:
-                self.tokens_total += tokens
-                if self.metering is not None:
-                    self.metering.charge_llm(request.agent_id, time.thread_time_ns() - started, tokens)
-
-    @staticmethod
-    def _counter(llama: Any) -> Callable[[str], int]:
-        return lambda text: len(llama.tokenize(text.encode(), add_bos=False, special=False))
+    def _start(self, loaded: _Loaded, job: Job) -> None:
+        if job.stopped():
+            job.usage.update(completion_tokens=0, finish_reason="stop")
+            _deliver([(job, END)])
+        else:
+            loaded.batcher.admit(job)
 
 
-def trim_messages(
-    messages: list[dict[str, str]], count: Callable[[str], int], budget: int
-) -> list[dict[str, str]]:
-    """Drop the oldest non-system messages until the prompt fits `budget` tokens.
-
-    System messages and the newest message always stay; if the newest alone is
-    too long, its beginning is cut (the end of a message is what asks).
-    """
-    if not messages:
-        return []
-    costs = [count(m["content"]) + _MESSAGE_OVERHEAD for m in messages]
-    system = [i for i, m in enumerate(messages[:-1]) if m["role"] == "system"]
-    keep = set(system) | {len(messages) - 1}
-    total = sum(costs[i] for i in keep)
-    for i in range(len(messages) - 2, -1, -1):
-        if i in keep:
-            continue
-        if total + costs[i] > budget:
-            break
-        keep.add(i)
-        total += costs[i]
-    kept = [dict(messages[i]) for i in sorted(keep)]
-    if total > budget:
-        last = kept[-1]
-        excess = total - budget
-        text = last["content"]
-        words = text.split(" ")
-        while words and count(" ".join(words)) + _MESSAGE_OVERHEAD > costs[-1] - excess:
-            words = words[max(1, len(words) // 8) :]
-        last["content"] = " ".join(words)
-    return kept
+def _deliver(items: list[tuple[Job, object]]) -> None:
+    """Hand text, errors and ends to their callers' event loops: one wake-up per loop per step."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, object]]] = defaultdict(list)
+    for job, item in items:
+        by_loop[job.loop].append((job, item))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # that loop has closed: nobody is listening any more
+            pass
 
 
-def _apply_threads(llama: Any, threads: int) -> None:
-    import llama_cpp
-
-    if getattr(llama, "_hero_threads", None) != threads:
-        llama_cpp.llama_set_n_threads(llama._ctx.ctx, threads, threads)
-        llama._hero_threads = threads
+def _put_all(batch: list[tuple[Job, object]]) -> None:
+    for job, item in batch:
+        job.out.put_nowait(item)
 
 
 def _default_threads() -> int:
-    import os
-
     return max(1, min(4, os.cpu_count() or 1))

@@ -1,0 +1,346 @@
+"""Continuous batching: many agents' requests decoded together in one llama.cpp batch per step.
+
+Each request runs in a slot (a KV sequence of the shared context). A step
+puts every generating slot's last token and a chunk of each newcomer's
+prompt into one `llama_decode`, then samples one token per generating slot
+with that slot's own sampler chain. Newcomers join between steps, finished
+or cancelled requests leave at once, and a prompt is fed in chunks while
+others generate, so no stream stalls for more than one step. Decoding is
+memory-bound, so eight sequences per step cost little more than one.
+
+A step's CPU time is split among its requests by the tokens each put in the
+batch (sampling is timed per request), and charged to their agents.
+
+Inference thread only: the service admits jobs and calls `step` from its
+worker thread; results go back through `deliver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hero.errors import ModelError
+from hero.runtime.seams import Metering
+from hero.scheduler.llamacpp import Context, Entry
+from hero.scheduler.prefix import MIN_SAVE_TOKENS, PrefixStore, Rates, common_prefix
+from hero.scheduler.sampling import Sampler, Sampling
+from hero.scheduler.text import ReplyText
+
+END = object()  # delivered after a job's last text
+STEP_TARGET_S = 0.1  # while others run, a step feeds at most this much prompt: their streams keep reading speed
+MIN_CHUNK = 16  # prompt tokens per step at least, however slow the machine
+NEAR_END_TOKENS = 12  # hold back the unfinished word this close to max_tokens
+CHARGE_EVERY_NS = 250_000_000  # flush a running request's CPU time to the ledger this often
+
+
+@dataclass(eq=False)
+class Job:
+    """One completion request, as the batcher serves it."""
+
+    agent_id: str
+    prompt: list[int]
+    max_tokens: int
+    sampling: Sampling
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[object]
+    should_stop: Callable[[], bool] | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+    queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0
+    first_token_at: float | None = None
+
+    def stopped(self) -> bool:
+        return self.cancelled or (self.should_stop is not None and self.should_stop())
+
+
+@dataclass(eq=False)
+class Slot:
+    seq: int
+    owner: str | None = None  # the agent whose conversation the cells hold
+    tokens: list[int] = field(default_factory=list)  # what the cells hold, in order
+    used_at: float = 0.0
+    job: Job | None = None
+    fed: int = 0  # prompt tokens in the cells
+    next_token: int | None = None  # sampled, to be decoded next step
+    generated: int = 0
+    sampler: Sampler | None = None
+    text: ReplyText | None = None
+    cpu_ns: int = 0  # not yet charged
+    spent_ns: int = 0  # charged so far for this request
+    charged_tokens: int = 0
+    charged_at: int = 0
+
+
+@dataclass
+class BatchStats:
+    steps: int = 0
+    tokens: int = 0  # generated
+    prompt_tokens: int = 0  # processed
+    reused_tokens: int = 0  # prompt tokens found in the cells or restored instead of processed
+    restored: int = 0
+    saved: int = 0
+    decode_s: float = 0.0
+    batch_tokens: int = 0  # last step
+    batch_sequences: int = 0  # last step
+    request_s: float = 2.0  # a request's time in its slot, moving average
+    ttft_s: float = 0.0  # time from queueing to the first token, moving average
+
+
+class Batcher:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        stops: list[str],
+        parallel: int,
+        prefix_bytes: int,
+        deliver: Callable[[list[tuple[Job, object]]], None],
+        stats: BatchStats,
+        metering: Metering | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.model = ctx.model
+        self.stops = stops
+        self.parallel = parallel
+        self.slots = [Slot(i) for i in range(ctx.n_seq)]
+        self.store = PrefixStore(prefix_bytes)
+        self.rates = Rates()
+        self.stats = stats  # the service's: it outlives a model reload
+        self.metering = metering
+        self._deliver = deliver
+        self._out: list[tuple[Job, object]] = []
+
+    @property
+    def running(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    @property
+    def kv_cells(self) -> int:
+        return sum(len(s.tokens) for s in self.slots)
+
+    def can_admit(self) -> bool:
+        return self.running < min(self.parallel, len(self.slots))
+
+    # ---- admission and prompt reuse ----
+
+    def admit(self, job: Job) -> None:
+        """Give `job` a free slot, reusing what the cells (or the saved store) hold of its prompt."""
+        slot = self._choose(job.agent_id)
+        if slot.owner != job.agent_id:
+            self._evict(slot)
+            self._restore(slot, job)
+            slot.owner = job.agent_id
+        prompt = job.prompt
+        reuse = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)  # the last token is fed for its logits
+        self.ctx.keep(slot.seq, reuse)
+        del slot.tokens[reuse:]
+        slot.job, slot.fed, slot.generated, slot.next_token = job, reuse, 0, None
+        slot.sampler = Sampler(self.model, job.sampling)
+        slot.sampler.prime(prompt)
+        slot.text = ReplyText(self.stops)
+        slot.cpu_ns = slot.spent_ns = slot.charged_tokens = 0
+        slot.charged_at = time.perf_counter_ns()
+        job.started_at = time.perf_counter()
+        self.stats.reused_tokens += reuse
+        job.usage.update(prompt_tokens=len(prompt), prompt_tokens_reused=reuse)
+
+    def _choose(self, agent_id: str) -> Slot:
+        free = [s for s in self.slots if s.job is None]
+        own = [s for s in free if s.owner == agent_id]
+        if own:
+            return own[0]
+        empty = [s for s in free if s.owner is None]
+        return empty[0] if empty else min(free, key=lambda s: s.used_at)
+
+    def _evict(self, slot: Slot) -> None:
+        if slot.owner is not None and len(slot.tokens) >= MIN_SAVE_TOKENS:
+            self.store.put(slot.owner, list(slot.tokens), self.ctx.save(slot.seq))
+            self.stats.saved += 1
+        self.ctx.keep(slot.seq, 0)
+        slot.tokens.clear()
+        slot.owner = None
+
+    def _restore(self, slot: Slot, job: Job) -> None:
+        saved = self.store.take(job.agent_id)
+        if saved is None:
+            return
+        reuse = common_prefix(saved.tokens, job.prompt)
+        if reuse < MIN_SAVE_TOKENS or not self.rates.restore_pays(reuse, len(saved.data)):
+            return
+        started = time.perf_counter()
+        if self.ctx.restore(slot.seq, saved.data):
+            self.rates.restore(len(saved.data), time.perf_counter() - started)
+            slot.tokens[:] = saved.tokens
+            self.stats.restored += 1
+
+    # ---- the step ----
+
+    def step(self) -> None:
+        """One decode step over every running slot: stop the cancelled, feed, decode, sample, deliver."""
+        for slot in self.slots:
+            if slot.job is not None and slot.job.stopped():
+                self._finish(slot, "stop")
+        entries, owners = self._fill()
+        if entries:
+            started_ns = time.thread_time_ns()
+            started = time.perf_counter()
+            try:
+                self.ctx.decode(entries)
+            except ModelError as exc:
+                self._fail({slot for slot, _ in owners} | self._prefilling(), exc)
+                self._flush()
+                return
+            seconds = time.perf_counter() - started
+            self._account(entries, time.thread_time_ns() - started_ns, seconds)
+            for slot, index in owners:
+                self._sample(slot, index)
+        self._flush()
+
+    def _fill(self) -> tuple[list[Entry], list[tuple[Slot, int]]]:
+        """The batch: one token per generating slot, then prompt chunks for newcomers (oldest first)."""
+        entries: list[Entry] = []
+        owners: list[tuple[Slot, int]] = []
+        for slot in self.slots:
+            if slot.job is not None and slot.next_token is not None:
+                owners.append((slot, len(entries)))
+                entries.append(Entry(slot.next_token, len(slot.tokens), slot.seq, True))
+                slot.tokens.append(slot.next_token)
+                slot.next_token = None
+        room = self.ctx.n_batch - len(entries)
+        chunk = self._chunk() if self.running > 1 else room  # alone, a prompt is fed in the biggest steps
+        for slot in sorted(self._prefilling(), key=_prompt_left):  # short prompts first: a chat's first
+            job = slot.job  # token never waits behind a long prompt being fed
+            assert job is not None
+            n = min(len(job.prompt) - slot.fed, chunk, room)
+            if n <= 0:
+                break
+            for k in range(slot.fed, slot.fed + n):
+                last = k == len(job.prompt) - 1
+                if last:
+                    owners.append((slot, len(entries)))
+                entries.append(Entry(job.prompt[k], k, slot.seq, last))
+            slot.tokens.extend(job.prompt[slot.fed : slot.fed + n])
+            slot.fed += n
+            room -= n
+            chunk -= n
+            self.stats.prompt_tokens += n
+        return entries, owners
+
+    def _chunk(self) -> int:
+        """Prompt tokens per step while others run: as many as fit in `STEP_TARGET_S` at the measured rate."""
+        return max(MIN_CHUNK, int(self.rates.prompt_tps * STEP_TARGET_S))
+
+    def _prefilling(self) -> set[Slot]:
+        return {s for s in self.slots if s.job is not None and s.fed < len(s.job.prompt)}
+
+    def _account(self, entries: list[Entry], cpu_ns: int, seconds: float) -> None:
+        stats = self.stats
+        stats.steps += 1
+        stats.decode_s += seconds
+        stats.batch_tokens = len(entries)
+        per_seq: dict[int, int] = {}
+        for e in entries:
+            per_seq[e.seq] = per_seq.get(e.seq, 0) + 1
+        stats.batch_sequences = len(per_seq)
+        generating = sum(1 for e in entries if e.logits)
+        self.rates.prompt(len(entries) - generating, seconds)  # slightly low in mixed steps: errs on the safe side
+        for seq, n in per_seq.items():  # the step's cost, split by the tokens each request put in it
+            self.slots[seq].cpu_ns += cpu_ns * n // len(entries)
+
+    def _sample(self, slot: Slot, index: int) -> None:
+        job, sampler, text = slot.job, slot.sampler, slot.text
+        assert job is not None and sampler is not None and text is not None
+        started_ns = time.thread_time_ns()
+        token = self.ctx.sample(sampler.ptr, index)
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
+            self.stats.ttft_s += 0.2 * (job.first_token_at - job.queued_at - self.stats.ttft_s)
+        if self.model.is_eog(token):
+            slot.cpu_ns += time.thread_time_ns() - started_ns
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        self.stats.tokens += 1
+        full = len(slot.tokens) + 1 >= self.ctx.n_ctx_seq
+        last = slot.generated >= job.max_tokens or full
+        near_end = job.max_tokens - slot.generated < NEAR_END_TOKENS or full
+        delta, stopped = text.add(self.model.piece(token), near_end=near_end)
+        if delta:
+            self._out.append((job, delta))
+        slot.cpu_ns += time.thread_time_ns() - started_ns
+        if stopped:
+            self._finish(slot, "stop")
+        elif last:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+            self._charge(slot, final=False)
+
+    def _finish(self, slot: Slot, reason: str) -> None:
+        job, text = slot.job, slot.text
+        assert job is not None and text is not None
+        rest = text.finish(cut=reason == "length")
+        if rest:
+            self._out.append((job, rest))
+        job.usage.update(completion_tokens=slot.generated, finish_reason=reason)
+        self.stats.request_s += 0.2 * (time.perf_counter() - job.started_at - self.stats.request_s)
+        self._out.append((job, END))
+        self._release(slot)
+
+    def _fail(self, slots: set[Slot], error: Exception) -> None:
+        """A decode failed: its requests get the error, their cells are cleared; the others go on."""
+        for slot in slots:
+            if slot.job is not None:
+                self._out.append((slot.job, error))
+                self._release(slot)
+            self.ctx.keep(slot.seq, 0)
+            slot.tokens.clear()
+            slot.owner = None
+
+    def _release(self, slot: Slot) -> None:
+        self._charge(slot, final=True)
+        if slot.sampler is not None:
+            slot.sampler.close()
+        slot.job = slot.sampler = slot.text = None
+        slot.next_token = None
+        slot.used_at = time.monotonic()
+
+    def _charge(self, slot: Slot, *, final: bool) -> None:
+        now = time.perf_counter_ns()
+        if slot.job is None or (not final and now - slot.charged_at < CHARGE_EVERY_NS):
+            return
+        tokens = slot.generated - slot.charged_tokens
+        if self.metering is not None and (slot.cpu_ns or tokens):
+            self.metering.charge_llm(slot.job.agent_id, slot.cpu_ns, tokens)
+        slot.spent_ns += slot.cpu_ns
+        slot.cpu_ns, slot.charged_tokens, slot.charged_at = 0, slot.generated, now
+
+    def sequences(self) -> list[dict[str, Any]]:
+        """The running requests: whose, how far, and the CPU time their share of the steps cost so far."""
+        out = []
+        for slot in self.slots:
+            job = slot.job
+            if job is not None:
+                cpu_s = (slot.spent_ns + slot.cpu_ns) / 1e9
+                out.append({"agent_id": job.agent_id, "generated": slot.generated, "cpu_s": round(cpu_s, 4)})
+        return out
+
+    def _flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            self._deliver(out)
+
+    def close(self, error: Exception) -> None:
+        """Fail every running request (the model is going away) and free the samplers."""
+        self._fail({s for s in self.slots if s.job is not None}, error)
+        self._flush()
+        self.store.clear()
+
+
+def _prompt_left(slot: Slot) -> int:
+    return len(slot.job.prompt) - slot.fed if slot.job is not None else 0

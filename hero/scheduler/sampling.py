@@ -1,0 +1,94 @@
+"""Per-sequence sampling: a llama.cpp sampler chain built from a `Sampling` record.
+
+Small models left to plain temperature sampling degenerate: one word repeated
+until `max_tokens`, "I'm not sure" loops, a copy of an earlier reply. The
+chain fights each with llama.cpp's own samplers: top-k first (so the
+penalties scan 40 candidates, not the vocabulary), repetition / frequency /
+presence penalties over a recent window, DRY (which penalises extending any
+sequence already seen, the prompt included, so a reply cannot copy an
+earlier one), then top-p, min-p and temperature. The defaults were chosen
+with `bench/llm_quality.py` (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp as C
+
+from hero.scheduler.llamacpp import Model
+
+DRY_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's defaults: a repeat across these is not a loop
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    dry_multiplier: float = 0.8
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_last_n: int = 2048  # tokens DRY looks back over (prompt and reply)
+    seed: int | None = None  # None: a fresh seed per request
+
+
+class Sampler:
+    """A sampler chain for one sequence; freed with `close`. Inference thread only."""
+
+    def __init__(self, model: Model, settings: Sampling) -> None:
+        self.settings = s = settings
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self.ptr: Any = chain
+        self._dry: Any = None
+        add = C.llama_sampler_chain_add
+        if s.top_k > 0:
+            add(chain, C.llama_sampler_init_top_k(s.top_k))
+        if s.penalty_last_n != 0 and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty):
+            add(
+                chain,
+                C.llama_sampler_init_penalties(
+                    model.n_vocab, s.penalty_last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+                ),
+            )
+        if s.dry_multiplier > 0:
+            breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
+            self._dry = C.llama_sampler_init_dry(
+                model.vocab, s.dry_multiplier, s.dry_base, s.dry_allowed_length, s.dry_last_n, breakers, len(breakers)
+            )
+            add(chain, self._dry)
+        if s.temperature <= 0:
+            add(chain, C.llama_sampler_init_greedy())
+            return
+        if s.top_p < 1.0:
+            add(chain, C.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0:
+            add(chain, C.llama_sampler_init_min_p(s.min_p, 1))
+        add(chain, C.llama_sampler_init_temp(s.temperature))
+        seed = s.seed if s.seed is not None else random.getrandbits(32)
+        add(chain, C.llama_sampler_init_dist(seed))
+
+    def prime(self, prompt: Sequence[int]) -> None:
+        """Let DRY see the prompt, so extending a sequence from the history (an earlier reply) is penalised.
+
+        Only DRY: the repetition penalties watch the reply itself, since a
+        good answer repeats the question's words.
+        """
+        if self._dry is not None:
+            for token in prompt[-self.settings.dry_last_n :]:
+                C.llama_sampler_accept(self._dry, token)
+
+    def close(self) -> None:
+        if self.ptr:
+            C.llama_sampler_free(self.ptr)  # frees the samplers the chain owns, DRY included
+            self.ptr = None
+            self._dry = None
