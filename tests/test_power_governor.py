@@ -80,13 +80,24 @@ class FakeLLM:
     last_request_at: float | None = None
     last_load_seconds: float | None = 0.4
     unloads: int = 0
+    parallel: int = 8
+    max_parallel: int = 8
 
     @property
     def queue_depth(self) -> int:
         return len(self.queue)
 
+    def queue_full(self, interactive: bool = True) -> bool:
+        return False
+
+    def retry_after_s(self) -> float:
+        return 1.0
+
     def set_threads(self, n: int) -> None:
         self.threads = max(1, n)
+
+    def set_parallel(self, n: int) -> None:
+        self.parallel = max(1, min(self.max_parallel, n))
 
     async def unload(self) -> None:
         self.loaded = False

@@ -4,10 +4,14 @@ Decisions are made once a tick (1 Hz) from the ledger's split and the LLM
 queue; `admit()` between ticks is a few dict/set lookups. Levers, in the
 order they cost users least:
 
-1. LLM threads: queued inference is predicted to keep `threads` CPUs busy,
-   priced with the profile's curve anchored at the current reading; threads
-   are lowered so the prediction fits, and raised one per tick when there
-   is room again.
+1. LLM threads and parallel sequences: queued inference is predicted to keep
+   `threads` CPUs busy, priced with the profile's curve anchored at the
+   current reading; threads are lowered so the prediction fits, and raised
+   one per tick when there is room again. The sequences decoded at once
+   follow the threads (fewer threads decode fewer streams at a readable
+   speed; the rest wait in the fair queue), also rising one per tick.
+   When the model's queue is full, new work is refused (429, with the
+   queue's own estimate of when it will have room).
 2. Background work (non-interactive timers and API calls) is refused with
    `Overloaded` + retry-after while the node is constrained; interactive chat
    is still admitted.
@@ -50,8 +54,16 @@ class GovernedLLM(Protocol):
     last_request_at: float | None
     last_load_seconds: float | None
     threads: int
+    parallel: int
+    max_parallel: int
 
     def set_threads(self, n: int) -> None: ...
+
+    def set_parallel(self, n: int) -> None: ...
+
+    def queue_full(self, interactive: bool = True) -> bool: ...
+
+    def retry_after_s(self) -> float: ...
 
     async def unload(self) -> None: ...
 
@@ -176,10 +188,13 @@ class GovernorStatus:
     gated: dict[str, float] = field(default_factory=dict)  # agent → its share when gated
     llm_threads: int | None = None
     llm_max_threads: int | None = None
+    llm_parallel: int | None = None
     llm_unloads: int = 0
     hibernated_early: int = 0
     admitted: int = 0
-    deferred: dict[str, int] = field(default_factory=lambda: {"background": 0, "fair_share": 0, "quota": 0})
+    deferred: dict[str, int] = field(
+        default_factory=lambda: {"background": 0, "fair_share": 0, "quota": 0, "llm_queue": 0}
+    )
     backstop_cpus: float | None = None
 
 
@@ -215,6 +230,7 @@ class Governor:
         if llm is not None:
             self.status.llm_threads = llm.threads
             self.status.llm_max_threads = max(1, llm.threads)
+            self.status.llm_parallel = llm.parallel
 
     # ---- quota ----
 
@@ -241,6 +257,12 @@ class Governor:
 
     def admit(self, agent_id: str, *, interactive: bool) -> None:
         st = self.status
+        llm = self.llm
+        if llm is not None and llm.queue_full(interactive):
+            st.deferred["llm_queue"] += 1
+            raise Overloaded(
+                f"the model is busy: {llm.queue_depth} requests are waiting for it", retry_after=llm.retry_after_s()
+            )
         share = st.gated.get(agent_id)
         if share is not None:
             st.deferred["fair_share"] += 1
@@ -331,7 +353,13 @@ class Governor:
                 llm.set_threads(fit)
             elif fit > llm.threads and st.level != CONSTRAINED:
                 llm.set_threads(llm.threads + 1)  # rising is the risky direction: one step per tick
+        want = max(1, math.ceil(llm.max_parallel * llm.threads / max_threads))
+        if want < llm.parallel:
+            llm.set_parallel(want)
+        elif want > llm.parallel and st.level != CONSTRAINED:
+            llm.set_parallel(llm.parallel + 1)
         st.llm_threads = llm.threads
+        st.llm_parallel = llm.parallel
 
     def _share(self, report: TickReport) -> None:
         """When constrained, gate agents drawing more than their max-min share; otherwise do nothing.
@@ -396,6 +424,8 @@ class Governor:
             last = self._llm_idle_since
         if llm.queue_depth == 0 and now - last >= (self.config.unload_after_s or math.inf):
             await llm.unload()
+            if llm.loaded:  # it was in use after all: try again next tick
+                return
             self._llm_idle_since = None
             self.status.llm_unloads += 1
             log.info("model unloaded after %.0f s with no request", now - last)
@@ -416,6 +446,7 @@ class Governor:
             "hibernated_early": st.hibernated_early,
             "llm_threads": st.llm_threads,
             "llm_max_threads": st.llm_max_threads,
+            "llm_parallel": st.llm_parallel,
             "llm_unloads": st.llm_unloads,
             "daily_quota_wh": self.config.daily_quota_wh,
         }

@@ -11,7 +11,7 @@ per-agent state lives in the `hero_agents{state}` count instead.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -99,10 +99,33 @@ class PowerCollector(Collector):
         yield deferred
         llm = svc.llm
         if llm is not None:
-            yield GaugeMetricFamily("hero_llm_threads", "LLM inference threads", llm.threads)
-            yield GaugeMetricFamily("hero_llm_loaded", "1 if the model is in memory", 1.0 if llm.loaded else 0.0)
-            if llm.last_load_seconds is not None:
-                yield GaugeMetricFamily("hero_llm_load_seconds", "Last model (re)load time", llm.last_load_seconds)
+            yield from _llm_metrics(llm)
+
+
+def _llm_metrics(llm: Any) -> Iterator[Metric]:
+    """The shared model's knobs and figures (hero.scheduler.llm.LLMService.figures)."""
+    f = llm.figures()
+    yield GaugeMetricFamily("hero_llm_threads", "LLM inference threads", llm.threads)
+    yield GaugeMetricFamily("hero_llm_loaded", "1 if the model is in memory", 1.0 if llm.loaded else 0.0)
+    if llm.last_load_seconds is not None:
+        yield GaugeMetricFamily("hero_llm_load_seconds", "Last model (re)load time", llm.last_load_seconds)
+    yield GaugeMetricFamily("hero_llm_parallel", "Sequences the governor lets decode at once", f["parallel"])
+    yield GaugeMetricFamily("hero_llm_running", "Requests decoding now (the batch)", f["running"])
+    yield GaugeMetricFamily("hero_llm_queue_depth", "Requests waiting for a slot", llm.queue_depth)
+    yield GaugeMetricFamily("hero_llm_batch_tokens", "Tokens in the last decode step", f["batch_tokens"])
+    yield GaugeMetricFamily("hero_llm_kv_cells_used", "KV cache cells holding conversations", f["kv_cells_used"])
+    yield GaugeMetricFamily("hero_llm_kv_cells", "KV cache cells in all", f["kv_cells_total"])
+    yield GaugeMetricFamily(
+        "hero_llm_time_to_first_token_seconds", "Queueing to first token, moving average", f["time_to_first_token_s"]
+    )
+    yield CounterMetricFamily("hero_llm_tokens", "Tokens generated", llm.tokens_total)
+    yield CounterMetricFamily("hero_llm_prompt_tokens", "Prompt tokens processed", f["prompt_tokens_total"])
+    yield CounterMetricFamily(
+        "hero_llm_prompt_tokens_reused", "Prompt tokens reused from the KV cache", f["prompt_tokens_reused_total"]
+    )
+    yield CounterMetricFamily("hero_llm_requests", "Completions queued", llm.requests_total)
+    yield CounterMetricFamily("hero_llm_rejected", "Completions refused: queue full (429)", f["rejected_total"])
+    yield CounterMetricFamily("hero_llm_decode_seconds", "Wall time spent in llama_decode", f["decode_seconds_total"])
 
 
 def make_registry(service: PowerService) -> CollectorRegistry:
