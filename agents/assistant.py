@@ -40,7 +40,7 @@ class Assistant(Agent):
                 await ctx.persist()
                 return
         parts: list[str] = []
-        options = {"max_tokens": event.max_tokens, "temperature": event.temperature}
+        options = {"max_tokens": event.max_tokens, "temperature": event.temperature, "interactive": event.interactive}
         async for delta in ctx.stream_llm(self.prompt(), reply, **options):
             parts.append(delta)
             reply.write(delta)

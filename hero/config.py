@@ -28,6 +28,8 @@ class NodeConfig:
     n_ctx: int = 2048
     max_tokens: int = 256
     llm_threads: int | None = None
+    llm_parallel: int = 8  # conversations decoded together (KV cells reserved: llm_parallel × n_ctx)
+    llm_queue_max: int = 64  # requests that may wait for the model, per priority; beyond, 429 + Retry-After
     max_body_bytes: int = 1 << 20
     max_message_chars: int = 16_000  # one chat message; longer ones are refused with 413
     host_speed: float | None = None  # this machine's cpu_speed (hero calibrate), to emulate the profile's hardware
@@ -77,6 +79,8 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
         raise UsageError(f"{origin}: idle_after must be > 0")
     if not 0 < result.port < 65536:
         raise UsageError(f"{origin}: port must be 1..65535")
+    if result.llm_parallel < 1 or result.llm_queue_max < 1:
+        raise UsageError(f"{origin}: llm_parallel and llm_queue_max must be >= 1")
     if result.host_speed is not None and not result.host_speed > 0:
         raise UsageError(f"{origin}: host_speed must be > 0")
     if not 0 <= result.cpu_parts_hz <= 1000:

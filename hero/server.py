@@ -70,7 +70,13 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
     )
     store = await open_store(config, keys)
     llm = LLMService(
-        model, n_ctx=config.n_ctx, threads=config.llm_threads, max_tokens=config.max_tokens, metering=power
+        model,
+        n_ctx=config.n_ctx,
+        threads=config.llm_threads,
+        max_tokens=config.max_tokens,
+        parallel=config.llm_parallel,
+        queue_max=config.llm_queue_max,
+        metering=power,
     )
     node = Node(
         store,

@@ -43,6 +43,7 @@ class LLM(Protocol):
         temperature: float | None = None,
         should_stop: Callable[[], bool] | None = None,
         usage: dict[str, Any] | None = None,
+        interactive: bool = True,
     ) -> AsyncIterator[str]: ...
 
 

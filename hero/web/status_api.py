@@ -100,6 +100,7 @@ async def node_status(request: Request) -> dict[str, Any]:
             "tokens_per_s": round(rates.per_second(2, TOKENS_WINDOW_S), 2),
             "requests_total": llm.requests_total,
             "threads": llm.threads,
+            **llm.figures(),  # batch, KV cache, prompt reuse, parallel sequences (hero/scheduler/llm.py)
         },
         "parts": {
             "power": state.power is not None,
