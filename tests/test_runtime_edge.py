@@ -24,6 +24,7 @@ from hero.runtime.agent import Agent, AgentContext
 from hero.runtime.node import state_key
 from hero.server import open_store
 from tests.conftest import add_user, auth, free_port, hero_cli, hero_json, make_config, operator_token, serving
+from tests.test_cli import NodeProcess
 from tests.test_runtime_faults import poisoned_state, rot
 
 
@@ -131,6 +132,40 @@ async def test_shutdown_ends_in_flight_streams_with_an_error_and_done(tmp_path: 
         ("user", "a story", "chat"),
         ("assistant", "Once upon", "stopped"),
     ]
+
+
+@pytest.mark.model
+def test_sigterm_mid_reply_ends_both_streams_with_an_error_and_done_and_keeps_no_empty_entry(tmp_path: Path):
+    data = tmp_path / "data"
+    alice = hero_json("user", "add", "alice", "--data", str(data))
+    headers = auth(alice["token"])
+    body = {**chat_body("Write a very long story about a dragon and a lighthouse.", stream=True), "max_tokens": 1000}
+    node = NodeProcess(data)  # the real `hero up`, real model
+    try:
+        with (
+            httpx.Client(base_url=node.url, timeout=60) as client,
+            client.stream("GET", "/api/me/events", headers=headers) as events,
+            client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as reply,
+        ):
+            event_lines, chat_lines = events.iter_lines(), reply.iter_lines()
+            next(line for line in event_lines if line == "event: ready")
+            next(line for line in chat_lines if '"content":"' in line and '"content":""' not in line)
+            node.proc.send_signal(signal.SIGTERM)  # mid-reply
+            chat_rest = [line for line in chat_lines if line.startswith("data:")]
+            events_rest = [line for line in event_lines if line]
+    finally:
+        output = node.stop()
+    assert node.proc.returncode == 0, output
+    assert chat_rest[-1] == "data: [DONE]" and "shutting down" in chat_rest[-2], chat_rest[-3:]
+    assert events_rest[-4] == "event: error" and "shutting down" in events_rest[-3]
+    assert events_rest[-2:] == ["event: done", "data: [DONE]"]
+    node = NodeProcess(data)
+    try:
+        messages = httpx.get(f"{node.url}/api/me/messages", headers=headers).json()["messages"]
+    finally:
+        node.stop()
+    assert all(m["content"] for m in messages), messages  # no blank bubble
+    assert [m["kind"] for m in messages] == ["chat", "stopped"]  # the cut reply is kept, marked
 
 
 # item 6: a damaged agent, as its user and the operator see it
