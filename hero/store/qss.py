@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,6 +39,18 @@ from hero.identity import NodeKeys
 from hero.nursery import Nursery
 from hero.store import config as config_mod
 from hero.store import crypto, damage, erasure, manifest, pipeline
+from hero.store.backends.calls import (
+    Call,
+    DeleteFragments,
+    DeleteMeta,
+    GetFragments,
+    GetMeta,
+    ListFragments,
+    ListMeta,
+    PutFragments,
+    PutMeta,
+    Stat,
+)
 from hero.store.backends.directory import DirBackend
 from hero.store.backends.protocol import Backend
 from hero.store.backends.remote import RemoteBackend
@@ -47,7 +59,7 @@ from hero.store.config import QSSConfig
 from hero.store.damage import Identity
 from hero.store.manifest import Manifest, Patch
 from hero.store.placement import place, replica_targets
-from hero.store.pool import BackendPool, Call
+from hero.store.pool import BackendPool, Job
 from hero.store.retention import Retention
 from hero.store.scrubber import Scrubber
 from hero.store.tuning import tune_malloc
@@ -214,14 +226,9 @@ class QSS:
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
-    async def attempt(
-        self, backend: Backend, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
-    ) -> T | StorageError:
+    async def attempt(self, backend: Backend, call: Call[T]) -> T | StorageError:
         """A backend call whose storage fault is returned, not raised: callers skip and report it."""
-        try:
-            return await self.pool.call(backend, fn, *args, **kwargs)
-        except StorageError as exc:
-            return exc
+        return await self.pool.attempt(backend, call)
 
     def codec_of(self, m: Manifest) -> erasure.Codec:
         return erasure.codec(m.k, m.m, m.codec)
@@ -236,7 +243,7 @@ class QSS:
 
     async def index(self, oid: str) -> ObjectIndex:
         directory = manifest.object_dir(oid)
-        results = await self.pool.fanout([(b, "list_meta", (directory,)) for b in self.pool.backends])
+        results = await self.pool.fanout([(b, ListMeta(directory)) for b in self.pool.backends])
         index = ObjectIndex(oid)
         for backend, names in zip(self.pool.backends, results, strict=True):
             if not isinstance(names, list):  # the backend's fault, returned as a value
@@ -260,7 +267,7 @@ class QSS:
             if cached is not None:
                 return cached
         backends = [self.pool.by_name[h] for h in holders if h in self.pool.by_name]
-        blobs = await self.pool.fanout([(b, "get_meta", (name,)) for b in backends])
+        blobs = await self.pool.fanout([(b, GetMeta(name)) for b in backends])
         valid: dict[str, tuple[Manifest | Patch, bytes, list[str]]] = {}
         bad: list[str] = []
         unreadable: list[str] = []
@@ -386,7 +393,7 @@ class QSS:
         if head is None:
             return None
         name = manifest.manifest_name(oid, head.version + 1)
-        found = await self.pool.fanout([(b, "get_meta", (name,)) for b in self.pool.backends])
+        found = await self.pool.fanout([(b, GetMeta(name)) for b in self.pool.backends])
         if any(blob is not None for blob in found):  # a newer version, or a backend we could not ask
             self._heads.pop(oid, None)
             return None
@@ -418,7 +425,7 @@ class QSS:
         if cap * len(writable) < cfg.quorum:
             # Too few for a write: before refusing it, ask the backends in back-off whether they are back.
             resting = [b for b in self.pool.backends if b.name not in writable]
-            await self.pool.fanout([(b, "get_meta", (manifest.manifest_name(oid, version),)) for b in resting])
+            await self.pool.fanout([(b, GetMeta(manifest.manifest_name(oid, version))) for b in resting])
             writable = {b.name for b in self.pool.writable() + [b for b in resting if self.pool.is_up(b.name)]}
         skipped = {n: h.error or h.state for n, h in self.pool.health.items() if n not in writable}
         slots = [s for s in self.pool.slots if s.name in writable]
@@ -534,12 +541,11 @@ class QSS:
                 if name != UNPLACED:
                     batches.setdefault(name, []).append((frag_hash, frag))
         names = list(batches)
-        probes: list[Call] = []
+        probes: list[Job[bytes | None]] = []
         if probe:
-            probes = [(b, "get_meta", (manifest.manifest_name(*probe),)) for b in self.pool.backends]
-        results = await self.pool.fanout(
-            probes + [(b, "put_fragments", (batches[b.name],)) for b in self.pool.named(names)], sync=sync
-        )
+            probes = [(b, GetMeta(manifest.manifest_name(*probe))) for b in self.pool.backends]
+        puts: list[Job[None]] = [(b, PutFragments(batches[b.name])) for b in self.pool.named(names)]
+        results = await self.pool.fanout([*probes, *puts], durable=sync)
         seen, results = results[: len(probes)], results[len(probes) :]
         failed = set()
         for name, result in zip(names, results, strict=True):
@@ -558,7 +564,7 @@ class QSS:
 
     async def _discard(self, written: dict[str, list[str]]) -> None:
         """Best effort: remove fragments of a put that did not commit (gc sweeps what this misses)."""
-        await self.pool.fanout([(b, "delete_fragments", (written[b.name],)) for b in self.pool.named(list(written))])
+        await self.pool.fanout([(b, DeleteFragments(written[b.name])) for b in self.pool.named(list(written))])
 
     async def _commit(self, oid: str, version: int, blob: bytes, record: Manifest) -> int:
         """Create the manifest put-if-absent on its replica targets; commit needs a majority of them."""
@@ -566,13 +572,13 @@ class QSS:
         name = manifest.manifest_name(oid, version)
         usable = {b.name for b in self.pool.writable()}
         targets = replica_targets(self.pool.slots, usable, oid, cfg.replicas)
-        results = await self.pool.fanout([(b, "put_meta", (name, blob)) for b in self.pool.named(targets)])
+        results = await self.pool.fanout([(b, PutMeta(name, blob)) for b in self.pool.named(targets)])
         created = [t for t, r in zip(targets, results, strict=True) if r is True or r is False]
         conflicts = [r for r in results if isinstance(r, Conflict)]
         if len(created) >= cfg.manifest_quorum:
             self.remember(name, MetaRead(manifest.digest(blob), record, blob, created, [], []))
             return len(created)
-        await self.pool.fanout([(b, "delete_meta", ([name],)) for b in self.pool.named(created)])
+        await self.pool.fanout([(b, DeleteMeta([name])) for b in self.pool.named(created)])
         if conflicts:
             raise _VersionTaken()
         errors = "; ".join(
@@ -751,8 +757,7 @@ class QSS:
 
         names = list(batches)
         results = await self.pool.fanout(
-            [(b, "get_fragments", ([m.segments[s].hashes[i] for s, i in batches[b.name]],))
-             for b in self.pool.named(names)],
+            [(b, GetFragments([m.segments[s].hashes[i] for s, i in batches[b.name]])) for b in self.pool.named(names)],
             post=_hashed,
         )
         for name, result in zip(names, results, strict=True):
@@ -792,7 +797,7 @@ class QSS:
 
     async def oids(self) -> tuple[set[str], dict[str, list[str]], bool]:
         """Every object id on any backend, which backends hold it, and whether every backend answered."""
-        results = await self.pool.fanout([(b, "list_meta", (manifest.OBJECTS,)) for b in self.pool.backends])
+        results = await self.pool.fanout([(b, ListMeta(manifest.OBJECTS)) for b in self.pool.backends])
         holders: dict[str, list[str]] = {}
         complete = True
         for backend, names in zip(self.pool.backends, results, strict=True):
@@ -824,12 +829,12 @@ class QSS:
         seen = False
         for holder in self.pool.readable_first(holders):
             backend = self.pool.by_name[holder]
-            entries = await self.attempt(backend, backend.list_meta, directory)
+            entries = await self.attempt(backend, ListMeta(directory))
             if isinstance(entries, StorageError):
                 continue
             for entry in sorted(e for e in entries if (p := manifest.parse_name(e)) and p[1]):
                 seen = True
-                blob = await self.attempt(backend, backend.get_meta, f"{directory}/{entry}")
+                blob = await self.attempt(backend, GetMeta(f"{directory}/{entry}"))
                 if isinstance(blob, StorageError) or blob is None:
                     continue
                 try:
@@ -917,7 +922,7 @@ class QSS:
         for entry in entries:
             name = f"{manifest.object_dir(oid)}/{entry}"
             for holder in index.where.get(entry, []):
-                removed = await self.attempt(self.pool.by_name[holder], self.pool.by_name[holder].delete_meta, [name])
+                removed = await self.attempt(self.pool.by_name[holder], DeleteMeta([name]))
                 if isinstance(removed, int):
                     report["meta_removed"] += removed
             index.where.pop(entry, None)
@@ -933,7 +938,7 @@ class QSS:
                 backend = self.pool.by_name.get(name)
                 if backend is None:
                     continue
-                removed = await self.attempt(backend, backend.delete_fragments, sorted(hashes))
+                removed = await self.attempt(backend, DeleteFragments(sorted(hashes)))
                 if isinstance(removed, int):
                     report["fragments_removed"] += removed
         report["versions_removed"] += 1
@@ -947,7 +952,7 @@ class QSS:
             blob = None
             for holder in self.pool.readable_first(holders):
                 backend = self.pool.by_name[holder]
-                got = await self.attempt(backend, backend.get_meta, f"{directory}/{entry}")
+                got = await self.attempt(backend, GetMeta(f"{directory}/{entry}"))
                 if isinstance(got, bytes):
                     blob = got
                     break
@@ -968,12 +973,12 @@ class QSS:
         cutoff = time.time() - grace
         removed = 0
         for backend in self.pool.backends:
-            found = await self.attempt(backend, backend.list_fragments)
+            found = await self.attempt(backend, ListFragments())
             if isinstance(found, StorageError):
                 continue
             orphans = [f.digest for f in found if f.digest not in referenced and f.mtime < cutoff]
             if orphans:
-                count = await self.attempt(backend, backend.delete_fragments, orphans)
+                count = await self.attempt(backend, DeleteFragments(orphans))
                 if isinstance(count, int):
                     removed += count
         return removed
@@ -983,7 +988,7 @@ class QSS:
         cfg = self.config
         now = time.monotonic()
         if now - self._stats[0] > STATS_TTL:  # counting fragments walks every backend: not on each dashboard poll
-            self._stats = (now, await self.pool.fanout([(b, "stat", ()) for b in self.pool.backends]))
+            self._stats = (now, await self.pool.fanout([(b, Stat()) for b in self.pool.backends]))
         stats = self._stats[1]
         backends = []
         for backend, stat in zip(self.pool.backends, stats, strict=True):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from hero.errors import IntegrityError, StorageError
 from hero.nursery import Nursery
 from hero.store import manifest, pipeline
+from hero.store.backends.calls import DeleteMeta, PutFragments, PutMeta
 from hero.store.damage import MAX_LISTED, Damage
 from hero.store.manifest import Patch
 from hero.store.placement import rendezvous, replica_targets
@@ -278,7 +279,7 @@ class Scrubber:
             for name, indices in targets.items():
                 backend = qss.pool.by_name[name]
                 items = [(m.segments[s].hashes[i], rebuilt[i]) for i in indices]
-                result = await qss.attempt(backend, backend.put_fragments, items, replace=True)
+                result = await qss.attempt(backend, PutFragments(items, replace=True))
                 if isinstance(result, StorageError):
                     report.unrecoverable += len(indices)
                     continue
@@ -320,7 +321,7 @@ class Scrubber:
         usable = {b.name for b in qss.pool.writable()}
         targets = replica_targets(qss.pool.slots, usable, m.oid, qss.config.replicas)
         results = await asyncio.gather(
-            *(qss.attempt(b, b.put_meta, name, blob) for b in qss.pool.named(targets))
+            *(qss.attempt(b, PutMeta(name, blob)) for b in qss.pool.named(targets))
         )
         if not any(r is True or r is False for r in results):
             log.warning("scrub: placement patch for %s version %d reached no backend; reads will search",
@@ -332,7 +333,7 @@ class Scrubber:
         for entry in entries:
             for holder in index.where.pop(entry, []):
                 backend = self.qss.pool.by_name[holder]
-                await self.qss.attempt(backend, backend.delete_meta, [f"{directory}/{entry}"])
+                await self.qss.attempt(backend, DeleteMeta([f"{directory}/{entry}"]))
             index.kinds.pop(entry, None)
 
     async def _heal_meta(self, oid: str, index: ObjectIndex, entry: str, *, patch: bool) -> int:
@@ -344,7 +345,7 @@ class Scrubber:
         fixed = 0
         for holder in found.bad:
             backend = qss.pool.by_name[holder]
-            result = await qss.attempt(backend, backend.put_meta, name, found.blob, replace=True)
+            result = await qss.attempt(backend, PutMeta(name, found.blob, replace=True))
             if result is True:
                 fixed += 1
         present = set(found.good) | set(found.bad)
@@ -355,7 +356,7 @@ class Scrubber:
             if target in present:
                 continue
             backend = qss.pool.by_name[target]
-            result = await qss.attempt(backend, backend.put_meta, name, found.blob)
+            result = await qss.attempt(backend, PutMeta(name, found.blob))
             if result is True or result is False:
                 present.add(target)
                 index.add(entry, target)

@@ -347,3 +347,6 @@ class DirBackend:
     async def aclose(self) -> None:
         if self._packs is not None:
             self._packs.close()
+
+    def blocking(self) -> DirBackend:
+        return self

@@ -92,6 +92,43 @@ class Backend(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def blocking(self) -> BlockingBackend | None:
+        """Its blocking face, if its calls may run in a batch on a worker thread (a local directory), else None.
+
+        The pool runs the calls of every backend that has one in a single executor job, with one
+        syncfs per filesystem for the writes; the others are awaited concurrently on the loop.
+        """
+        ...
+
+
+class BlockingBackend(Protocol):
+    """The same operations as blocking calls; writes with `sync=False` leave durability to `sync()`."""
+
+    device: int  # its filesystem: writes to one filesystem are made durable by one `sync()`
+
+    def put_fragments_sync(self, items: Sequence[tuple[str, bytes]], replace: bool = False, sync: bool = True) -> None:
+        ...
+
+    def get_fragments_sync(self, digests: Sequence[str]) -> list[bytes | None]: ...
+
+    def delete_fragments_sync(self, digests: Sequence[str]) -> int: ...
+
+    def list_fragments_sync(self) -> list[FragmentInfo]: ...
+
+    def put_meta_sync(self, name: str, data: bytes, replace: bool = False, sync: bool = True) -> bool: ...
+
+    def get_meta_sync(self, name: str) -> bytes | None: ...
+
+    def list_meta_sync(self, directory: str) -> list[str]: ...
+
+    def delete_meta_sync(self, names: Sequence[str]) -> int: ...
+
+    def stat_sync(self) -> BackendStat: ...
+
+    def sync(self) -> None:
+        """Make every write so far durable (one syncfs of its filesystem)."""
+        ...
+
 
 def check_digest(digest: str) -> str:
     if not HEX64.match(digest):

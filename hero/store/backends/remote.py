@@ -149,6 +149,9 @@ class RemoteBackend:
         for conn in idle:
             conn.close()
 
+    def blocking(self) -> None:
+        return None  # every call is a request: awaited concurrently, not batched on a thread
+
 
 def _error_of(data: bytes) -> tuple[str, str]:
     """(message, type) of a fragment server's JSON error body."""
