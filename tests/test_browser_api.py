@@ -41,7 +41,7 @@ async def test_operator_apis_refuse_user_tokens_and_anonymous_callers(node):
 async def test_status_counts_agents_wakes_and_llm_throughput(node):
     async with httpx.AsyncClient(base_url=node.base_url, timeout=60) as http:
         first = (await http.get("/api/node/status", headers=auth(node.operator))).json()
-        assert first["agents"] == {"active": 0, "hibernated": 0, "total": 0}
+        assert first["agents"] == {"active": 0, "hibernated": 0, "damaged": 0, "total": 0}
         assert first["llm"]["loaded"] is True and first["parts"] == {"power": True, "storage": True, "network": False}
         await asyncio.sleep(1.0)
         for user in (node.alice, node.bob):
@@ -54,7 +54,7 @@ async def test_status_counts_agents_wakes_and_llm_throughput(node):
         await node.node.hibernate_idle(0)
         await (await node.node.deliver(node.alice["agent_id"], ChatMessage("remember that I am back"))).text()
         status = (await http.get("/api/node/status", headers=auth(node.operator))).json()
-    assert status["agents"] == {"active": 1, "hibernated": 1, "total": 2}
+    assert status["agents"] == {"active": 1, "hibernated": 1, "damaged": 0, "total": 2}
     assert status["runtime"]["activations"] == 3 and status["runtime"]["hibernations"] == 2
     assert status["wake_rate_per_min"] == pytest.approx(3.0)  # 3 wakes within the last minute
     assert status["llm"]["tokens_total"] > 0 and status["llm"]["tokens_per_s"] > 0
