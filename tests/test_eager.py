@@ -15,6 +15,7 @@ import pytest
 from hero.errors import Unavailable
 from hero.identity import NodeKeys, UserKey
 from hero.runtime.agent import Agent
+from hero.runtime.eager import AgentTasks
 from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
 from hero.runtime.node import Node
 from hero.server import open_store
@@ -142,3 +143,79 @@ async def test_shutdown_cancels_a_waiting_turn_and_fails_its_queued_events(store
         await first.text()
     with pytest.raises(Unavailable, match="shutting down"):
         await queued.wait_accepted()
+
+
+# the agent task itself
+
+
+async def test_values_and_errors_reach_a_turn_driven_by_its_agent_task():
+    group = AgentTasks()
+    agent_task = group.new("t")
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    bad: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    seen: list[object] = []
+
+    async def turn() -> None:
+        seen.append(await fut)
+        await asyncio.sleep(0)
+        try:
+            await bad
+        except ValueError as exc:
+            seen.append(str(exc))
+
+    assert agent_task.start(turn()) is False and group.running == 1
+    fut.set_result(7)
+    await asyncio.sleep(0.01)
+    bad.set_exception(ValueError("boom"))
+    await group.join()
+    assert seen == [7, "boom"] and group.running == 0
+    await group.aclose()
+
+
+async def test_a_timeout_due_before_the_agent_task_takes_over_still_reaches_the_turn():
+    group = AgentTasks()
+    outcome: list[str] = []
+
+    async def turn() -> None:
+        try:
+            async with asyncio.timeout(0):  # its expiry is queued before the agent task wakes
+                await asyncio.Event().wait()
+        except TimeoutError:
+            outcome.append("timed out")
+
+    group.new("t").start(turn())
+    await asyncio.wait_for(group.join(), 2)
+    assert outcome == ["timed out"] and asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await group.aclose()
+
+
+async def test_an_error_in_the_first_step_reaches_the_caller():
+    group = AgentTasks()
+
+    async def broken() -> None:
+        raise KeyError("first step")
+
+    with pytest.raises(KeyError):
+        group.new("b").start(broken())
+    assert group.running == 0 and asyncio.current_task() is not None  # the caller is current again
+    await group.aclose()
+
+
+async def test_a_parked_agent_task_cancelled_by_mistake_is_replaced_at_the_next_turn():
+    group = AgentTasks()
+    agent_task = group.new("t")
+    agent_task._task.cancel()
+    await asyncio.sleep(0)
+    ran: list[bool] = []
+
+    async def turn() -> None:
+        await asyncio.sleep(0)
+        ran.append(True)
+
+    agent_task.start(turn())
+    await asyncio.wait_for(group.join(), 2)
+    assert ran == [True]
+    agent_task.close()
+    await asyncio.wait_for(agent_task._task, 1)  # closed while parked: the task ends
+    await asyncio.sleep(0)
+    assert len(group.nursery) == 0
