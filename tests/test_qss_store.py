@@ -334,7 +334,7 @@ async def test_a_writer_that_remembers_its_head_still_sees_other_writers(tmp_pat
 async def test_keep_versions_in_storage_toml_trims_old_versions_in_the_background(tmp_path: Path):
     (tmp_path / "storage.toml").write_text("keep_versions = 2\ngc_interval_s = 0.05\n")
     store = await open_store(tmp_path)
-    store.retention.first_delay = 0
+    store.retention.first_delay_s = 0
     try:
         for i in range(5):
             await store.put(AGENT + "/state", f"v{i}".encode(), epoch=1)

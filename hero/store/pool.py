@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar, overload
 
 from hero.errors import Conflict, StorageError
-from hero.store.backends.calls import Call
-from hero.store.backends.protocol import Backend, BackendDown, BackendFull, BlockingBackend
+from hero.store.backends.calls import Call, Stat
+from hero.store.backends.protocol import Backend, BackendDown, BackendFull, BackendStat, BlockingBackend
 from hero.store.placement import Slot
 
 R = TypeVar("R")
@@ -26,6 +26,7 @@ Job: TypeAlias = tuple[Backend, Call[R]]  # one call on one backend
 log = logging.getLogger("hero.store")
 MAX_BACKOFF = 60.0
 FULL_BACKOFF = 60.0
+STATS_TTL = 5.0
 
 
 @dataclass
@@ -48,6 +49,7 @@ class BackendPool:
         self.by_name = {b.name: b for b in self.backends}
         self.health = {b.name: Health(since=time.time()) for b in self.backends}
         self.slots = [Slot(b.name, b.location) for b in self.backends]
+        self._stats: tuple[float, list[BackendStat | StorageError | Conflict]] = (-STATS_TTL, [])
         for backend in self.backends:
             if backend.fault is not None:  # e.g. its directory is a file: down from the start, the rest go on
                 self._failed(backend, "down", backend.fault, 1.0)
@@ -190,6 +192,30 @@ class BackendPool:
         health.failures += 1
         health.errors_total += 1
         health.retry_at = time.monotonic() + backoff
+
+    async def status(self) -> dict[str, Any]:
+        """Each backend (location, up/down/full, fragment counts), how many are up, and the backends per location."""
+        now = time.monotonic()
+        if now - self._stats[0] > STATS_TTL:  # counting fragments walks every backend: not on each dashboard poll
+            self._stats = (now, await self.fanout([(b, Stat()) for b in self.backends]))
+        stats = self._stats[1]
+        backends = []
+        for backend, stat in zip(self.backends, stats, strict=True):
+            entry: dict[str, Any] = {
+                "name": backend.name, "location": backend.location, "kind": backend.kind, "address": backend.address,
+                **self.health[backend.name].to_json(),
+            }
+            if isinstance(stat, BackendStat):
+                entry.update(fragments=stat.fragments, bytes=stat.bytes, free_bytes=stat.free_bytes)
+            else:
+                entry.update(fragments=None, bytes=None, free_bytes=None)
+            backends.append(entry)
+        locations: dict[str, dict[str, int]] = {}
+        for entry in backends:
+            loc = locations.setdefault(entry["location"], {"backends": 0, "up": 0})
+            loc["backends"] += 1
+            loc["up"] += entry["state"] == "up"
+        return {"backends": backends, "up": sum(1 for b in backends if b["state"] == "up"), "locations": locations}
 
     async def aclose(self) -> None:
         for backend in self.backends:

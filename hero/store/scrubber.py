@@ -6,69 +6,41 @@ crowds out agents. A missing or rotten fragment is rebuilt from k verified
 survivors with pyeclib's reconstruct — on ciphertext, so no data key is needed —
 written back to its backend or to another healthy one, and the new place is
 recorded in a signed placement patch. Reads and degraded writes queue their
-object here; queued repairs run first, fewest spare fragments first.
+object in the repair queue (`repairs.py`); queued repairs run first, fewest
+spare fragments first. What passes found is kept in `scrublog.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
-import itertools
-import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from hero.errors import IntegrityError, StorageError
 from hero.nursery import Nursery
 from hero.store import manifest, pipeline
 from hero.store.backends.calls import DeleteMeta, PutFragments, PutMeta
-from hero.store.damage import MAX_LISTED, Damage
+from hero.store.catalog import Catalog, ObjectIndex, Resolved, codec_of
+from hero.store.config import QSSConfig
+from hero.store.damage import Damage
+from hero.store.fetch import Fetched, Fetcher
 from hero.store.manifest import Patch
 from hero.store.placement import rendezvous, replica_targets
+from hero.store.repairs import RepairQueue
+from hero.store.scrublog import ScrubLog, ScrubReport
+from hero.store.workers import Progress
 
-if TYPE_CHECKING:
-    from hero.store.qss import QSS, Fetched, ObjectIndex, Resolved
-
+T = TypeVar("T")
 log = logging.getLogger("hero.store")
-FIRST_PASS_DELAY = 600.0
-DRAIN_ON_CLOSE = 30.0
+FIRST_PASS_DELAY_S = 600.0
+DRAIN_ON_CLOSE_S = 30.0
+RETRY_AFTER_S = 60.0  # after an unexpected failure of the background loop
 SCRUB_WINDOW_BYTES = 8 << 20
-
-
-@dataclass
-class ScrubReport:
-    checked: int = 0
-    corrupt: int = 0
-    missing: int = 0
-    repaired: int = 0
-    unrecoverable: int = 0
-    objects: int = 0
-    versions: int = 0
-    manifests_repaired: int = 0
-    bytes: int = 0
-    started: float = 0.0
-    seconds: float = 0.0
-    damaged_objects: int = 0  # objects with a version that cannot be read or rebuilt (named in `damaged`)
-    damaged: list[Damage] = field(default_factory=list)
-
-    def damage(self, found: Damage) -> None:
-        """Note a damaged object or version (listed up to MAX_LISTED; every object is counted once)."""
-        if not any(d.oid == found.oid for d in self.damaged):
-            self.damaged_objects += 1
-        if len(self.damaged) < MAX_LISTED:
-            self.damaged.append(found)
-        log.error("scrub: damaged %s%s: %s", found.key or f"object {found.oid[:16]}…",
-                  f" version {found.version}" if found.version is not None else "", found.error)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Pacer:
@@ -88,44 +60,45 @@ class Pacer:
 
 
 class Scrubber:
-    def __init__(self, qss: QSS, *, state_file: Path) -> None:
-        self.qss = qss
-        self.state_file = state_file
-        self._heap: list[tuple[int, int, str, int]] = []
-        self._queued: set[tuple[str, int]] = set()
-        self._seq = itertools.count()
-        self._wake = asyncio.Event()
+    """Works through the repair queue, and runs a full pass every `scrub_interval_s`.
+
+    It needs only the catalog (manifests, names, the backend pool behind it), the
+    repair queue, CPU workers to rebuild on, and its settings and state file.
+    """
+
+    def __init__(
+        self, catalog: Catalog, repairs: RepairQueue, *, cpu: Executor, config: QSSConfig, state_file: Path
+    ) -> None:
+        self.catalog = catalog
+        self.pool = catalog.pool
+        self.fetcher = Fetcher(catalog.pool)
+        self.repairs = repairs
+        self.cpu = cpu
+        self.config = config
+        self.history = ScrubLog(state_file)
         self._task: asyncio.Task[None] | None = None
         self._started = time.time()
         self._running_pass = False
-        self._repairs = {"done": 0, "failed": 0}
+
+    async def _compute(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.cpu, fn, *args)
 
     # Queue
 
-    def request(self, oid: str, version: int, *, spare: int) -> None:
-        """Queue one object version for a full check and repair; fewer spare fragments go first."""
-        if (oid, version) in self._queued:
-            return
-        self._queued.add((oid, version))
-        heapq.heappush(self._heap, (spare, next(self._seq), oid, version))
-        self._wake.set()
-
     async def drain(self) -> None:
         """Run every queued repair now."""
-        while self._heap:
-            _, _, oid, version = heapq.heappop(self._heap)
-            self._queued.discard((oid, version))
+        while (queued := self.repairs.pop()) is not None:
+            oid, version = queued
             report = ScrubReport(started=time.time())
             try:
-                index = await self.qss.index(oid)
+                index = await self.catalog.index(oid)
                 if version in index.versions():
-                    await self.check_version(oid, index, version, report, Pacer(None), key=self.qss.known_name(oid))
+                    key = self.catalog.known_name(oid)
+                    await self.check_version(oid, index, version, report, Pacer(None), key=key)
             except StorageError as exc:
                 log.warning("repair of %s version %d failed: %s", oid[:16], version, exc.message)
                 report.unrecoverable += 1
-            self._repairs["done"] += report.repaired
-            self._repairs["failed"] += report.unrecoverable
-            await self._save(repairs=report)
+            await self.history.record(repairs=report)
 
     # Background task
 
@@ -136,12 +109,12 @@ class Scrubber:
     async def aclose(self) -> None:
         """After the owner's nursery has stopped the background task: run what is still queued, briefly."""
         self._task = None
-        if self._heap:
+        if len(self.repairs):
             try:
-                async with asyncio.timeout(DRAIN_ON_CLOSE):
+                async with asyncio.timeout(DRAIN_ON_CLOSE_S):
                     await self.drain()
             except TimeoutError:
-                log.warning("%d queued repairs left for the next scrub pass", len(self._heap))
+                log.warning("%d queued repairs left for the next scrub pass", len(self.repairs))
 
     async def _run(self) -> None:
         while True:
@@ -149,38 +122,33 @@ class Scrubber:
                 await self.drain()
                 due = await self._seconds_to_next_pass()
                 if due <= 0:
-                    await self.scrub_pass(rate_mb_s=self.qss.config.scrub_rate_mb_s)
+                    await self.scrub_pass(rate_mb_s=self.config.scrub_rate_mb_s)
                     continue
-                self._wake.clear()
-                if not self._heap:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=due)
+                await self.repairs.wait(due)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("scrubber failed; trying again in a minute")
-                await asyncio.sleep(60)
+                await asyncio.sleep(RETRY_AFTER_S)
 
     async def _seconds_to_next_pass(self) -> float:
-        state = await self._load()
+        state = await self.history.load()
         last = state.get("last_finished")
-        base = last + self.qss.config.scrub_interval_s if last else self._started + FIRST_PASS_DELAY
+        base = last + self.config.scrub_interval_s if last else self._started + FIRST_PASS_DELAY_S
         return base - time.time()
 
     # Passes
 
-    async def scrub_pass(
-        self, *, rate_mb_s: float | None = None, progress: Callable[[int], None] | None = None
-    ) -> ScrubReport:
+    async def scrub_pass(self, *, rate_mb_s: float | None = None, progress: Progress | None = None) -> ScrubReport:
         """Check every version of every object of ours once."""
         report = ScrubReport(started=time.time())
         pacer = Pacer(rate_mb_s)
         self._running_pass = True
-        await self._save(started=report.started)
+        await self.history.record(started=report.started)
         try:
-            oids, holders, _ = await self.qss.oids()
+            oids, holders, _ = await self.catalog.oids()
             for oid in sorted(oids):
-                who = await self.qss.identify(oid, holders[oid])
+                who = await self.catalog.identify(oid, holders[oid])
                 if who.kind in ("foreign", "empty"):
                     continue
                 report.objects += 1
@@ -188,20 +156,19 @@ class Scrubber:
                     report.unrecoverable += 1
                     report.damage(Damage(who.key, oid, None, who.error))
                     continue
-                index = await self.qss.index(oid)
+                index = await self.catalog.index(oid)
                 for version in index.versions():
                     await self.check_version(oid, index, version, report, pacer, progress, key=who.key)
         finally:
             self._running_pass = False
             report.seconds = time.time() - report.started
-            await self._save(finished=report)
+            await self.history.record(finished=report)
         return report
 
     async def check_version(
         self, oid: str, index: ObjectIndex, version: int, report: ScrubReport, pacer: Pacer,
-        progress: Callable[[int], None] | None = None, *, key: str | None = None,
+        progress: Progress | None = None, *, key: str | None = None,
     ) -> None:
-        qss = self.qss
         entry = manifest.entry_name(version)
         broken: list[str] = []  # placement records no replica of which can be verified
         try:
@@ -212,7 +179,7 @@ class Scrubber:
                 except IntegrityError as exc:  # what it recorded is found again by hash below
                     log.warning("scrub: placement record %s of %s is unreadable: %s", name, oid[:16], exc.message)
                     broken.append(name)
-            resolved = await qss.resolve(oid, index, version)
+            resolved = await self.catalog.resolve(oid, index, version)
         except StorageError as exc:
             report.unrecoverable += 1
             report.damage(Damage(key, oid, version, exc.message))
@@ -224,7 +191,7 @@ class Scrubber:
         moves: list[tuple[int, int, str, str]] = []
         for first in range(0, len(m.segments), per_window):
             segs = list(range(first, min(len(m.segments), first + per_window)))
-            fetched = await qss.fetch(resolved, segs, want_all=True)
+            fetched = await self.fetcher.fetch(resolved, segs, want_all=True)
             report.checked += len(segs) * m.n
             report.missing += len(fetched.missing)
             report.corrupt += len(fetched.corrupt)
@@ -247,9 +214,8 @@ class Scrubber:
         self, resolved: Resolved, segs: list[int], fetched: Fetched, report: ScrubReport
     ) -> list[tuple[int, int, str, str]]:
         """Rebuild the lost fragments of these segments; the placement moves to record."""
-        qss = self.qss
         m = resolved.manifest
-        codec = qss.codec_of(m)
+        codec = codec_of(m)
         moves: list[tuple[int, int, str, str]] = []
         lost = fetched.missing | fetched.corrupt
         for s in segs:
@@ -269,17 +235,17 @@ class Scrubber:
                           m.version, m.oid[:16], s, len(good), m.k)
                 report.unrecoverable += len(need)
                 continue
-            rebuilt = await qss.cpu(codec.reconstruct, good, need)
-            hashes = await qss.cpu(lambda r=rebuilt: {i: pipeline.fragment_hash(f) for i, f in r.items()})
+            rebuilt = await self._compute(codec.reconstruct, good, need)
+            hashes = await self._compute(lambda r=rebuilt: {i: pipeline.fragment_hash(f) for i, f in r.items()})
             wrong = [i for i in need if hashes[i] != m.segments[s].hashes[i]]
             if wrong:
                 log.error("scrub: rebuilt fragments %s of %s do not match their manifest hashes", wrong, m.oid[:16])
                 report.unrecoverable += len(wrong)
             targets = self._targets(resolved, s, [i for i in need if i not in wrong])
             for name, indices in targets.items():
-                backend = qss.pool.by_name[name]
+                backend = self.pool.by_name[name]
                 items = [(m.segments[s].hashes[i], rebuilt[i]) for i in indices]
-                result = await qss.attempt(backend, PutFragments(items, replace=True))
+                result = await self.pool.attempt(backend, PutFragments(items, replace=True))
                 if isinstance(result, StorageError):
                     report.unrecoverable += len(indices)
                     continue
@@ -289,15 +255,14 @@ class Scrubber:
 
     def _targets(self, resolved: Resolved, s: int, need: list[int]) -> dict[str, list[int]]:
         """Where rebuilt fragments go: back to their backend if it is healthy, else the least-loaded location."""
-        qss = self.qss
-        writable = qss.pool.writable()
-        names = {b.name for b in writable if qss.pool.is_up(b.name)}
-        location = {b.name: b.location for b in qss.pool.backends}
+        pool = self.pool
+        names = {b.name for b in pool.writable() if pool.is_up(b.name)}
+        location = {b.name: b.location for b in pool.backends}
         places = resolved.places[s]
         keep = [places[i] for i in range(len(places)) if i not in need]
         per_backend = Counter(keep)
         per_location = Counter(location.get(p, "?") for p in keep)
-        rank = {slot.name: r for r, slot in enumerate(rendezvous(qss.pool.slots, f"{resolved.manifest.oid}/{s}"))}
+        rank = {slot.name: r for r, slot in enumerate(rendezvous(pool.slots, f"{resolved.manifest.oid}/{s}"))}
         out: dict[str, list[int]] = {}
         for i in need:
             if places[i] in names:
@@ -312,17 +277,15 @@ class Scrubber:
         return out
 
     async def _write_patch(self, resolved: Resolved, moves: list[tuple[int, int, str, str]]) -> None:
-        qss = self.qss
+        keys = self.catalog.node_keys
         m = resolved.manifest
-        patch = Patch(m.oid, m.version, resolved.digest, time.time(), qss.node_keys.node_id, tuple(moves))
-        blob = manifest.sign_patch(patch, qss.node_keys)
+        patch = Patch(m.oid, m.version, resolved.digest, time.time(), keys.node_id, tuple(moves))
+        blob = manifest.sign_patch(patch, keys)
         name = manifest.patch_name(m.oid, m.version, blob)
-        qss.forget_head(m.oid)  # the next read lists the object, so it sees this patch
-        usable = {b.name for b in qss.pool.writable()}
-        targets = replica_targets(qss.pool.slots, usable, m.oid, qss.config.replicas)
-        results = await asyncio.gather(
-            *(qss.attempt(b, PutMeta(name, blob)) for b in qss.pool.named(targets))
-        )
+        self.catalog.forget_head(m.oid)  # the next read lists the object, so it sees this patch
+        usable = {b.name for b in self.pool.writable()}
+        targets = replica_targets(self.pool.slots, usable, m.oid, self.config.replicas)
+        results = await asyncio.gather(*(self.pool.attempt(b, PutMeta(name, blob)) for b in self.pool.named(targets)))
         if not any(r is True or r is False for r in results):
             log.warning("scrub: placement patch for %s version %d reached no backend; reads will search",
                         m.oid[:16], m.version)
@@ -331,76 +294,37 @@ class Scrubber:
         """Remove placement records that cannot be read (the fragments' places are recorded again by now)."""
         directory = manifest.object_dir(oid)
         for entry in entries:
-            for holder in index.where.pop(entry, []):
-                backend = self.qss.pool.by_name[holder]
-                await self.qss.attempt(backend, DeleteMeta([f"{directory}/{entry}"]))
-            index.kinds.pop(entry, None)
+            for holder in index.drop(entry):
+                await self.pool.attempt(self.pool.by_name[holder], DeleteMeta([f"{directory}/{entry}"]))
 
     async def _heal_meta(self, oid: str, index: ObjectIndex, entry: str, *, patch: bool) -> int:
         """Bring a manifest or patch back to its full replica count and replace bad copies."""
-        qss = self.qss
+        pool, replicas = self.pool, self.config.replicas
         holders = index.where.get(entry, [])
-        found = await qss.read_meta(oid, entry, holders, patch=patch, fresh=True)
+        found = await self.catalog.read_meta(oid, entry, holders, patch=patch, fresh=True)
         name = f"{manifest.object_dir(oid)}/{entry}"
         fixed = 0
         for holder in found.bad:
-            backend = qss.pool.by_name[holder]
-            result = await qss.attempt(backend, PutMeta(name, found.blob, replace=True))
+            result = await pool.attempt(pool.by_name[holder], PutMeta(name, found.blob, replace=True))
             if result is True:
                 fixed += 1
         present = set(found.good) | set(found.bad)
-        usable = {b.name for b in qss.pool.writable() if qss.pool.is_up(b.name)}
-        for target in replica_targets(qss.pool.slots, usable, oid, qss.config.replicas):
-            if len(present) >= qss.config.replicas:
+        usable = {b.name for b in pool.writable() if pool.is_up(b.name)}
+        for target in replica_targets(pool.slots, usable, oid, replicas):
+            if len(present) >= replicas:
                 break
             if target in present:
                 continue
-            backend = qss.pool.by_name[target]
-            result = await qss.attempt(backend, PutMeta(name, found.blob))
+            result = await pool.attempt(pool.by_name[target], PutMeta(name, found.blob))
             if result is True or result is False:
                 present.add(target)
                 index.add(entry, target)
                 fixed += int(result is True)
         return fixed
 
-    # State shared with `hero storage status` (a node-local file: losing it loses nothing but history)
-
-    async def _load(self) -> dict[str, Any]:
-        def read() -> dict[str, Any]:
-            try:
-                return json.loads(self.state_file.read_text())
-            except (OSError, ValueError):
-                return {}
-
-        return await asyncio.to_thread(read)
-
-    async def _save(
-        self, *, started: float | None = None, finished: ScrubReport | None = None, repairs: ScrubReport | None = None
-    ) -> None:
-        def write() -> None:
-            try:
-                state = json.loads(self.state_file.read_text())
-            except (OSError, ValueError):
-                state = {}
-            if started is not None:
-                state["last_started"] = started
-            if finished is not None:
-                state["last_finished"] = time.time()
-                state["last"] = finished.to_json()
-                state["repaired_total"] = state.get("repaired_total", 0) + finished.repaired
-            if repairs is not None:
-                state["repaired_total"] = state.get("repaired_total", 0) + repairs.repaired
-                state["unrecoverable_total"] = state.get("unrecoverable_total", 0) + repairs.unrecoverable
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self.state_file)
-
-        await asyncio.to_thread(write)
-
     async def status(self) -> dict[str, Any]:
-        state = await self._load()
-        cfg = self.qss.config
+        state = await self.history.load()
+        cfg = self.config
         last = state.get("last") or {}
         return {
             "damaged_objects": last.get("damaged_objects", 0),  # as the last full pass found them
@@ -415,7 +339,7 @@ class Scrubber:
                 "last": state.get("last"),
             },
             "repairs": {
-                "queued": len(self._heap),
+                "queued": len(self.repairs),
                 "repaired_total": state.get("repaired_total", 0),
                 "unrecoverable_total": state.get("unrecoverable_total", 0),
             },
