@@ -61,8 +61,10 @@ class Assistant(Agent):
         async for delta in ctx.stream_llm(prompt, reply):
             parts.append(delta)
             reply.write(delta)
-        ctx.add_message("assistant", "".join(parts).strip(), kind="overlay")
-        await ctx.persist()
+        text = "".join(parts).strip()
+        if text:  # never an empty entry
+            ctx.add_message("assistant", text, kind="overlay")
+            await ctx.persist()
 
     async def timer(self, event: TimerFired, reply: Reply) -> None:
         if event.name == reminders.TIMER:

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from agents import assistant
-from hero.identity import NodeKeys
+from hero.identity import NodeKeys, UserKey
 from hero.runtime.agent import Agent, AgentContext
-from hero.runtime.node import state_key
+from hero.runtime.events import OverlayMessage
+from hero.runtime.node import Node, state_key
 from hero.server import open_store
 from tests.conftest import add_user, auth, free_port, hero_cli, hero_json, make_config, operator_token, serving
 from tests.test_cli import NodeProcess
@@ -232,3 +233,19 @@ async def test_a_user_whose_history_holds_a_lone_surrogate_can_read_and_chat_aga
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip()
         again = await client.get("/api/me/messages", headers=auth(alice["token"]))
         assert again.status_code == 200 and len(again.json()["messages"]) == 4
+
+
+async def test_an_overlay_reply_stopped_before_its_first_token_leaves_no_empty_entry(tmp_path: Path):
+    config = make_config(tmp_path)
+    store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
+    node = Node(store, None, slow_assistant(None), idle_after=60)
+    agent = UserKey.generate().agent_id
+    reply = await node.deliver(agent, OverlayMessage("m1", "ab" * 32, "400::1", b"t", b"hello over there"))
+    await reply.wait_accepted()
+    reply.cancel()  # the overlay sender went away before the first token
+    await asyncio.wait_for(node.join(), 10)
+    history = await node.history(agent)
+    await node.aclose()
+    await store.aclose()
+    assert all(m["content"] for m in history), history
+    assert [m["kind"] for m in history] == ["overlay"]
