@@ -66,7 +66,7 @@ class AgentInbox:
             log.info("overlay: message for agent %s from %s refused (not on its allow-list)",
                      message.agent[:12], message.src_pk[:12])
             return True
-        event = OverlayMessage(message.id, message.src_pk, message.src_ip, message.topic, message.payload)
+        event = OverlayMessage(message.id, message.src_pk, message.src_ip, message.topic, bytes(message.payload))
         self.node.nursery.spawn(self._run(message.agent, event), name=f"overlay-event:{message.agent[:8]}")
         return True
 

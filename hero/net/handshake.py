@@ -6,7 +6,9 @@ secrecy) mixed with an ML-KEM-768 encapsulation (FIPS 203), so traffic
 recorded today stays private against a future quantum computer as long as
 either problem is hard. `XX` alone (no KEM) is kept for the benchmark and for
 peers configured without post-quantum keys; end-to-end sessions between
-nodes that already know each other's key run `KK` (one round trip).
+nodes that already know each other's key run `KKhfs` (one round trip, the
+same hybrid: user data is encrypted once, end to end, so that layer must be
+as strong as the links).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ PATTERNS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
     "XX": ((), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
     "XXhfs": ((), (("e", "e1"), ("e", "ee", "ekem1", "s", "es"), ("s", "se"))),
     "KK": (("i:s", "r:s"), (("e", "es", "ss"), ("e", "ee", "se"))),
+    "KKhfs": (("i:s", "r:s"), (("e", "e1", "es", "ss"), ("e", "ee", "ekem1", "se"))),
 }
 
 

@@ -1,8 +1,14 @@
 """A link to one neighbour: a TCP stream opened with a Noise handshake, then encrypted frames.
 
-Frame: ciphertext length u32 (big-endian, also the AEAD's associated data),
-then ChaCha20-Poly1305 under the link's counter nonce. Both sides re-key
-(Noise `Rekey`) every `REKEY_FRAMES` frames, so no key protects much traffic.
+Frame: length u32 of the rest, head length u16, the head under ChaCha20-Poly1305
+(the link's counter nonce), then the sealed part as that AEAD's associated
+data. The head is the packet (headers, control TLVs, handshakes); the sealed
+part is what the end-to-end session already sealed (forward-secret, hybrid
+post-quantum, replay-protected): the link authenticates it but does not
+encrypt it a second time. So every byte on the wire is authenticated hop by
+hop, addresses and routing are hidden from the wire, and user data is
+encrypted once. The AEAD's tag covers both lengths, so the split cannot be
+moved. Both sides re-key (Noise `Rekey`) every `REKEY_FRAMES` frames.
 A frame that fails to decrypt means the stream is broken: the link closes.
 A packet that fails to decode is dropped and counted; the link lives on.
 """
@@ -23,8 +29,9 @@ MAX_FRAME = 70_000
 MAX_HANDSHAKE_MESSAGE = 4096
 REKEY_FRAMES = 1 << 16
 HANDSHAKE_TIMEOUT_S = 5.0
+CORK_BELOW = 8192  # smaller frames (acks, control) wait for the end of the loop iteration and leave together
 WRITE_BUFFER_LIMIT = 8 << 20  # past this, data packets are dropped (the message layer retransmits)
-_LEN = struct.Struct(">I")
+_FRAME = struct.Struct(">IH")  # bytes after the u32; head ciphertext bytes
 _HLEN = struct.Struct(">H")
 
 
@@ -120,7 +127,10 @@ class Link:
         self.stats = LinkStats()
         self.bucket = TokenBucket(control_rate, 2 * control_rate)
         self.connected_at = time.time()
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        self._corked: list[bytes] = []  # frames written this loop iteration: one syscall for all of them
+        self._corked_bytes = 0
 
     def __str__(self) -> str:
         return self.endpoint
@@ -128,49 +138,62 @@ class Link:
     def __repr__(self) -> str:
         return f"Link({self.endpoint}, {self.remote.hex()[:12]})"
 
-    def send(self, packet: bytes, *, droppable: bool = False) -> bool:
-        """Encrypt and queue one packet; False if the link is gone or (droppable) its buffer is full."""
+    def send(self, packet: bytes, sealed: bytes = b"", *, droppable: bool = False) -> bool:
+        """Encrypt `packet`, authenticate `sealed` (end-to-end ciphertext that follows it), queue both.
+
+        False if the link is gone or (droppable) its buffer is full.
+        """
         transport = self.writer.transport
         if transport.is_closing():
             return False
-        if droppable and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+        if droppable and transport.get_write_buffer_size() + self._corked_bytes > WRITE_BUFFER_LIMIT:
             self.stats.dropped += 1
             return False
-        n = len(packet) + 16
-        header = _LEN.pack(n)
-        sealed = self._send.encrypt(header, packet)
+        head = self._send.encrypt(sealed, packet)
         if self._send.n % REKEY_FRAMES == 0:
             self._send.rekey()
-        self.writer.write(header + sealed)
+        n = 2 + len(head) + len(sealed)
+        if n >= CORK_BELOW:  # big frames go at once, so the receiver decrypts while we encrypt the next
+            if self._corked:
+                self._flush()
+            self.writer.write(b"".join((_FRAME.pack(n, len(head)), head, sealed)))
+        else:
+            if not self._corked:
+                self._loop.call_soon(self._flush)
+            self._corked += (_FRAME.pack(n, len(head)), head, sealed)
+            self._corked_bytes += n + 4
         self.stats.tx_packets += 1
         self.stats.tx_bytes += n + 4
         return True
 
-    @property
-    def congested(self) -> bool:
-        return self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT // 2
+    def _flush(self) -> None:
+        if not self._corked:
+            return
+        data = b"".join(self._corked)
+        self._corked.clear()
+        self._corked_bytes = 0
+        if not self.writer.transport.is_closing():
+            self.writer.write(data)
 
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-    async def run(self, on_packet: Callable[[Link, bytes], None]) -> None:
-        """Read frames until EOF or a broken frame, handing each packet to `on_packet`."""
+    async def run(self, on_packet: Callable[[Link, bytes, bytes], None]) -> None:
+        """Read frames until EOF or a broken frame, handing each (packet, sealed part) to `on_packet`."""
+        reader = self.reader
         try:
             while True:
-                header = await self.reader.readexactly(4)
-                (n,) = _LEN.unpack(header)
-                if n > MAX_FRAME or n < 16:
-                    raise LinkClosed(f"frame length {n} out of range")
-                sealed = await self.reader.readexactly(n)
+                n, h = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+                if n > MAX_FRAME or not 16 <= h <= n - 2:
+                    raise LinkClosed(f"frame lengths {n}/{h} out of range")
+                head = await reader.readexactly(h)
+                sealed = await reader.readexactly(n - 2 - h) if n - 2 > h else b""
                 try:
-                    packet = self._receive.decrypt(header, sealed)
+                    packet = self._receive.decrypt(sealed, head)
                 except HandshakeError:
                     raise LinkClosed("frame failed authentication") from None
                 if self._receive.n % REKEY_FRAMES == 0:
                     self._receive.rekey()
                 self.stats.rx_packets += 1
                 self.stats.rx_bytes += n + 4
-                on_packet(self, packet)
+                on_packet(self, packet, sealed)
         except (asyncio.IncompleteReadError, ConnectionError, OSError, LinkClosed):
             return
         finally:

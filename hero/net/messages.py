@@ -1,17 +1,26 @@
 """Mycelium's message protocol (INIT, CHUNK, DONE, ACK, READ, REPLY) and the inbox behind the message API.
 
 A message of up to `MAX_MESSAGE_BYTES` (16 MiB; Mycelium allocates whatever
-INIT claims) is split into chunks of `CHUNK_BYTES`, sent with a window of
-`WINDOW` unacknowledged chunks, each acked and resent after `RESEND_S`; DONE
-carries the count and a BLAKE3 hash of the whole. Frames ride end-to-end
-sessions, so relays see none of this. The inbox is a deque plus futures: a
-long-poll waits on a future and holds no lock, so it never blocks other calls.
+INIT claims) is split into chunks of `CHUNK_BYTES`. The sender does not wait
+for INIT's ack: INIT, the first `WINDOW` chunks and, once every chunk is out,
+DONE (the count and a BLAKE3 hash of the whole) leave back to back, so a
+message that fits the window costs one round trip. The receiver acks
+selectively (every chunk below a base, plus a bitmap of the next 64) after
+every `ACK_EVERY` new chunks, on a duplicate, and when DONE finds a gap; DONE's
+ack says the whole message arrived. Whatever is unacked after `RESEND_S` is
+sent again (links are ordered, so loss means a reroute or a full link).
+Frames ride end-to-end sessions, so relays see none of this. Messages being
+received hold at most `MAX_PARTIAL_BYTES`; an INIT past that waits (unacked)
+for room. The inbox is a deque plus futures: a long-poll waits on a future
+and holds no lock, so it never blocks other calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import json
 import logging
 import math
 import secrets
@@ -34,17 +43,20 @@ CHUNK_BYTES = 60 * 1024
 MAX_MESSAGE_BYTES = 16 << 20
 MAX_TOPIC_BYTES = 255
 WINDOW = 64
-INIT_RESEND_S = 0.1
-RESEND_S = 0.25
+ACK_EVERY = 16
+RESEND_S = 0.2
 SEND_TIMEOUT_S = 300.0
 MAX_INBOX = 1000
 MAX_PARTIAL = 256
+MAX_PARTIAL_BYTES = 64 << 20
 _HDR = struct.Struct(">8sHH")
+_INIT = struct.Struct(">QB")
 _CHUNK = struct.Struct(">QQQ")
+_SACK = struct.Struct(">QQ")  # every chunk below base arrived; bit i: chunk base + i arrived
 _DONE = struct.Struct(">Q32s")
 
 
-def b64(data: bytes) -> str:
+def b64(data: bytes | bytearray) -> str:
     return base64.b64encode(data).decode()
 
 
@@ -56,17 +68,25 @@ class InboundMessage:
     dst_ip: str
     dst_pk: str
     topic: bytes
-    payload: bytes
+    payload: bytes | bytearray  # the receive buffer itself (no copy of up to 16 MiB); nobody writes to it
     reply: bool = False
     agent: str | None = None
     received: float = field(default_factory=time.time)
 
-    def to_json(self) -> dict[str, Any]:
+    def _head(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "srcIp": self.src_ip, "srcPk": self.src_pk, "dstIp": self.dst_ip,
-                               "dstPk": self.dst_pk, "payload": b64(self.payload)}
+                               "dstPk": self.dst_pk}
         if self.topic:
             out["topic"] = b64(self.topic)
         return out
+
+    def to_json(self) -> dict[str, Any]:
+        return self._head() | {"payload": b64(self.payload)}
+
+    def json_bytes(self) -> bytes:
+        """`to_json()` as JSON text, without running a JSON encoder over the payload: base64 needs no escaping."""
+        head = json.dumps(self._head(), separators=(",", ":")).encode()
+        return b"".join((head[:-1], b',"payload":"', binascii.b2a_base64(self.payload, newline=False), b'"}'))
 
 
 @dataclass(eq=False)
@@ -85,6 +105,12 @@ class Outbound:
     acked: set[int] = field(default_factory=set)
     sent: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait(self) -> str:
+        """Until the receiver has the whole message (`received`, or `read`) or the send ends `aborted`."""
+        await self.ended.wait()
+        return self.state
 
     @property
     def chunks(self) -> int:
@@ -105,7 +131,12 @@ class _Partial:
     agent: bytes | None
     buffer: bytearray
     have: set[int] = field(default_factory=set)
+    unacked: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def count(self) -> int:
+        return max(1, math.ceil(self.length / CHUNK_BYTES))
 
 
 @dataclass
@@ -116,12 +147,14 @@ class MessageStats:
     bad_frames: int = 0
     too_large: int = 0
     inbox_dropped: int = 0
+    resent_chunks: int = 0
+    busy: int = 0  # INITs left waiting: messages being received already held MAX_PARTIAL_BYTES
 
 
 class MessageService:
-    def __init__(self, send_frame: Callable[[bytes, bytes], None], nursery: Nursery, *, local_pk: bytes,
+    def __init__(self, send_frame: Callable[..., None], nursery: Nursery, *, local_pk: bytes,
                  local_ip: str, ip_of: Callable[[bytes], str]) -> None:
-        self._send_frame = send_frame  # (destination public key, frame)
+        self._send_frame = send_frame  # (destination public key, *frame parts)
         self._nursery = nursery
         self.local_pk = local_pk
         self.local_ip = local_ip
@@ -129,6 +162,7 @@ class MessageService:
         self.stats = MessageStats()
         self._out: OrderedDict[tuple[bytes, bool], Outbound] = OrderedDict()
         self._partial: dict[tuple[bytes, bytes, bool], _Partial] = {}
+        self._partial_bytes = 0
         self._done: OrderedDict[tuple[bytes, bytes, bool], None] = OrderedDict()
         self._inbox: deque[InboundMessage] = deque()
         self._waiters: set[asyncio.Future[None]] = set()
@@ -157,71 +191,73 @@ class MessageService:
             return None
         return self._out.get((key, False)) or self._out.get((key, True))
 
-    def _frame(self, out: Outbound, flags: int, body: bytes = b"") -> None:
+    def _frame(self, out: Outbound, flags: int, *body: bytes | memoryview) -> None:
         flags |= REPLY if out.reply else 0
-        self._send_frame(out.dst_pk, _HDR.pack(out.id, flags, 0) + body)
-
-    async def _wait(self, out: Outbound, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(out.wake.wait(), seconds)
-        except TimeoutError:
-            return
-        finally:
-            out.wake.clear()
+        self._send_frame(out.dst_pk, _HDR.pack(out.id, flags, 0), *body)
 
     async def _send(self, out: Outbound) -> None:
         loop = asyncio.get_running_loop()
         n = out.chunks
-        init = struct.pack(">QB", len(out.payload), len(out.topic)) + out.topic + (out.agent or b"")
+        view = memoryview(out.payload)
+        init = _INIT.pack(len(out.payload), len(out.topic)) + out.topic + (out.agent or b"")
+        in_flight: dict[int, float] = {}  # chunk -> when it was last sent
+        nxt = 0
+        init_at = done_at = -RESEND_S
+        digest = b""
+        out.state = "sending"
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                while not out.init_acked:
-                    self._frame(out, INIT | (AGENT if out.agent else 0), init)
-                    await self._wait(out, INIT_RESEND_S)
-                out.state = "sending"
-                sent_at: dict[int, float] = {}
-                nxt = 0
-                while len(out.acked) < n:
+                while not out.done_acked and out.state == "sending":
                     now = loop.time()
-                    for idx, at in list(sent_at.items()):
+                    if not out.init_acked and now - init_at >= RESEND_S:
+                        self._frame(out, INIT | (AGENT if out.agent else 0), init)
+                        init_at = now
+                    for idx, at in list(in_flight.items()):
                         if idx in out.acked:
-                            del sent_at[idx]
-                        elif now - at > RESEND_S:
-                            self._chunk(out, idx)
-                            sent_at[idx] = now
-                    while nxt < n and len(sent_at) < WINDOW:
-                        self._chunk(out, nxt)
-                        sent_at[nxt] = now
+                            del in_flight[idx]
+                        elif now - at >= RESEND_S:
+                            self.stats.resent_chunks += 1
+                            self._chunk(out, view, idx)
+                            in_flight[idx] = now
+                    while nxt < n and len(in_flight) < WINDOW:
+                        self._chunk(out, view, nxt)
+                        in_flight[nxt] = now
                         nxt += 1
                         out.sent = nxt
-                    if len(out.acked) < n:
-                        await self._wait(out, RESEND_S)
-                digest = blake3.blake3(out.payload).digest()
-                while not out.done_acked:
-                    self._frame(out, DONE, _DONE.pack(n, digest))
-                    await self._wait(out, RESEND_S)
-            if out.state != "read":
-                out.state = "received"
-            self.stats.sent += 1
+                    if nxt == n and now - done_at >= RESEND_S:
+                        digest = digest or blake3.blake3(out.payload).digest()
+                        self._frame(out, DONE, _DONE.pack(n, digest))
+                        done_at = now
+                    out.wake.clear()
+                    try:
+                        async with asyncio.timeout(RESEND_S):
+                            await out.wake.wait()
+                    except TimeoutError:
+                        pass
+            if out.state in ("sending", "read"):
+                out.state = "read" if out.state == "read" else "received"
+                self.stats.sent += 1
         except TimeoutError:
             out.state = "aborted"
             self.stats.aborted += 1
             self._frame(out, ABORTED)
+        finally:
+            out.ended.set()
 
-    def _chunk(self, out: Outbound, idx: int) -> None:
+    def _chunk(self, out: Outbound, view: memoryview, idx: int) -> None:
         offset = idx * CHUNK_BYTES
-        data = out.payload[offset : offset + CHUNK_BYTES]
-        self._frame(out, CHUNK, _CHUNK.pack(idx, offset, len(data)) + data)
+        data = view[offset : offset + CHUNK_BYTES]
+        self._frame(out, CHUNK, _CHUNK.pack(idx, offset, len(data)), data)
 
     # receiving
 
-    def on_frame(self, src_pk: bytes, body: bytes) -> None:
+    def on_frame(self, src_pk: bytes, body: bytes | memoryview) -> None:
         """One message-protocol frame from the node with key `src_pk` (already authenticated end to end)."""
         if len(body) < _HDR.size:
             self.stats.bad_frames += 1
             return
         mid, flags, _ = _HDR.unpack_from(body)
-        rest = body[_HDR.size :]
+        rest = memoryview(body)[_HDR.size :]
         reply = bool(flags & REPLY)
         try:
             if flags & ACK:
@@ -235,36 +271,55 @@ class MessageService:
             elif flags & (READ | ABORTED):
                 out = self._out.get((mid, reply))
                 if out is not None and out.dst_pk == src_pk:
-                    out.state = "read" if flags & READ else "aborted"
+                    if flags & READ:
+                        out.state = "read"
+                    elif out.state == "sending":
+                        out.state = "aborted"
+                        self.stats.aborted += 1
                     out.wake.set()
-                self._partial.pop((src_pk, mid, reply), None)
+                self._drop_partial((src_pk, mid, reply))
             else:
                 self.stats.bad_frames += 1
         except (struct.error, ValueError):
             self.stats.bad_frames += 1
 
     def _ack(self, dst: bytes, mid: bytes, flags: int, reply: bool, body: bytes = b"") -> None:
-        self._send_frame(dst, _HDR.pack(mid, flags | ACK | (REPLY if reply else 0), 0) + body)
+        self._send_frame(dst, _HDR.pack(mid, flags | ACK | (REPLY if reply else 0), 0), body)
 
-    def _on_ack(self, src_pk: bytes, mid: bytes, flags: int, reply: bool, rest: bytes) -> None:
+    def _sack(self, dst: bytes, mid: bytes, reply: bool, partial: _Partial) -> None:
+        base = 0
+        while base in partial.have:
+            base += 1
+        bits = sum(1 << i for i in range(64) if base + i in partial.have)
+        partial.unacked = 0
+        self._ack(dst, mid, CHUNK, reply, _SACK.pack(base, bits))
+
+    def _on_ack(self, src_pk: bytes, mid: bytes, flags: int, reply: bool, rest: memoryview) -> None:
         out = self._out.get((mid, reply))
         if out is None or out.dst_pk != src_pk:
             return
         if flags & INIT:
             out.init_acked = True
-        elif flags & CHUNK:
-            idx, _, _ = _CHUNK.unpack_from(rest)
-            out.acked.add(idx)
-            if len(out.acked) < out.chunks:
-                return  # the sender wakes on its resend timer or the last ack: one wake per window, not per chunk
+            return  # the sender does not wait for it
+        if flags & CHUNK:
+            base, bits = _SACK.unpack_from(rest)
+            out.init_acked = True
+            out.acked.update(range(min(base, out.chunks)))
+            out.acked.update(base + i for i in range(64) if bits >> i & 1 and base + i < out.chunks)
         elif flags & DONE:
             out.done_acked = True
         out.wake.set()
 
-    def _on_init(self, src_pk: bytes, mid: bytes, flags: int, reply: bool, rest: bytes) -> None:
-        length, topic_len = struct.unpack_from(">QB", rest)
-        topic = rest[9 : 9 + topic_len]
-        agent = rest[9 + topic_len : 9 + topic_len + 32] if flags & AGENT else None
+    def _drop_partial(self, key: tuple[bytes, bytes, bool]) -> _Partial | None:
+        partial = self._partial.pop(key, None)
+        if partial is not None:
+            self._partial_bytes -= partial.length
+        return partial
+
+    def _on_init(self, src_pk: bytes, mid: bytes, flags: int, reply: bool, rest: memoryview) -> None:
+        length, topic_len = _INIT.unpack_from(rest)
+        topic = bytes(rest[_INIT.size : _INIT.size + topic_len])
+        agent = bytes(rest[_INIT.size + topic_len : _INIT.size + topic_len + 32]) if flags & AGENT else None
         if len(topic) != topic_len or (agent is not None and len(agent) != 32):
             raise ValueError("truncated INIT")
         key = (src_pk, mid, reply)
@@ -273,28 +328,39 @@ class MessageService:
             self._send_frame(src_pk, _HDR.pack(mid, ABORTED | (REPLY if reply else 0), 0))
             return
         if key not in self._partial and key not in self._done:
+            now = time.monotonic()
+            for stale in [k for k, p in self._partial.items() if now - p.started > SEND_TIMEOUT_S]:
+                self._drop_partial(stale)
             if len(self._partial) >= MAX_PARTIAL:
-                oldest = min(self._partial, key=lambda k: self._partial[k].started)
-                del self._partial[oldest]
+                self._drop_partial(min(self._partial, key=lambda k: self._partial[k].started))
+            if self._partial_bytes + length > MAX_PARTIAL_BYTES:
+                self.stats.busy += 1
+                return  # no ack: the sender sends INIT again and is let in once there is room
             self._partial[key] = _Partial(length, topic, agent, bytearray(length))
+            self._partial_bytes += length
         self._ack(src_pk, mid, INIT, reply)
 
-    def _on_chunk(self, src_pk: bytes, mid: bytes, reply: bool, rest: bytes) -> None:
+    def _on_chunk(self, src_pk: bytes, mid: bytes, reply: bool, rest: memoryview) -> None:
         idx, offset, size = _CHUNK.unpack_from(rest)
         data = rest[_CHUNK.size :]
         key = (src_pk, mid, reply)
         partial = self._partial.get(key)
         if partial is None:
             if key in self._done:
-                self._ack(src_pk, mid, CHUNK, reply, rest[: _CHUNK.size])
+                self._ack(src_pk, mid, DONE, reply)
             return
         if size != len(data) or offset != idx * CHUNK_BYTES or offset + size > partial.length:
             raise ValueError("chunk outside the message")
+        if idx in partial.have:
+            self._sack(src_pk, mid, reply, partial)  # a resend: our ack was lost or late
+            return
         partial.buffer[offset : offset + size] = data
         partial.have.add(idx)
-        self._ack(src_pk, mid, CHUNK, reply, rest[: _CHUNK.size])
+        partial.unacked += 1
+        if partial.unacked >= ACK_EVERY:
+            self._sack(src_pk, mid, reply, partial)
 
-    def _on_done(self, src_pk: bytes, mid: bytes, reply: bool, rest: bytes) -> None:
+    def _on_done(self, src_pk: bytes, mid: bytes, reply: bool, rest: memoryview) -> None:
         count, digest = _DONE.unpack_from(rest)
         key = (src_pk, mid, reply)
         if key in self._done:
@@ -303,13 +369,15 @@ class MessageService:
         partial = self._partial.get(key)
         if partial is None:
             return
-        if len(partial.have) != count or count != max(1, math.ceil(partial.length / CHUNK_BYTES)):
-            return  # chunks still missing: the sender resends them and DONE
+        if count != partial.count:
+            raise ValueError("DONE counts another number of chunks")
+        if len(partial.have) != count:
+            self._sack(src_pk, mid, reply, partial)  # tell the sender what is missing
+            return
+        self._drop_partial(key)
         if blake3.blake3(partial.buffer).digest() != digest:
             self.stats.bad_frames += 1
-            del self._partial[key]
             return
-        del self._partial[key]
         self._done[key] = None
         while len(self._done) > 10_000:
             self._done.popitem(last=False)
@@ -317,7 +385,7 @@ class MessageService:
         self.stats.received += 1
         message = InboundMessage(
             mid.hex(), self._ip_of(src_pk), src_pk.hex(), self.local_ip,
-            partial.agent.hex() if partial.agent else self.local_pk.hex(), partial.topic, bytes(partial.buffer),
+            partial.agent.hex() if partial.agent else self.local_pk.hex(), partial.topic, partial.buffer,
             reply, partial.agent.hex() if partial.agent else None,
         )
         self.arrived(message)

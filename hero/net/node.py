@@ -86,7 +86,7 @@ class OverlayNode:
                                        local_ip=str(identity.address), ip_of=lambda pk: str(overlay_address(pk)))
         self.directory = AgentDirectory()
         self.dialer = Dialer(self._dial, self.nursery)
-        self.tun_write: Callable[[bytes], None] | None = None
+        self.tun_write: Callable[[bytes | memoryview], None] | None = None
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._own_agents: set[bytes] = set()
@@ -237,9 +237,9 @@ class OverlayNode:
 
     # packets
 
-    def _on_packet(self, link: Link, raw: bytes) -> None:
+    def _on_packet(self, link: Link, raw: bytes, sealed: bytes) -> None:
         try:
-            packet = decode_packet(raw)
+            packet = decode_packet(raw, sealed)
         except WireError:
             link.stats.dropped += 1
             self.counters.bad_packets += 1
@@ -263,8 +263,8 @@ class OverlayNode:
 
     def _on_data(self, link: Link | None, packet: DataPacket) -> None:
         if packet.dst[:8] == self.own8:
-            self._count(self.counters.by_source, packet.src, len(packet.payload))
-            self.sessions.receive(packet.src, packet.dst, packet.payload)
+            self._count(self.counters.by_source, packet.src, len(packet.payload) + len(packet.sealed))
+            self.sessions.receive(packet.src, packet.dst, packet.payload, packet.sealed)
             return
         if packet.hop_limit < 2:
             self.counters.hop_limit += 1
@@ -274,7 +274,7 @@ class OverlayNode:
             self.counters.no_route += 1
             return
         self.counters.forwarded += 1
-        nxt.send(encode_data(replace(packet, hop_limit=packet.hop_limit - 1)), droppable=True)
+        nxt.send(encode_data(replace(packet, hop_limit=packet.hop_limit - 1)), packet.sealed, droppable=True)
 
     def _count(self, table: dict[str, list[int]], addr: bytes, n: int) -> None:
         key = addr[:8].hex()
@@ -286,16 +286,16 @@ class OverlayNode:
         entry[0] += 1
         entry[1] += n
 
-    def send_sealed(self, dst: bytes, payload: bytes) -> None:
-        """Send an end-to-end sealed payload from our address to `dst` (a data packet; best effort)."""
+    def send_sealed(self, dst: bytes, payload: bytes, sealed: bytes) -> None:
+        """Send a session's packet (head, end-to-end sealed body) from our address to `dst` (best effort)."""
         nxt = self.router.next_hop(dst)
         if not isinstance(nxt, Link):
             self.counters.no_route += 1
             return
-        self._count(self.counters.by_destination, dst, len(payload))
-        nxt.send(encode_data(DataPacket(self.addr, dst, 64, payload)), droppable=True)
+        self._count(self.counters.by_destination, dst, len(payload) + len(sealed))
+        nxt.send(encode_data(DataPacket(self.addr, dst, 64, payload, sealed)), sealed, droppable=True)
 
-    def _deliver(self, peer: bytes, src: bytes, kind: int, body: bytes) -> None:
+    def _deliver(self, peer: bytes, src: bytes, kind: int, body: memoryview) -> None:
         self.counters.delivered += 1
         if kind == KIND_MESSAGE:
             self.messages.on_frame(peer, body)
@@ -309,8 +309,8 @@ class OverlayNode:
         else:
             self.counters.bad_packets += 1
 
-    def _send_message_frame(self, peer: bytes, frame: bytes) -> None:
-        self.sessions.send(peer, KIND_MESSAGE, frame)
+    def _send_message_frame(self, peer: bytes, *frame: bytes | memoryview) -> None:
+        self.sessions.send(peer, KIND_MESSAGE, *frame)
 
     def send_ipv6(self, packet: bytes) -> None:
         """An IPv6 packet from the TUN: seal it for the node that owns the destination's /64."""

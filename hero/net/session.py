@@ -2,13 +2,18 @@
 
 Mycelium seals every packet with the raw static X25519 secret (no forward
 secrecy, random nonces, no replay protection). Hero runs a one-round-trip
-Noise KK handshake per pair of nodes (both static keys known: the destination's
-from its route or `pk`, the initiator's sent beside the first message and
-checked against its source address), then seals data with ChaCha20-Poly1305
-under counter nonces with the packet's addresses and session header as AAD,
-drops replays with a sliding window, and re-keys with a fresh handshake after
-`rekey_after_s` or `rekey_after_packets`. No timers: a handshake is (re)started
-by the next send that needs it.
+Noise KKhfs handshake per pair of nodes (both static keys known: the
+destination's from its route or `pk`, the initiator's sent beside the first
+message and checked against its source address; ephemeral X25519 mixed with
+ML-KEM-768, as on links), then seals data with ChaCha20-Poly1305 under counter
+nonces with the packet's addresses and session header as AAD, drops replays
+with a sliding window, and re-keys with a fresh handshake after
+`rekey_after_s` or `rekey_after_packets`. No timers: a handshake is
+(re)started by the next send that needs it.
+
+This is the only encryption user data gets: a data packet leaves as a small
+head (the session header) and the sealed body, which links authenticate but
+do not encrypt again (see link.py).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ _DATA_HDR = struct.Struct(">BIQ")  # type, receiver index, counter
 _INIT_HDR = struct.Struct(">BI")
 _ACCEPT_HDR = struct.Struct(">BII")
 OVERHEAD = _DATA_HDR.size + 1 + 16  # header, kind, tag
+PATTERN = "KKhfs"
+_KINDS = [bytes((k,)) for k in range(256)]
 
 
 class ReplayWindow:
@@ -91,15 +98,15 @@ class _Pending:
     handshake: Handshake
     peer: bytes
     started: float
-    queue: deque[tuple[int, bytes]] = field(default_factory=deque)
+    queue: deque[bytes] = field(default_factory=deque)  # plaintexts (kind byte, body)
 
 
 class Sessions:
     def __init__(
         self,
         identity: Identity,
-        send_raw: Callable[[bytes, bytes], None],
-        deliver: Callable[[bytes, bytes, int, bytes], None],
+        send_raw: Callable[[bytes, bytes, bytes], None],
+        deliver: Callable[[bytes, bytes, int, memoryview], None],
         *,
         rekey_after_s: float = 120.0,
         rekey_after_packets: int = 1 << 24,
@@ -109,7 +116,7 @@ class Sessions:
     ) -> None:
         self.identity = identity
         self.addr = identity.address.packed
-        self._send_raw = send_raw  # (dst address, payload)
+        self._send_raw = send_raw  # (dst address, payload head, sealed body)
         self._deliver = deliver  # (peer public key, peer address, kind, body)
         self.rekey_after_s = rekey_after_s
         self.rekey_after_packets = rekey_after_packets
@@ -125,7 +132,9 @@ class Sessions:
 
     # sending
 
-    def send(self, peer: bytes, kind: int, body: bytes) -> None:
+    def send(self, peer: bytes, kind: int, *body: bytes | memoryview) -> None:
+        """Seal `kind` and the concatenated `body` for `peer` (queued while a handshake runs; best effort)."""
+        plain = b"".join((_KINDS[kind], *body))
         now = self.clock()
         session = self._current.get(peer)
         stale = session is not None and (
@@ -137,18 +146,18 @@ class Sessions:
                 if len(pending.queue) >= self.max_queued:
                     self.stats.queued_dropped += 1
                     return
-                pending.queue.append((kind, body))
+                pending.queue.append(plain)
                 return
         assert session is not None
-        self._seal(session, kind, body)
+        self._seal(session, plain)
 
-    def _seal(self, s: _Session, kind: int, body: bytes) -> None:
+    def _seal(self, s: _Session, plain: bytes) -> None:
         header = _DATA_HDR.pack(T_DATA, s.remote_index, s.counter)
         aad = self.addr + s.peer_addr + header
         nonce = b"\0\0\0\0" + s.counter.to_bytes(8, "little")
         s.counter += 1
-        sealed = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(bytes((kind,)) + body, aad, nonce, s.send_key)
-        self._send_raw(s.peer_addr, header + sealed)
+        self._send_raw(s.peer_addr, header, sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plain, aad, nonce,
+                                                                                              s.send_key))
 
     def _handshake(self, peer: bytes, now: float) -> _Pending:
         index = self._pending_by_peer.get(peer)
@@ -161,14 +170,14 @@ class Sessions:
         else:
             queue = deque()
         peer_addr = overlay_address(peer).packed
-        hs = Handshake("KK", initiator=True, static_secret=self.identity.secret, remote_static=peer,
+        hs = Handshake(PATTERN, initiator=True, static_secret=self.identity.secret, remote_static=peer,
                        prologue=self.addr + peer_addr)
         index = self._new_index()
         pending = _Pending(hs, peer, now, queue)
         self._pending[index] = pending
         self._pending_by_peer[peer] = index
         message = hs.write(int(time.time() * 1000).to_bytes(8, "big"))
-        self._send_raw(peer_addr, _INIT_HDR.pack(T_INIT, index) + self.identity.public + message)
+        self._send_raw(peer_addr, _INIT_HDR.pack(T_INIT, index) + self.identity.public + message, b"")
         return pending
 
     def _new_index(self) -> int:
@@ -179,15 +188,17 @@ class Sessions:
 
     # receiving
 
-    def receive(self, src: bytes, dst: bytes, payload: bytes) -> None:
-        """One sealed payload addressed to this node; anything that fails is counted and dropped."""
+    def receive(self, src: bytes, dst: bytes, payload: bytes, sealed: bytes = b"") -> None:
+        """One payload addressed to this node (head, sealed body); anything that fails is counted and dropped."""
         if not payload:
             self.stats.bad_packets += 1
             return
         kind = payload[0]
         try:
             if kind == T_DATA:
-                self._on_data(src, dst, payload)
+                self._on_data(src, dst, payload, sealed)
+            elif sealed:
+                self.stats.bad_packets += 1
             elif kind == T_INIT:
                 self._on_init(src, payload)
             elif kind == T_ACCEPT:
@@ -197,11 +208,11 @@ class Sessions:
         except (HandshakeError, struct.error, ValueError):
             self.stats.handshakes_rejected += 1
 
-    def _on_data(self, src: bytes, dst: bytes, payload: bytes) -> None:
-        if len(payload) < _DATA_HDR.size + 17:
+    def _on_data(self, src: bytes, dst: bytes, payload: bytes, sealed: bytes) -> None:
+        if len(payload) != _DATA_HDR.size or len(sealed) < 17:
             self.stats.bad_packets += 1
             return
-        _, index, counter = _DATA_HDR.unpack_from(payload)
+        _, index, counter = _DATA_HDR.unpack(payload)
         s = self._by_index.get(index)
         if s is None or s.peer_addr != src:
             self.stats.unknown_session += 1
@@ -211,9 +222,7 @@ class Sessions:
             return
         nonce = b"\0\0\0\0" + counter.to_bytes(8, "little")
         try:
-            plain = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-                payload[_DATA_HDR.size :], src + dst + payload[: _DATA_HDR.size], nonce, s.recv_key
-            )
+            plain = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(sealed, src + dst + payload, nonce, s.recv_key)
         except (nacl.exceptions.CryptoError, ValueError):
             self.stats.bad_packets += 1
             return
@@ -221,7 +230,7 @@ class Sessions:
         if not plain:
             self.stats.bad_packets += 1
             return
-        self._deliver(s.peer, src, plain[0], plain[1:])
+        self._deliver(s.peer, src, plain[0], memoryview(plain)[1:])
 
     def _on_init(self, src: bytes, payload: bytes) -> None:
         _, remote_index = _INIT_HDR.unpack_from(payload)
@@ -229,7 +238,7 @@ class Sessions:
         if len(peer) != 32 or overlay_address(peer).packed != src:
             self.stats.handshakes_rejected += 1  # the claimed key does not own the source address
             return
-        hs = Handshake("KK", initiator=False, static_secret=self.identity.secret, remote_static=peer,
+        hs = Handshake(PATTERN, initiator=False, static_secret=self.identity.secret, remote_static=peer,
                        prologue=src + self.addr)
         stamp = int.from_bytes(hs.read(payload[_INIT_HDR.size + 32 :]), "big")
         if stamp <= self._last_init.get(peer, 0):
@@ -241,7 +250,7 @@ class Sessions:
         send, recv = hs.split()
         assert send.k is not None and recv.k is not None
         self._install(_Session(peer, src, index, remote_index, send.k, recv.k, self.clock()))
-        self._send_raw(src, _ACCEPT_HDR.pack(T_ACCEPT, index, remote_index) + message)
+        self._send_raw(src, _ACCEPT_HDR.pack(T_ACCEPT, index, remote_index) + message, b"")
 
     def _on_accept(self, src: bytes, payload: bytes) -> None:
         _, remote_index, local_index = _ACCEPT_HDR.unpack_from(payload)
@@ -257,8 +266,7 @@ class Sessions:
         session = _Session(pending.peer, src, local_index, remote_index, send.k, recv.k, self.clock())
         self._install(session)
         while pending.queue:
-            kind, body = pending.queue.popleft()
-            self._seal(session, kind, body)
+            self._seal(session, pending.queue.popleft())
 
     def _install(self, session: _Session) -> None:
         self.stats.sessions_started += 1

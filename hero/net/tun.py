@@ -88,7 +88,7 @@ class Tun:
         loop.add_reader(self.fd, readable)
         self._reading = True
 
-    def write(self, packet: bytes) -> None:
+    def write(self, packet: bytes | memoryview) -> None:
         try:
             os.write(self.fd, packet)
             self.tx_packets += 1

@@ -44,10 +44,14 @@ class WireError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DataPacket:
+    """A data packet. Its payload is `payload` then `sealed`: `sealed` is already sealed end to end, so
+    links authenticate it but do not encrypt it again; `payload` (session header, handshakes) they encrypt."""
+
     src: bytes  # 16-byte IPv6
     dst: bytes
     hop_limit: int
     payload: bytes
+    sealed: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,8 @@ Tlv = Hello | Ihu | Update | RouteRequest | SeqnoRequest | AgentRecordTlv
 
 
 def encode_data(packet: DataPacket) -> bytes:
-    n = len(packet.payload)
+    """The packet up to its sealed part (which travels beside it: `Link.send(head, sealed)`)."""
+    n = len(packet.payload) + len(packet.sealed)
     if n > MAX_PAYLOAD:
         raise WireError(f"data payload of {n} bytes is over {MAX_PAYLOAD}")
     if len(packet.src) != 16 or len(packet.dst) != 16:
@@ -114,32 +119,33 @@ def encode_data(packet: DataPacket) -> bytes:
     )
 
 
-def decode_packet(buf: bytes | memoryview) -> DataPacket | list[Tlv]:
-    """One packet: a data packet, or the TLVs of a control packet."""
+def decode_packet(buf: bytes, sealed: bytes = b"") -> DataPacket | list[Tlv]:
+    """One packet (`sealed`: the part a link carried authenticated but not encrypted): data, or control TLVs."""
     if len(buf) < 4:
         raise WireError("packet shorter than its 4-byte header")
     version, kind, _, _ = _HDR.unpack_from(buf)
     if version != VERSION:
         raise WireError(f"unknown packet version {version}")
     if kind == TYPE_DATA:
-        return _decode_data(buf)
+        return _decode_data(buf, sealed)
+    if sealed:
+        raise WireError("only data packets carry a sealed part")
     if kind == TYPE_CONTROL:
         return decode_control(buf[4:])
     raise WireError(f"unknown packet type {kind}")
 
 
-def _decode_data(buf: bytes | memoryview) -> DataPacket:
+def _decode_data(buf: bytes, sealed: bytes) -> DataPacket:
     if len(buf) < 4 + DATA_HEADER:
         raise WireError("data packet shorter than its header")
     (word,) = _U32.unpack_from(buf, 4)
     n = (word >> 8) & 0xFFFF
     if word >> 24:
         raise WireError("reserved bits set in data header")
-    if len(buf) != 4 + DATA_HEADER + n:
-        raise WireError(f"data packet length field says {n}, packet carries {len(buf) - 4 - DATA_HEADER}")
-    src = bytes(buf[8:24])
-    dst = bytes(buf[24:40])
-    return DataPacket(src, dst, word & 0xFF, bytes(buf[40:]))
+    carried = len(buf) - 4 - DATA_HEADER + len(sealed)
+    if carried != n:
+        raise WireError(f"data packet length field says {n}, packet carries {carried}")
+    return DataPacket(buf[8:24], buf[24:40], word & 0xFF, buf[40:], sealed)
 
 
 def encode_control(tlvs: list[Tlv]) -> bytes:

@@ -96,10 +96,15 @@ def test_control_round_trip(tlvs) -> None:
 
 
 @given(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16), st.integers(0, 255),
-       st.binary(max_size=2000))
-def test_data_round_trip(src, dst, hop, payload) -> None:
-    packet = DataPacket(src, dst, hop, payload)
-    assert decode_packet(encode_data(packet)) == packet
+       st.binary(max_size=2000), st.binary(max_size=2000))
+def test_data_round_trip(src, dst, hop, payload, sealed) -> None:
+    packet = DataPacket(src, dst, hop, payload, sealed)
+    assert decode_packet(encode_data(packet), sealed) == packet
+    if sealed:  # the length field counts the sealed part: it cannot be dropped or swapped
+        with pytest.raises(WireError):
+            decode_packet(encode_data(packet))
+        with pytest.raises(WireError):
+            decode_packet(encode_data(packet), sealed + b"x")
 
 
 @given(st.binary(max_size=400))
@@ -161,17 +166,18 @@ def test_replay_window() -> None:
     assert not w.fresh(100)  # fell out of the window: too old
 
 
-@given(st.binary(max_size=300))
-def test_session_receive_never_raises(raw) -> None:
+@given(st.binary(max_size=300), st.binary(max_size=100))
+def test_session_receive_never_raises(raw, sealed) -> None:
     ident = Identity(bytes(range(32)))
-    sessions = Sessions(ident, lambda d, p: None, lambda *a: None)
-    sessions.receive(bytes(16), ident.address.packed, raw)
+    sessions = Sessions(ident, lambda *a: None, lambda *a: None)
+    sessions.receive(bytes(16), ident.address.packed, raw, sealed)
+    assert sessions.stats.bad_packets + sessions.stats.handshakes_rejected + sessions.stats.unknown_session > 0
 
 
 @given(st.binary(max_size=300))
 async def test_message_frames_never_raise(raw) -> None:
     nursery = Nursery("t")
-    service = MessageService(lambda pk, f: None, nursery, local_pk=bytes(32), local_ip="400::1", ip_of=str)
+    service = MessageService(lambda *a: None, nursery, local_pk=bytes(32), local_ip="400::1", ip_of=str)
     service.on_frame(bytes(32), raw)
     service.on_frame(bytes(32), b"12345678" + b"\x80\x00\0\0" + (2**40).to_bytes(8, "big") + b"\0")
     assert service.stats.too_large == 1  # INIT's length is capped, never allocated

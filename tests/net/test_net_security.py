@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from hero.net.address import Identity
+from hero.net.handshake import CipherState
+from hero.net.link import Link, handshake
 from hero.net.node import OverlayConfig, OverlayNode
 from hero.net.session import KIND_IPV6
 from hero.net.wire import Update, encode_control, update_signed_bytes
@@ -73,21 +77,20 @@ async def test_spoofed_inner_source_is_dropped() -> None:
 
 async def test_replayed_packet_is_dropped() -> None:
     async with nodes(2) as (a, b):
-        sent: list[tuple[bytes, bytes]] = []
+        sent: list[tuple[bytes, bytes, bytes]] = []
         original = b.send_sealed
 
-        def record(dst: bytes, payload: bytes) -> None:
-            sent.append((dst, payload))
-            original(dst, payload)
+        def record(dst: bytes, payload: bytes, sealed: bytes) -> None:
+            sent.append((dst, payload, sealed))
+            original(dst, payload, sealed)
 
-        b.send_sealed = record  # type: ignore[method-assign]
         b.sessions._send_raw = record
         b.messages.push(a.identity.public, b"t", b"once")
         message = await a.messages.pop(topic=b"t", timeout_s=5, peek=False)
         assert message is not None and message.payload == b"once"
-        data = [(d, p) for d, p in sent if p[0] == 3]
-        for dst, payload in data:
-            original(dst, payload)  # a relay replays every data packet it saw
+        data = [(d, p, s) for d, p, s in sent if p[0] == 3]
+        for dst, payload, sealed in data:
+            original(dst, payload, sealed)  # a relay replays every data packet it saw
         await until(lambda: a.sessions.stats.replayed >= len(data))
         assert await a.messages.pop(topic=b"t", timeout_s=0.3, peek=False) is None
 
@@ -128,3 +131,36 @@ async def test_flooding_peer_is_rate_limited() -> None:
             link.send(encode_control([]))
         await until(lambda: a.counters.rate_limited > 0)
         assert a.links  # the link lives on
+
+
+async def test_links_encrypt_heads_and_authenticate_sealed_parts() -> None:
+    """User data is sealed once, end to end; a link hides the head and lets no byte of either be changed."""
+    left, right = socket.socketpair()
+    r1, w1 = await asyncio.open_connection(sock=left)
+    r2, w2 = await asyncio.open_connection(sock=right)
+    a, b = Identity.generate(), Identity.generate()
+    (send, _, _), (_, receive, _) = await asyncio.gather(handshake(r1, w1, a, initiator=True),
+                                                          handshake(r2, w2, b, initiator=False))
+    sender = Link(r1, w1, send, CipherState(), b.public, endpoint="tcp://a", inbound=False)
+    head, sealed = b"secret head: addresses, session index", os.urandom(3000)
+    sender.send(head, sealed)
+    await asyncio.sleep(0.05)
+    wire = await r2.read(10_000)
+    assert sealed in wire and head not in wire
+
+    async def deliver(frame: bytes) -> list[tuple[bytes, bytes]]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(frame)
+        reader.feed_eof()
+        got: list[tuple[bytes, bytes]] = []
+        copy = CipherState(receive.k)
+        link = Link(reader, w2, CipherState(), copy, a.public, endpoint="tcp://b", inbound=True)
+        await link.run(lambda _, packet, part: got.append((packet, part)))
+        return got
+
+    assert await deliver(wire) == [(head, sealed)]
+    tampered = bytearray(wire)
+    tampered[wire.index(sealed) + 100] ^= 1
+    assert await deliver(bytes(tampered)) == []  # the frame fails authentication: the link closes
+    w1.close()
+    w2.close()
