@@ -5,7 +5,7 @@ new entries of every other process's index, new deletions, records past the last
 packs that vanished (compacted or wiped). An index is checked, not trusted (see `packformat.py`): one
 that fails its checksum or names bytes its pack does not hold is set aside and the pack walked; if the
 pack's writer is gone its index is written again from the walk, so the next process reads a good one.
-The map is a dict of raw digest -> packed int (pack id, offset, size): ~140 B a fragment, not ~275.
+The map is a dict of raw digest -> one int holding (pack id, offset, size): ~140 B a fragment, not ~275.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class PackIndex:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self.where: dict[bytes, int] = {}  # raw digest -> packed location (`sid(stem) << 80 | offset << 40 | size`)
+        self.where: dict[bytes, int] = {}  # raw digest -> location as one int (`sid(stem) << 80 | offset << 40 | size`)
         self.packs: dict[str, PackBooks] = {}
         self.own: str | None = None  # the pack this process writes: its entries are already here
         self._stems: list[str] = []
@@ -85,35 +85,35 @@ class PackIndex:
             self._stems.append(stem)
         return sid
 
-    def unpack(self, packed: int) -> Location:
-        return Location(self._stems[packed >> 80], packed >> 40 & MASK40, packed & MASK40)
+    def decode(self, loc: int) -> Location:
+        return Location(self._stems[loc >> 80], loc >> 40 & MASK40, loc & MASK40)
 
     def get(self, digest: str) -> Location | None:
-        packed = self.where.get(bytes.fromhex(digest))
-        return None if packed is None else self.unpack(packed)
+        loc = self.where.get(bytes.fromhex(digest))
+        return None if loc is None else self.decode(loc)
 
     def all(self) -> Iterator[tuple[str, Location]]:
-        for raw, packed in self.where.items():
-            yield raw.hex(), self.unpack(packed)
+        for raw, loc in self.where.items():
+            yield raw.hex(), self.decode(loc)
 
-    def assign(self, raw: bytes, packed: int) -> None:
+    def assign(self, raw: bytes, loc: int) -> None:
         old = self.where.get(raw)
-        if old == packed:  # the same record, indexed again (say, walked before its index entry was read)
+        if old == loc:  # the same record, indexed again (say, walked before its index entry was read)
             return
         if old is not None:
             self.mark_dead(old)
-        self.where[raw] = packed
+        self.where[raw] = loc
 
-    def mark_dead(self, packed: int) -> None:
+    def mark_dead(self, loc: int) -> None:
         """Count a record's bytes as dead in its pack's books (what compaction goes by)."""
-        stem = self._stems[packed >> 80]
+        stem = self._stems[loc >> 80]
         if stem in self.packs:
-            self.packs[stem].dead += HEADER.size + (packed & MASK40)
+            self.packs[stem].dead += HEADER.size + (loc & MASK40)
 
     def drop(self, digest: str) -> None:
-        packed = self.where.pop(bytes.fromhex(digest), None)
-        if packed is not None:
-            self.mark_dead(packed)
+        loc = self.where.pop(bytes.fromhex(digest), None)
+        if loc is not None:
+            self.mark_dead(loc)
 
     def refresh(self) -> list[str]:
         """Read what other processes appended or removed since we last looked, oldest pack first.
@@ -154,7 +154,7 @@ class PackIndex:
         sids = {self._stem_ids[s] for s in stems if s in self._stem_ids}
         for stem in stems:
             del self.packs[stem]
-        gone = [raw for raw, packed in self.where.items() if packed >> 80 in sids]
+        gone = [raw for raw, loc in self.where.items() if loc >> 80 in sids]
         for raw in gone:
             del self.where[raw]
         self._stale = self._stale or bool(gone)
@@ -163,7 +163,7 @@ class PackIndex:
         """Read every other process's pack again from the start; our own records stay as they are."""
         self._stale = False
         own = self._stem_ids.get(self.own) if self.own is not None else None
-        self.where = {raw: packed for raw, packed in self.where.items() if packed >> 80 == own}
+        self.where = {raw: loc for raw, loc in self.where.items() if loc >> 80 == own}
         for stem in sorted(self.packs):
             if stem != self.own:
                 old = self.packs[stem]  # what was learnt of its writer and index stays: no walk of it again
@@ -231,12 +231,12 @@ class PackIndex:
             if killed and (offset, digest) in killed:
                 dead += HEADER.size + size
                 continue
-            packed = sid << 80 | offset << 40 | size
+            loc = sid << 80 | offset << 40 | size
             old = where.get(digest)
-            if old != packed:
+            if old != loc:
                 if old is not None:
                     self.mark_dead(old)
-                where[digest] = packed
+                where[digest] = loc
         pack.dead += dead
         pack.index_end = end
         pack.total = max(pack.total, end)
@@ -251,8 +251,8 @@ class PackIndex:
             if (offset, digest) in pack.killed:
                 continue
             pack.killed.add((offset, digest))
-            packed = self.where.get(digest)
-            if packed is not None and packed >> 80 == sid and packed >> 40 & MASK40 == offset:
+            loc = self.where.get(digest)
+            if loc is not None and loc >> 80 == sid and loc >> 40 & MASK40 == offset:
                 self.drop(digest.hex())
         pack.deleted += usable
 
@@ -297,7 +297,7 @@ class PackIndex:
         """Index a pack from its own records alone; if its writer is gone, write its index again from them."""
         path = self.dir / f"{stem}.pack"
         sid = self.sid(stem)
-        taken = [r for r, packed in self.where.items() if packed >> 80 == sid]
+        taken = [r for r, loc in self.where.items() if loc >> 80 == sid]
         for raw in taken:
             del self.where[raw]
         self._stale = self._stale or bool(taken)  # an entry dropped here may have hidden a good copy elsewhere

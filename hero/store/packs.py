@@ -146,7 +146,7 @@ class PackFiles:
         """(fragments, bytes) held, for status: without building a record per fragment."""
         with self._lock:
             self._refresh()
-            return len(self._index.where), sum(packed & MASK40 for packed in self._index.where.values())
+            return len(self._index.where), sum(loc & MASK40 for loc in self._index.where.values())
 
     def entries(self) -> list[tuple[str, int, float]]:
         """(digest, size, mtime of its pack) of every live fragment."""
@@ -162,7 +162,7 @@ class PackFiles:
             self._append(items, replace)
 
     def _append(self, items: Sequence[tuple[str, bytes]], replace: bool, *, kill: bool = True) -> None:
-        """The hot path of every put, once per backend: raw keys and packed ints, no objects per record."""
+        """The hot path of every put, once per backend: raw keys and location ints, no objects per record."""
         where = self._index.where
         fresh: dict[bytes, bytes] = {}
         for digest, data in items:
@@ -190,7 +190,7 @@ class PackFiles:
         self._size = offset
         self._idx_size += len(entries) * ENTRY.size
         self._idx_state = state
-        replaced = {raw.hex(): self._index.unpack(where[raw]) for raw in fresh if raw in where} if kill else {}
+        replaced = {raw.hex(): self._index.decode(where[raw]) for raw in fresh if raw in where} if kill else {}
         if replaced:
             self._kill(replaced)
         sid = self._index.sid(self._index.own)
