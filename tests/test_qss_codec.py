@@ -194,3 +194,20 @@ def test_manifest_signature_detects_tampering_and_unknown_signers(tmp_path):
         manifest.open_manifest(blob[:-10], {keys.node_id})
     with pytest.raises(IntegrityError, match="malformed"):
         manifest.open_manifest(b"garbage" * 20, {keys.node_id})
+
+
+def test_placement_patches_have_a_magic_of_their_own_and_patches_signed_before_still_open(tmp_path):
+    from hero.store import packformat
+
+    keys = NodeKeys.load_or_create(tmp_path)
+    patch = manifest.Patch(OID, 1, "ef" * 32, 1.7e9, keys.node_id, ((0, 3, "ab" * 32, "local-07"),))
+    blob = manifest.sign_patch(patch, keys)
+    magics = {manifest.MANIFEST_MAGIC, packformat.MAGIC, packformat.DEAD, packformat.INDEX_MAGIC}
+    assert blob[:4] == manifest.PATCH_MAGIC and manifest.PATCH_MAGIC not in magics
+    assert manifest.open_patch(blob, {keys.node_id}) == patch
+    # As written before patches had their own magic: the pack record's (HQP1), signed with it.
+    head = b"HQP1" + blob[4 : len(blob) - manifest.SIG_BYTES]
+    earlier = head + keys.sign(head)
+    assert manifest.open_patch(earlier, {keys.node_id}) == patch
+    with pytest.raises(IntegrityError, match="malformed"):
+        manifest.open_manifest(blob, {keys.node_id})

@@ -29,7 +29,8 @@ from hero.store.pipeline import HEX64
 R = TypeVar("R")
 
 MANIFEST_MAGIC = b"HQM1"
-PATCH_MAGIC = b"HQP1"
+PATCH_MAGIC = b"HQR1"  # a placement (relocation) record
+EARLIER_PATCH_MAGIC = b"HQP1"  # patches written before they had a magic of their own (a pack record's): still read
 SIG_BYTES = 64
 OBJECTS = "obj"
 NAME = re.compile(r"^(\d{12})\.(m|p\.[0-9a-f]{32})$")
@@ -147,9 +148,9 @@ def _sign(magic: bytes, body: dict[str, Any], keys: NodeKeys) -> bytes:
     return head + keys.sign(head)
 
 
-def _open(magic: bytes, blob: bytes, trusted: set[str] | None, what: str) -> dict[str, Any]:
+def _open(magics: tuple[bytes, ...], blob: bytes, trusted: set[str] | None, what: str) -> dict[str, Any]:
     """Parse a signed record; with `trusted`, refuse unknown signers and bad signatures."""
-    if len(blob) < 8 + SIG_BYTES or blob[:4] != magic:
+    if len(blob) < 8 + SIG_BYTES or blob[:4] not in magics:
         raise IntegrityError(f"{what} is malformed")
     (size,) = struct.unpack_from(">I", blob, 4)
     if len(blob) != 8 + size + SIG_BYTES:
@@ -173,7 +174,7 @@ def sign_manifest(manifest: Manifest, keys: NodeKeys) -> bytes:
 
 
 def open_manifest(blob: bytes, trusted: set[str] | None, what: str = "manifest") -> Manifest:
-    return _parsed(Manifest.from_json, _open(MANIFEST_MAGIC, blob, trusted, what), what)
+    return _parsed(Manifest.from_json, _open((MANIFEST_MAGIC,), blob, trusted, what), what)
 
 
 def sign_patch(patch: Patch, keys: NodeKeys) -> bytes:
@@ -181,7 +182,7 @@ def sign_patch(patch: Patch, keys: NodeKeys) -> bytes:
 
 
 def open_patch(blob: bytes, trusted: set[str] | None, what: str = "placement patch") -> Patch:
-    return _parsed(Patch.from_json, _open(PATCH_MAGIC, blob, trusted, what), what)
+    return _parsed(Patch.from_json, _open((PATCH_MAGIC, EARLIER_PATCH_MAGIC), blob, trusted, what), what)
 
 
 def _parsed(parse: Callable[[dict[str, Any]], R], body: dict[str, Any], what: str) -> R:
