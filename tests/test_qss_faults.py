@@ -321,7 +321,7 @@ async def test_kill_9_of_a_writer_mid_put_leaves_the_previous_version_intact(tmp
     try:
         assert [v.version for v in await store.versions(AGENT + "/state")] == [1]
         assert await store.get(AGENT + "/state") == b"the previous version"
-        gc = await store.gc(1, orphan_grace=0)
+        gc = await store.gc(1, orphan_grace_s=0)
         assert gc["orphans_removed"] >= 40 and gc["versions_removed"] == 0
         assert len(fragment_files(tmp_path / "backends")) == baseline
         next_version = await store.put(AGENT + "/state", b"after the crash", epoch=1)

@@ -59,7 +59,7 @@ async def _build(root: Path) -> Layout:
         await store.put(PATCHED, objects[PATCHED], epoch=1)  # 19 fragments: the repair places the 20th
         (backends / "away").rename(backends / "19")
         await store.scrubber.drain()  # writes a placement patch
-        gc = await store.gc(1, orphan_grace=None)  # kills the first version's records: `.del` files
+        gc = await store.gc(1, orphan_grace_s=None)  # kills the first version's records: `.del` files
         assert gc["versions_removed"] == 1 and gc["fragments_removed"] == 20
         oid = store.ring.object_id(TARGET)
         index = await store.index(oid)

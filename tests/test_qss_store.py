@@ -162,7 +162,7 @@ async def test_gc_keeps_the_newest_versions_and_sweeps_orphans(tmp_path: Path):
         await store.put("node/leases", b"x", epoch=1)
         stray = b"left by a killed writer"
         PackFiles(tmp_path / "backends" / "00" / "packs").append([(fragment_hash(stray), stray)])
-        report = await store.gc(2, orphan_grace=0)
+        report = await store.gc(2, orphan_grace_s=0)
         assert report["versions_removed"] == 3 and report["orphans_removed"] == 1
         assert report["fragments_removed"] == 60 and report["orphan_sweep"] == "done"
         assert [v.version for v in await store.versions(AGENT + "/state")] == [4, 5]
@@ -171,7 +171,7 @@ async def test_gc_keeps_the_newest_versions_and_sweeps_orphans(tmp_path: Path):
         assert len(fragment_files(tmp_path / "backends")) == 20 * 3
         with pytest.raises(BadRequest):
             await store.gc(0)
-        again = await store.gc(2, orphan_grace=0)
+        again = await store.gc(2, orphan_grace_s=0)
         assert again["versions_removed"] == 0 and again["orphans_removed"] == 0
     finally:
         await store.aclose()

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from hero.errors import NotFound, UsageError
 from hero.identity import NodeKeys
 from hero.store.damage import describe
+from hero.store.gc import ORPHAN_GRACE_S
 from hero.store.progress import ProgressBar
 from hero.store.qss import QSS, open_qss
 
@@ -65,7 +66,7 @@ def add_storage_parser(subparsers: Any) -> None:
 
     gc = sub.add_parser("gc", help="drop all but the newest N versions of every object")
     gc.add_argument("--keep", type=int, required=True)
-    gc.add_argument("--orphan-grace", type=float, default=3600.0,
+    gc.add_argument("--orphan-grace", dest="orphan_grace_s", type=float, default=ORPHAN_GRACE_S,
                     help="seconds an unreferenced fragment must be old before it is removed (default 3600)")
     _common(gc)
     gc.set_defaults(func=cmd_gc)
@@ -224,11 +225,11 @@ def cmd_scrub(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     if args.keep < 1:
         raise UsageError("--keep must be >= 1")
-    if args.orphan_grace < 0:
+    if args.orphan_grace_s < 0:
         raise UsageError("--orphan-grace must be >= 0")
 
     async def op(qss: QSS) -> dict[str, Any]:
-        return await qss.gc(args.keep, orphan_grace=args.orphan_grace)
+        return await qss.gc(args.keep, orphan_grace_s=args.orphan_grace_s)
 
     out = _run(args, op)
     _emit(args, out, f"{out['versions_removed']} versions and {out['fragments_removed']} fragments removed "

@@ -24,9 +24,9 @@ R = TypeVar("R")
 P = TypeVar("P")
 Job: TypeAlias = tuple[Backend, Call[R]]  # one call on one backend
 log = logging.getLogger("hero.store")
-MAX_BACKOFF = 60.0
-FULL_BACKOFF = 60.0
-STATS_TTL = 5.0
+MAX_BACKOFF_S = 60.0
+FULL_BACKOFF_S = 60.0
+STATS_TTL_S = 5.0
 
 
 @dataclass
@@ -49,7 +49,7 @@ class BackendPool:
         self.by_name = {b.name: b for b in self.backends}
         self.health = {b.name: Health(since=time.time()) for b in self.backends}
         self.slots = [Slot(b.name, b.location) for b in self.backends]
-        self._stats: tuple[float, list[BackendStat | StorageError | Conflict]] = (-STATS_TTL, [])
+        self._stats: tuple[float, list[BackendStat | StorageError | Conflict]] = (-STATS_TTL_S, [])
         for backend in self.backends:
             if backend.fault is not None:  # e.g. its directory is a file: down from the start, the rest go on
                 self._failed(backend, "down", backend.fault, 1.0)
@@ -171,9 +171,9 @@ class BackendPool:
         """Note what a call's outcome says about its backend: down, full, or (a full one only by a write) back."""
         health = self.health[backend.name]
         if isinstance(result, BackendFull):
-            self._failed(backend, "full", result.message, FULL_BACKOFF)
+            self._failed(backend, "full", result.message, FULL_BACKOFF_S)
         elif isinstance(result, BackendDown):
-            self._failed(backend, "down", result.message, min(MAX_BACKOFF, 2.0**health.failures))
+            self._failed(backend, "down", result.message, min(MAX_BACKOFF_S, 2.0**health.failures))
         elif not isinstance(result, StorageError) and (health.state != "full" or writes):
             self._recovered(backend)
 
@@ -183,7 +183,7 @@ class BackendPool:
             log.warning("backend %s is back", backend.name)
             health.state, health.error, health.since, health.failures = "up", None, time.time(), 0
 
-    def _failed(self, backend: Backend, state: str, message: str, backoff: float) -> None:
+    def _failed(self, backend: Backend, state: str, message: str, backoff_s: float) -> None:
         health = self.health[backend.name]
         if health.state != state:
             log.warning("backend %s is %s: %s", backend.name, state, message)
@@ -191,12 +191,12 @@ class BackendPool:
         health.state, health.error = state, message
         health.failures += 1
         health.errors_total += 1
-        health.retry_at = time.monotonic() + backoff
+        health.retry_at = time.monotonic() + backoff_s
 
     async def status(self) -> dict[str, Any]:
         """Each backend (location, up/down/full, fragment counts), how many are up, and the backends per location."""
         now = time.monotonic()
-        if now - self._stats[0] > STATS_TTL:  # counting fragments walks every backend: not on each dashboard poll
+        if now - self._stats[0] > STATS_TTL_S:  # counting fragments walks every backend: not on each dashboard poll
             self._stats = (now, await self.fanout([(b, Stat()) for b in self.backends]))
         stats = self._stats[1]
         backends = []

@@ -125,9 +125,13 @@ class QSS:
         report = await self.scrubber.scrub_pass(rate_mb_s=rate_mb_s, progress=progress)
         return report.to_json()
 
-    async def gc(self, keep: int, *, orphan_grace: float | None = ORPHAN_GRACE_S) -> dict[str, Any]:
-        """Drop all but the newest `keep` versions of every object, then fragments nothing refers to."""
-        return (await self.collector.collect(keep, orphan_grace_s=orphan_grace)).to_json()
+    async def gc(self, keep: int, *, orphan_grace_s: float | None = ORPHAN_GRACE_S) -> dict[str, Any]:
+        """Drop all but the newest `keep` versions of every object, then fragments nothing refers to.
+
+        Unreferenced fragments younger than `orphan_grace_s` stay (a put may not have committed yet);
+        None leaves them all.
+        """
+        return (await self.collector.collect(keep, orphan_grace_s=orphan_grace_s)).to_json()
 
     async def status(self) -> dict[str, Any]:
         """Backends (location, up/down/full, fragment counts), scrub and repair state: for CLI and dashboard."""

@@ -20,7 +20,7 @@ from hero.identity import NodeKeys, verify_signature
 NODE = "x-hero-node"
 TIME = "x-hero-time"
 SIGNATURE = "x-hero-signature"
-MAX_SKEW = 300.0
+MAX_SKEW_S = 300.0
 
 
 def message(method: str, target: str, timestamp: str, body: bytes) -> bytes:
@@ -39,9 +39,9 @@ def sign_headers(keys: NodeKeys, method: str, target: str, body: bytes) -> dict[
 class Verifier:
     """Checks request signatures against a trusted set; remembers recent signatures to refuse replays."""
 
-    def __init__(self, trusted: Iterable[str], *, max_skew: float = MAX_SKEW) -> None:
+    def __init__(self, trusted: Iterable[str], *, max_skew_s: float = MAX_SKEW_S) -> None:
         self.trusted = {t.lower() for t in trusted}
-        self.max_skew = max_skew
+        self.max_skew_s = max_skew_s
         self._seen: set[str] = set()
         self._expiry: deque[tuple[float, str]] = deque()
         self._lock = threading.Lock()
@@ -59,7 +59,7 @@ class Verifier:
         except ValueError:
             raise Unauthorized("malformed request signature") from None
         now = time.time()
-        if abs(now - sent) > self.max_skew:
+        if abs(now - sent) > self.max_skew_s:
             raise Unauthorized("request time is outside the allowed clock skew")
         if not verify_signature(node, message(method, target, timestamp, body), raw):
             raise Unauthorized("bad request signature")
@@ -69,5 +69,5 @@ class Verifier:
             if signature in self._seen:
                 raise Unauthorized("replayed request")
             self._seen.add(signature)
-            self._expiry.append((now + 2 * self.max_skew, signature))
+            self._expiry.append((now + 2 * self.max_skew_s, signature))
         return node

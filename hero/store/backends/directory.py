@@ -37,7 +37,7 @@ from hero.store.packs import PackFiles
 from hero.store.pipeline import HEX64, fragment_hash
 
 T = TypeVar("T")
-TMP_MAX_AGE = 3600.0
+TMP_MAX_AGE_S = 3600.0
 _syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 if _syncfs is not None:
     _syncfs.argtypes = [ctypes.c_int]
@@ -158,7 +158,7 @@ class DirBackend:
 
     def _sweep_tmp(self) -> None:
         """Temp files left by a killed writer; young ones may belong to a live writer in another process."""
-        cutoff = time.time() - TMP_MAX_AGE
+        cutoff = time.time() - TMP_MAX_AGE_S
         for entry in os.scandir(self._tmp):
             with contextlib.suppress(FileNotFoundError):  # a writer in another process just placed it
                 if entry.stat().st_mtime < cutoff:

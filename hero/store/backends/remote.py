@@ -36,7 +36,7 @@ class RemoteBackend:
 
     def __init__(
         self, url: str, *, name: str, location: str, keys: NodeKeys, executor: Executor | None = None,
-        timeout: float = 30.0,
+        timeout_s: float = 30.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -50,7 +50,7 @@ class RemoteBackend:
         self._prefix = parts.path.rstrip("/")
         self._keys = keys
         self._executor = executor
-        self._timeout = timeout
+        self._timeout_s = timeout_s
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
@@ -59,7 +59,7 @@ class RemoteBackend:
             if self._idle:
                 return self._idle.pop()
         cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self._timeout)
+        return cls(self._host, self._port, timeout=self._timeout_s)
 
     def _request(self, method: str, path: str, body: bytes = b"", ok: Sequence[int] = (200,)) -> tuple[int, bytes]:
         target = self._prefix + path
