@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from hero.power.charts import power_history
-from hero.power.history import PowerHistory, Retention
+from hero.power.history import HistoryRetention, PowerHistory
 from hero.runtime.events import ChatMessage
 from tests.conftest import auth
 
@@ -99,7 +99,7 @@ async def test_footprint_and_chart_from_the_power_service(node):
 
 
 def _history(tmp_path: Path, node_rows: list[dict], agent_rows: list[dict]) -> PowerHistory:
-    history = PowerHistory(tmp_path / "power.duckdb", budget_w=60.0, retention=Retention())
+    history = PowerHistory(tmp_path / "power.duckdb", budget_w=60.0, retention=HistoryRetention())
     node_cols = (
         "ts", "res", "watts", "idle_w", "agents_w", "runtime_w", "other_w", "budget_w", "utilisation", "source"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hero.power.history import PowerHistory, Retention
+from hero.power.history import HistoryRetention, PowerHistory
 from hero.power.ledger import TickReport
 
 NOW = 1_999_998_000.0  # a fixed "now" on an hour boundary (unix), so buckets are whole
@@ -44,7 +44,7 @@ def history(tmp_path: Path):
     h = PowerHistory(
         tmp_path / "power.duckdb",
         budget_w=60.0,
-        retention=Retention(raw_keep_s=600.0, minute_keep_s=7200.0, retention_s=86400.0),
+        retention=HistoryRetention(raw_keep_s=600.0, minute_keep_s=7200.0, retention_s=86400.0),
     )
     yield h
     h.close()

@@ -53,7 +53,7 @@ def _insert_sql(table: str, cols: tuple[str, ...], types: tuple[str, ...]) -> st
 
 
 @dataclass(frozen=True)
-class Retention:
+class HistoryRetention:
     raw_keep_s: float = 3600.0  # 1 s rows for an hour
     minute_keep_s: float = 7 * 86400.0  # 1 min rows for a week
     retention_s: float = 90 * 86400.0  # 1 h rows until then
@@ -62,10 +62,10 @@ class Retention:
 class PowerHistory:
     """Thread-safe: DuckDB connections are not, so one lock serialises every use."""
 
-    def __init__(self, path: Path, *, budget_w: float, retention: Retention | None = None) -> None:
+    def __init__(self, path: Path, *, budget_w: float, retention: HistoryRetention | None = None) -> None:
         self.path = path
         self.budget_w = budget_w
-        self.retention = retention or Retention()
+        self.retention = retention or HistoryRetention()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(str(path))
         self._con.execute(_SCHEMA)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 
 from hero.power.governor import CpuMaxBackstop, Governor, GovernorConfig
-from hero.power.history import PowerHistory, Retention
+from hero.power.history import HistoryRetention, PowerHistory
 from hero.power.ledger import CONSERVATION_TOLERANCE, Ledger, TickReport, utc_day
 from hero.power.meter import POWERCAP_ROOT, PROC_STAT, NodeMeter
 from hero.power.metrics import make_registry
@@ -46,7 +46,7 @@ class PowerConfig:
     flush_every_s: float = 10.0
     compact_every_s: float = 600.0
     governor: GovernorConfig = field(default_factory=GovernorConfig)
-    retention: Retention = field(default_factory=Retention)
+    retention: HistoryRetention = field(default_factory=HistoryRetention)
     host_speed: float | None = None  # this machine's cpu_speed, to emulate a profile on other hardware
     use_rapl: bool = True
     powercap_root: Path = POWERCAP_ROOT
