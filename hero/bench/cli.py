@@ -93,20 +93,25 @@ async def _bench(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     record = await run_bench(cfg)
     summary = compute(record)
-    search = None
+    command = "hero " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "hero bench node …"
+    if args.report is not None:  # written now, so a long search cannot lose the main run's report
+        await _report(args.report, record, summary, None, command)
     if args.search:
         from hero.bench.search import search_max_agents
 
         search = await search_max_agents(cfg, args.search_duration, first=summary, log=None if args.json else _say)
         summary["max_agents_within_budget"] = search.best
         summary["search"] = search.to_json()
-    if args.report is not None:
-        from hero.bench.report import write_report
-
-        command = "hero " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "hero bench node …"
-        await asyncio.to_thread(write_report, args.report, record, summary, search, command)
-        summary["report"] = str(args.report / "README.md")
+        if args.report is not None:
+            await _report(args.report, record, summary, search, command)
     return summary
+
+
+async def _report(directory: Path, record: Any, summary: dict[str, Any], search: Any, command: str) -> None:
+    from hero.bench.report import write_report
+
+    await asyncio.to_thread(write_report, directory, record, summary, search, command)
+    summary["report"] = str(directory / "README.md")
 
 
 def _say(line: str) -> None:

@@ -191,6 +191,7 @@ class LoadRun:
                 self.samples.status.append(
                     {"t": now, "active": status["agents"]["active"], "hibernated": status["agents"]["hibernated"],
                      "tokens_total": status["llm"]["tokens_total"], "queue_depth": status["llm"]["queue_depth"],
+                     "running": status["llm"].get("running"),  # sequences in the LLM's batch, where it batches
                      "activations": status["runtime"]["activations"], "hibernations": status["runtime"]["hibernations"],
                      "timers_fired": status["runtime"]["timers_fired"]})
                 if now >= next_power:

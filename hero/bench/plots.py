@@ -91,21 +91,27 @@ def latency_cdf(rec: RunRecord, summary: dict[str, Any], path: Path) -> None:
 
 def agents_awake(rec: RunRecord, summary: dict[str, Any], path: Path) -> None:
     samples = rec.load.samples.status
-    fig, ax = plt.subplots(figsize=SIZE)
+    fig, (ax, queue) = plt.subplots(2, 1, figsize=(SIZE[0], SIZE[1] * 1.4), sharex=True,
+                                    gridspec_kw={"height_ratios": [2, 1]})
     t = [s["t"] for s in samples]
-    ax.plot(t, [s["active"] for s in samples], color="C0", label="agents awake")
-    ax.set_xlabel("seconds into the run")
-    ax.set_ylabel("agents awake")
+    ax.plot(t, [s["active"] for s in samples], color="C0", label="awake (in memory)")
+    ax.set_ylabel("agents awake", color="C0")
     ax.set_ylim(bottom=0)
-    other = ax.twinx()
-    other.plot(t, [s["queue_depth"] for s in samples], color="C1", lw=0.8, label="LLM queue depth")
-    other.set_ylabel("LLM queue depth")
-    other.set_ylim(bottom=0)
-    hibernated = samples[-1]["hibernated"] if samples else 0
-    ax.set_title(f"Agents awake (hibernated at the end: {hibernated} of {summary['registered']})")
-    lines = ax.get_legend_handles_labels()
-    more = other.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
+    asleep = ax.twinx()
+    asleep.plot(t, [s["hibernated"] for s in samples], color="C2", lw=1.0, label="hibernated")
+    asleep.set_ylabel("agents hibernated", color="C2")
+    asleep.set_ylim(bottom=0, top=max([s["hibernated"] for s in samples], default=1) * 1.05 + 1)
+    ax.set_title(f"Agents awake vs hibernated ({summary['agents']} active users of {summary['registered']})")
+    lines, labels = ax.get_legend_handles_labels()
+    more, more_labels = asleep.get_legend_handles_labels()
+    ax.legend(lines + more, labels + more_labels, fontsize=7, loc="lower right")
+    queue.plot(t, [s["queue_depth"] for s in samples], color="C1", lw=0.9, label="waiting")
+    if any(s.get("running") is not None for s in samples):
+        queue.plot(t, [s.get("running") or 0 for s in samples], color="C4", lw=0.9, label="in the batch")
+        queue.legend(fontsize=7, loc="upper right")
+    queue.set_ylabel("LLM requests", fontsize=8)
+    queue.set_ylim(bottom=0)
+    queue.set_xlabel("seconds into the run")
     _save(fig, path)
 
 

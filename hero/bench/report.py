@@ -48,6 +48,8 @@ def text_summary(s: dict[str, Any]) -> str:
         f"{_f(s['qss_bytes_per_message'] / 1024, ' KiB', 1)} written to QSS",
         f"  reminders           set {s['reminders_set']}, fired {s['reminders_fired']}, "
         f"delivered {s['reminders_delivered']}",
+        f"  node memory         {_f(s.get('node_rss_mb_start'), ' MB', 0)} → {_f(s.get('node_rss_mb_end'), ' MB', 0)} "
+        f"(peak {_f(s.get('node_rss_peak_mb'), ' MB', 0)})",
         "  targets             " + ", ".join(f"{k} {'met' if t['met'] else 'MISSED'}" for k, t in s["targets"].items()),
         "  invariants          " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in s["invariants"].items()),
     ]

@@ -66,6 +66,8 @@ class Snapshot:
     machine_busy_s: float
     machine_total_s: float
     loadavg: tuple[float, ...]
+    node_rss_mb: float = 0.0
+    node_rss_peak_mb: float = 0.0  # VmHWM: the most the node process has held since it started
 
 
 @dataclass
@@ -157,12 +159,25 @@ async def snapshot(node: NodeProcess, client: httpx.AsyncClient, operator: str) 
     power = (await client.get(f"{node.url}/api/node/power", headers=auth(operator))).json()
     status = (await client.get(f"{node.url}/api/node/status", headers=auth(operator))).json()
     disk = await asyncio.to_thread(backend_bytes, node.data_dir)
-    cpu = psutil.Process(node.pid).cpu_times()
+    process = psutil.Process(node.pid)
+    cpu = process.cpu_times()
+    rss = process.memory_info().rss / 2**20
+    peak = _peak_rss_mb(node.pid)
     machine = psutil.cpu_times()
     busy = sum(getattr(machine, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
     return Snapshot(time.time(), power, status, disk,
                     {"user": cpu.user, "system": cpu.system}, time.process_time(), busy,
-                    busy + machine.idle + getattr(machine, "iowait", 0.0), os.getloadavg())
+                    busy + machine.idle + getattr(machine, "iowait", 0.0), os.getloadavg(), rss, peak)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 async def run_bench(cfg: BenchConfig) -> RunRecord:
