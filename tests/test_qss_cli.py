@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import pty
+import random
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -148,3 +154,31 @@ async def test_storage_api_is_for_the_operator_only(tmp_path: Path):
     finally:
         await store.aclose()
         users.close()
+
+
+def test_a_put_on_a_terminal_shows_its_progress_and_one_into_a_pipe_shows_none(tmp_path: Path):
+    data = str(tmp_path / "data")
+    blob = tmp_path / "blob"
+    blob.write_bytes(random.randbytes(3 << 20))
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns, as a real one has
+    proc = subprocess.Popen([sys.executable, "-m", "hero.cli", "storage", "put", AGENT + "/state", str(blob),
+                             "--data", data], stdout=terminal, stderr=terminal, cwd=ROOT)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert proc.wait(60) == 0
+    text = shown.decode(errors="replace")
+    assert "put" in text and "100%" in text and "3.15M/3.15M" in text and "MB/s" in text, text  # bytes of the total
+    assert "version 1" in text
+
+    piped = hero_cli("storage", "put", AGENT + "/state", str(blob), "--data", data)
+    assert piped.stderr == "" and "version 2" in piped.stdout

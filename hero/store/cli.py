@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tqdm import tqdm
+
 from hero.errors import NotFound, UsageError
 from hero.identity import NodeKeys
 from hero.store.damage import describe
 from hero.store.gc import ORPHAN_GRACE_S
-from hero.store.progress import ProgressBar
 from hero.store.qss import QSS, open_qss
 
 T = TypeVar("T")
@@ -104,6 +105,11 @@ def _run(args: argparse.Namespace, op: Callable[[QSS], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+def _bar(total: int, label: str) -> tqdm:
+    """Bytes done of `total` on stderr, shown only when stdout is a terminal (a person is watching)."""
+    return tqdm(total=total, desc=label, unit="B", unit_scale=True, disable=not sys.stdout.isatty())
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data) if getattr(args, "json", False) else text)
 
@@ -122,9 +128,9 @@ def cmd_put(args: argparse.Namespace) -> int:
         if epoch is None:
             known = await qss.versions(args.key)
             epoch = known[-1].epoch if known else 0
-        bar = ProgressBar(len(data), "put")
+        bar = _bar(len(data), "put")
         try:
-            report = await qss.put_report(args.key, data, epoch=epoch, progress=bar)
+            report = await qss.put_report(args.key, data, epoch=epoch, progress=bar.update)
         finally:
             bar.close()
         return report.to_json()
@@ -141,9 +147,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         if args.output is None:  # stdout carries the data: no bar
             return await qss.get(args.key, args.version)
         sizes = {v.version: v.size for v in await qss.versions(args.key)}
-        bar = ProgressBar(sizes.get(args.version or max(sizes, default=0), 0), "get")
+        bar = _bar(sizes.get(args.version or max(sizes, default=0), 0), "get")
         try:
-            return await qss.get(args.key, args.version, progress=bar)
+            return await qss.get(args.key, args.version, progress=bar.update)
         finally:
             bar.close()
 
@@ -206,9 +212,9 @@ def cmd_scrub(args: argparse.Namespace) -> int:
         raise UsageError("--rate must be > 0")
 
     async def op(qss: QSS) -> dict[str, Any]:
-        bar = ProgressBar(sum((b["bytes"] or 0) for b in (await qss.status())["backends"]), "scrub")
+        bar = _bar(sum((b["bytes"] or 0) for b in (await qss.status())["backends"]), "scrub")
         try:
-            return await qss.scrub(rate_mb_s=args.rate, progress=bar)
+            return await qss.scrub(rate_mb_s=args.rate, progress=bar.update)
         finally:
             bar.close()
 
