@@ -27,6 +27,7 @@ import nacl.hash
 import nacl.signing
 from nacl.public import PrivateKey
 
+from hero import unicode
 from hero.errors import BadRequest, Unauthorized
 
 TOKEN_PREFIX = "hero1"
@@ -188,12 +189,7 @@ def _is_a(value: Any, kind: type) -> bool:
     """`value` is a `kind` (never a bool for int), and a string is valid Unicode (JSON allows lone surrogates)."""
     if not isinstance(value, kind) or isinstance(value, bool):
         return False
-    if isinstance(value, str) and not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-    return True
+    return not isinstance(value, str) or unicode.is_valid(value)
 
 
 def _secret_file(path: Path) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any, overload
 
 from starlette.requests import Request
 
+from hero import unicode
 from hero.errors import BadRequest, InvalidField, PayloadTooLarge
 
 MAX_DEPTH = 32  # a chat body needs 5 (body, messages, message, content parts, part)
@@ -85,7 +86,7 @@ def check_values(data: dict[str, Any]) -> None:
                 raise BadRequest(f"{path[0]} nests deeper than {MAX_DEPTH} levels", field=_short(str(path[0])))
             if isinstance(value, dict):
                 for key in value:
-                    if not _is_unicode(key):
+                    if not unicode.is_valid(key):
                         where = field_name(path) if path else None
                         raise InvalidField(
                             f"a member name in {where or 'the request body'} is not valid Unicode (a lone surrogate)",
@@ -97,23 +98,13 @@ def check_values(data: dict[str, Any]) -> None:
 
 
 def _check_text(text: str, path: Path) -> None:
-    if not _is_unicode(text):
+    if not unicode.is_valid(text):
         where = field_name(path)
         position = next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
         raise InvalidField(
             f"{where} is not valid Unicode: a lone surrogate \\u{ord(text[position]):04x} at character {position}",
             field=where,
         )
-
-
-def _is_unicode(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def field_name(path: Path) -> str:
@@ -150,7 +141,7 @@ def _deep_member(text: str) -> str | None:
         try:
             _, index = decoder.raw_decode(text, _skip_space(text, index + 1))
         except RecursionError:
-            return _short(key) if _is_unicode(key) else None
+            return _short(key) if unicode.is_valid(key) else None
         except json.JSONDecodeError:
             return None
         index = _skip_space(text, index)
