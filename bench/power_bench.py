@@ -24,6 +24,7 @@ from hero.identity import NodeKeys, UserKey
 from hero.power.governor import Governor
 from hero.power.ledger import Ledger
 from hero.power.meter import PowerSample
+from hero.power.oracle import interleaved
 from hero.power.profiles import load_profile
 from hero.power.service import PowerConfig, PowerService
 from hero.runtime.agent import Agent
@@ -38,14 +39,6 @@ def spin_us(us: float) -> None:
     end = time.perf_counter_ns() + int(us * 1000)
     while time.perf_counter_ns() < end:
         pass
-
-
-def burn_ms(ms: float) -> int:
-    start = time.thread_time_ns()
-    end = start + int(ms * 1e6)
-    while (now := time.thread_time_ns()) < end:
-        pass
-    return now - start
 
 
 async def turn(us: float, steps: int) -> None:
@@ -68,11 +61,14 @@ async def overhead(us: float, steps: int, clock: str, n: int, reps: int) -> dict
         for _ in range(n):
             await ledger.run_turn("a", turn(us, steps))
         best["metered"] = min(best["metered"], (time.perf_counter_ns() - t0) / n)
+    return overhead_figures(best, turn_us=us, steps=steps, clock=clock)
+
+
+def overhead_figures(best: dict[str, float], **about: Any) -> dict[str, Any]:
+    """`about` the run, then the best ns per turn unmetered and metered, and what metering added."""
     extra = best["metered"] - best["base"]
     return {
-        "turn_us": us,
-        "steps": steps,
-        "clock": clock,
+        **about,
         "base_ns": round(best["base"]),
         "metered_ns": round(best["metered"]),
         "overhead_ns": round(extra),
@@ -119,15 +115,7 @@ async def node_overhead(us: float, steps: int, n: int, reps: int) -> dict[str, A
         for node in nodes.values():
             await node.aclose()
         await store.aclose()
-    extra = best["metered"] - best["base"]
-    return {
-        "turn_us": us,
-        "steps": steps,
-        "base_ns": round(best["base"]),
-        "metered_ns": round(best["metered"]),
-        "overhead_ns": round(extra),
-        "overhead_pct": round(100 * extra / best["base"], 2),
-    }
+    return overhead_figures(best, turn_us=us, steps=steps)
 
 
 def sample(t: float, busy: float) -> PowerSample:
@@ -173,29 +161,12 @@ async def tick_cost(agents: int, active: int, ticks: int) -> dict[str, Any]:
 async def attribution(messages: int) -> dict[str, Any]:
     """Interleaved agents A (1 unit) and B (3 units), each message suspending mid-way; error against CPU truth."""
     out: dict[str, Any] = {}
-
-    async def handler(truth: dict[str, int], name: str, unit: float) -> None:
-        truth[name] += burn_ms(unit)
-        await asyncio.sleep(0)
-        truth[name] += burn_ms(unit)
-
-    async def run(metered) -> dict[str, int]:
-        truth = {"A": 0, "B": 0}
-
-        async def agent(name: str, unit: float) -> None:
-            for _ in range(messages):
-                await metered(name, handler(truth, name, unit))
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(agent("A", 0.6))
-            tg.create_task(agent("B", 1.8))
-        return truth
-
+    units_ms = {"A": 0.6, "B": 1.8}
     for clock in ("adaptive", "thread"):
         ledger = Ledger(PROFILE.idle_w, clock=clock)
         ledger.prime()
         start = time.monotonic()
-        truth = await run(ledger.run_turn)
+        truth = await interleaved(ledger.run_turn, units_ms, messages)
         now = time.monotonic()
         report = ledger.tick(
             PowerSample(
@@ -224,7 +195,7 @@ async def attribution(messages: int) -> dict[str, Any]:
         await coro
         naive[name] += time.thread_time_ns() - t0
 
-    truth = await run(around)
+    truth = await interleaved(around, units_ms, messages)
     err = max(abs(naive[a] - truth[a]) / truth[a] for a in ("A", "B"))
     out["around_handler"] = {
         "max_error_pct": round(100 * err, 1),

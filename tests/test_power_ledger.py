@@ -12,54 +12,31 @@ import pytest
 
 from hero.power.ledger import Ledger
 from hero.power.meter import NodeMeter, PowerSample
+from hero.power.oracle import burn_ms, interleaved
 from hero.power.profiles import HardwareProfile, load_profile
 from tests.test_power_meter import FakeClock, FakeStat
 
 MS = 1_000_000
+A_AND_B = {"A": 2.0, "B": 6.0}  # ms per half message: B does 3 units of work for A's 1
 
 
-def burn(ms: float) -> int:
-    """Spin until this thread's CPU time has advanced `ms`; return the CPU ns actually used."""
-    start = time.thread_time_ns()
-    end = start + int(ms * MS)
-    while (now := time.thread_time_ns()) < end:
-        pass
-    return now - start
-
-
-def sample_now(ledger_start: float, *, watts: float = 50.0, busy_cpu_s: float = 0.0) -> PowerSample:
-    now = time.monotonic()
+def sample(t: float, dt: float, *, watts: float = 50.0, utilisation: float = 0.5, busy_cpu_s: float = 0.0
+           ) -> PowerSample:
     return PowerSample(
-        t=now,
-        dt=now - ledger_start,
+        t=t,
+        dt=dt,
         watts=watts,
         source="model",
-        utilisation=0.5,
-        host_utilisation=0.5,
+        utilisation=utilisation,
+        host_utilisation=utilisation,
         busy_cpu_s=busy_cpu_s,
         host_cpus=2,
     )
 
 
-async def handler(truth: dict[str, int], agent: str, unit_ms: float) -> None:
-    """One message: work, suspend (other agents run here), work again."""
-    truth[agent] += burn(unit_ms)
-    await asyncio.sleep(0)
-    truth[agent] += burn(unit_ms)
-
-
-async def interleaved(run, messages: int = 30) -> dict[str, int]:
-    """Agents A (1 unit) and B (3 units) take turns on one loop; returns their true CPU ns."""
-    truth = {"A": 0, "B": 0}
-
-    async def agent(name: str, unit: float) -> None:
-        for _ in range(messages):
-            await run(name, handler(truth, name, unit))
-
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(agent("A", 2.0))
-        tg.create_task(agent("B", 6.0))
-    return truth
+def sample_now(ledger_start: float, *, watts: float = 50.0, busy_cpu_s: float = 0.0) -> PowerSample:
+    now = time.monotonic()
+    return sample(now, now - ledger_start, watts=watts, busy_cpu_s=busy_cpu_s)
 
 
 @pytest.mark.parametrize("clock", ["adaptive", "thread"])
@@ -67,7 +44,7 @@ async def test_interleaved_agents_are_attributed_within_5_percent(clock: str) ->
     ledger = Ledger(10.0, clock=clock)
     ledger.prime()
     start = time.monotonic()
-    truth = await interleaved(ledger.run_turn)
+    truth = await interleaved(ledger.run_turn, A_AND_B, 30)
     report = ledger.tick(sample_now(start))
     got = report.agents_cpu_s
     for agent in ("A", "B"):
@@ -86,15 +63,7 @@ async def test_short_steps_on_the_wall_clock_are_reconciled() -> None:
     ledger = Ledger(10.0)
     ledger.prime()
     start = time.monotonic()
-    truth = {"A": 0, "B": 0}
-
-    async def agent(name: str, unit_ms: float) -> None:
-        for _ in range(150):
-            await ledger.run_turn(name, handler(truth, name, unit_ms))
-
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(agent("A", 0.05))
-        tg.create_task(agent("B", 0.15))
+    truth = await interleaved(ledger.run_turn, {"A": 0.05, "B": 0.15}, 150)
     report = ledger.tick(sample_now(start))
     assert ledger.get("B").exact is False  # 150 µs steps stayed on the cheap clock
     got = report.agents_cpu_s
@@ -109,41 +78,19 @@ async def test_a_contended_loop_thread_switches_every_step_to_the_exact_clock() 
     ledger = Ledger(10.0, run_delay=lambda: delay["ns"])
 
     async def short() -> None:
-        burn(0.05)
+        burn_ms(0.05)
         await asyncio.sleep(0)
-        burn(0.05)
+        burn_ms(0.05)
 
     await ledger.run_turn("a", short())
     acct = ledger.get("a")
     assert acct.wall_ns > 0 and acct.cpu_ns == 0 and not ledger.contended
     delay["ns"] += 50_000_000  # 50 ms of waiting in a 1 s tick
-    r = ledger.tick(
-        PowerSample(
-            t=1.0,
-            dt=1.0,
-            watts=20.0,
-            source="model",
-            utilisation=0.1,
-            host_utilisation=0.1,
-            busy_cpu_s=0.1,
-            host_cpus=2,
-        )
-    )
+    r = ledger.tick(sample(1.0, 1.0, watts=20.0, utilisation=0.1, busy_cpu_s=0.1))
     assert ledger.contended and r.loop_wait_ratio == pytest.approx(0.05) and ledger.exact_after_ns == 0
     await ledger.run_turn("a", short())
     assert acct.cpu_ns > 0 and acct.wall_ns < 60_000  # only the first step, decided before the switch
-    ledger.tick(
-        PowerSample(
-            t=2.0,
-            dt=1.0,
-            watts=20.0,
-            source="model",
-            utilisation=0.1,
-            host_utilisation=0.1,
-            busy_cpu_s=0.1,
-            host_cpus=2,
-        )
-    )
+    ledger.tick(sample(2.0, 1.0, watts=20.0, utilisation=0.1, busy_cpu_s=0.1))
     assert not ledger.contended and ledger.exact_after_ns == 250_000  # calm again: back to the cheap clock
 
 
@@ -156,7 +103,7 @@ async def test_a_clock_around_the_whole_handler_fails_the_same_test() -> None:
         await coro
         naive[agent] += time.thread_time_ns() - t0
 
-    truth = await interleaved(around)
+    truth = await interleaved(around, A_AND_B, 30)
     assert naive["A"] > 1.5 * truth["A"]  # A is charged for B's work done while A was suspended
     assert naive["B"] / naive["A"] < 2.0
 
@@ -165,7 +112,7 @@ async def test_failed_and_cancelled_turns_are_still_charged() -> None:
     ledger = Ledger(10.0, clock="thread")
 
     async def fails() -> None:
-        burn(15)
+        burn_ms(15)
         raise ValueError("agent bug")
 
     with pytest.raises(ValueError):
@@ -175,11 +122,11 @@ async def test_failed_and_cancelled_turns_are_still_charged() -> None:
     blocker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def cancelled() -> None:
-        burn(15)
+        burn_ms(15)
         try:
             await blocker
         except asyncio.CancelledError:
-            burn(15)  # cleanup after cancellation runs in the thrown-in step
+            burn_ms(15)  # cleanup after cancellation runs in the thrown-in step
             raise
 
     task = asyncio.create_task(ledger.run_turn("y", cancelled()))  # works with create_task, too
@@ -195,14 +142,14 @@ async def test_nested_turns_are_not_counted_twice() -> None:
     ledger = Ledger(10.0, clock="thread")
 
     async def inner() -> str:
-        burn(10)
+        burn_ms(10)
         await asyncio.sleep(0)
         return "done"
 
     async def outer() -> str:
-        burn(5)
+        burn_ms(5)
         result = await ledger.run_turn("inner", inner())
-        burn(5)
+        burn_ms(5)
         return result
 
     assert await ledger.run_turn("outer", outer()) == "done"
@@ -217,7 +164,7 @@ async def test_llm_time_from_the_inference_thread_is_charged_to_the_requesting_a
 
     def inference(agent: str) -> None:
         t0 = time.thread_time_ns()
-        burn(40)
+        burn_ms(40)
         ledger.charge_llm(agent, time.thread_time_ns() - t0, tokens=7)
 
     await asyncio.to_thread(inference, "asker")
@@ -238,13 +185,13 @@ async def test_llm_helper_threads_are_scaled_in_up_to_the_thread_count() -> None
     start = time.monotonic()
 
     def helper() -> None:
-        burn(40)
+        burn_ms(40)
 
     def inference() -> None:
         t = threading.Thread(target=helper)
         t0 = time.thread_time_ns()
         t.start()
-        burn(40)
+        burn_ms(40)
         t.join()
         ledger.charge_llm("asker", time.thread_time_ns() - t0, tokens=3)
 

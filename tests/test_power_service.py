@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hero.errors import Overloaded
 from hero.identity import NodeKeys, UserKey
 from hero.power.governor import GovernorConfig
+from hero.power.oracle import burn_ms
 from hero.power.profiles import HardwareProfile
 from hero.power.service import PowerConfig, PowerService
 from hero.runtime.agent import Agent
@@ -26,7 +27,6 @@ from hero.server import open_store
 from hero.users import Users
 from hero.web.app import create_app
 from tests.conftest import auth, make_config
-from tests.test_power_ledger import burn
 
 
 class Quiet(Agent):
@@ -107,7 +107,7 @@ async def test_close_stops_the_tick_ends_streams_and_history_survives_a_restart(
         await next_reports(power, 1)
 
         async def work() -> None:
-            burn(100)  # real CPU, so the machine's counters (and the modelled watts) move too
+            burn_ms(100)  # real CPU, so the machine's counters (and the modelled watts) move too
 
         await power.run_turn(agent, work())
         await next_reports(power, 2)
