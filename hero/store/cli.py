@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from hero.config import DEFAULT_DATA
 from hero.errors import NotFound, UsageError
 from hero.identity import NodeKeys
 from hero.store.damage import describe
@@ -25,7 +26,6 @@ from hero.store.gc import ORPHAN_GRACE_S
 from hero.store.qss import QSS, open_qss
 
 T = TypeVar("T")
-DEFAULT_DATA = Path("hero-data")
 
 
 def add_storage_parser(subparsers: Any) -> None:
