@@ -106,7 +106,7 @@ async def test_eight_agents_at_once_each_get_the_reply_they_would_get_alone(llm:
     together = await asyncio.gather(*(ask(llm, agent(200 + i), p) for i, p in enumerate(PROMPTS)))
     assert list(together) == alone
     assert all(reply.strip() for reply in alone)
-    assert llm.stats.steps - steps < steps_alone / 3  # they really were decoded together
+    assert llm.stats.steps - steps < steps_alone / 2  # they really were decoded together
 
 
 async def test_a_long_reply_does_not_starve_a_short_one(llm: LLMService):

@@ -31,7 +31,7 @@ from hero.scheduler.sampling import Sampler, Sampling
 from hero.scheduler.text import ReplyText
 
 END = object()  # delivered after a job's last text
-STEP_TARGET_S = 0.1  # while others run, a step feeds at most this much prompt: their streams keep reading speed
+STEP_TARGET_S = 0.25  # while others run, a step feeds at most this much prompt: their streams barely pause
 MIN_CHUNK = 16  # prompt tokens per step at least, however slow the machine
 NEAR_END_TOKENS = 12  # hold back the unfinished word this close to max_tokens
 CHARGE_EVERY_NS = 250_000_000  # flush a running request's CPU time to the ledger this often

@@ -25,6 +25,7 @@ from typing import Any
 from hero.errors import ModelError, Overloaded, Unavailable
 from hero.runtime.seams import Metering
 from hero.scheduler.batch import END, Batcher, BatchStats, Job
+from hero.scheduler.contention import Contention
 from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
 from hero.scheduler.llamacpp import Context, Model
 from hero.scheduler.prompt import Prompt, PromptBuilder
@@ -72,10 +73,12 @@ class LLMService:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.threads = threads or _default_threads()
+        self.threads_used = self.threads  # 1 while the inference thread waits for CPUs (contention.py)
+        self._contention = Contention()
         self.max_parallel = max(1, parallel)
         self.parallel = self.max_parallel
         self.max_tokens = max_tokens
-        self.max_tokens_cap = max_tokens_cap or max(max_tokens, n_ctx // 2)
+        self.max_tokens_cap = max_tokens_cap or max(max_tokens, n_ctx // 4)  # fairness: no reply hogs a slot
         sampling = sampling or Sampling()
         self.sampling = sampling if temperature is None else replace(sampling, temperature=temperature)
         self.prefix_cache_bytes = prefix_cache_mib << 20
@@ -135,6 +138,8 @@ class LLMService:
         store = loaded.batcher.store if loaded is not None else None
         return {
             "running": self.running,
+            "threads_used": self.threads_used,
+            "cpu_wait_share": round(self._contention.wait_share, 3),
             "parallel": self.parallel,
             "max_parallel": self.max_parallel,
             "queue_max": self.queue_max,
@@ -210,8 +215,9 @@ class LLMService:
             raise Unavailable("the LLM service is not running")
         self.last_request_at = time.monotonic()
         priority = INTERACTIVE if interactive else BACKGROUND
-        if self._queue.full(priority):
-            raise self._overloaded()
+        refusal = self.refusal(interactive)
+        if refusal is not None:
+            raise refusal
         requested = max_tokens or self.max_tokens
         limit = min(requested, self.max_tokens_cap)
         usage = usage if usage is not None else {}
@@ -228,7 +234,7 @@ class LLMService:
         try:
             self._queue.put(agent_id, job, priority=priority)
         except QueueFull:
-            raise self._overloaded() from None
+            raise self._overloaded() from None  # filled up while the prompt was being built
         self.requests_total += 1
         try:
             while True:
@@ -241,6 +247,10 @@ class LLMService:
         finally:
             job.cancelled = True
             self._queue.remove(agent_id, job)
+
+    def refusal(self, interactive: bool = True) -> Overloaded | None:
+        """The 429 to answer new work with while the queue of its priority is full (the governor asks)."""
+        return self._overloaded() if self.queue_full(interactive) else None
 
     def _overloaded(self) -> Overloaded:
         self.rejected_total += 1
@@ -335,6 +345,7 @@ class LLMService:
                 if loaded is not None:
                     self._release(loaded)
                     loaded = None
+                    self._contention.reset()
                 job = self._queue.get()  # idle: block, holding nothing
                 if job is None:
                     return
@@ -349,7 +360,8 @@ class LLMService:
             batcher.parallel = self.parallel
             while batcher.can_admit() and (job := self._queue.get_nowait()) is not None:
                 self._start(loaded, job)
-            loaded.ctx.set_threads(self.threads)
+            self.threads_used = 1 if self._contention.update() else self.threads
+            loaded.ctx.set_threads(self.threads_used)
             try:
                 batcher.step()
             except Exception as exc:  # a bug, not a model fault: fail these requests, keep serving

@@ -25,8 +25,11 @@ class ChatTemplate:
         self.builtin = source is None
         self.source = source or CHATML_CHAT_TEMPLATE
         self._formatter = Jinja2ChatFormatter(template=self.source, eos_token=eos, bos_token=bos)
-        # Text that ends a reply if the model writes it out instead of sampling the end token.
-        self.stops = sorted({s for s in (eos, *stops) if s}, key=len)
+        self._closed = Jinja2ChatFormatter(
+            template=self.source, eos_token=eos, bos_token=bos, add_generation_prompt=False
+        )
+        # Text that ends a reply if the model writes it out instead of sampling an end token.
+        self.stops = sorted({s for s in (eos, *stops, self._turn_end()) if s}, key=len)
         self.per_message = 0  # template tokens around one message, measured by `calibrate`
         self.base = 0  # template tokens per prompt besides those (generation prompt, default system prompt)
 
@@ -46,6 +49,16 @@ class ChatTemplate:
             except Exception as exc:
                 error = exc
         raise BadRequest(f"the model's chat template refused these messages: {error}", field="messages")
+
+    def _turn_end(self) -> str:
+        """What the template writes after an assistant's message (`<|im_end|>`, `<end_of_turn>`, `</s>` …)."""
+        mark = "Zq7xWv"
+        try:
+            text = self._closed(messages=[{"role": "user", "content": "u"}, {"role": "assistant", "content": mark}])
+        except Exception:  # a template that cannot render this: the end tokens will do
+            return ""
+        after = text.prompt.rpartition(mark)[2].strip()
+        return after.splitlines()[0].strip() if after else ""
 
     def calibrate(self, count: Callable[[str], int]) -> None:
         """Measure the template's tokens per message and per prompt, so trimming can budget without rendering.

@@ -220,11 +220,25 @@ async def _sse(
         reply.cancel()  # the client went away or the stream ended: stop generating
 
 
-def _usage(reply: Reply, text: str) -> dict[str, int]:
-    """Token counts from the model; replies made by a skill (no model) count words."""
+def _usage(reply: Reply, text: str) -> dict[str, Any]:
+    """Token counts from the model; replies made by a skill (no model) count words.
+
+    Prompt tokens reused from the agent's previous turn are OpenAI's `cached_tokens`; a `max_tokens`
+    over the node's per-request cap was clamped, and both numbers are reported.
+    """
     completion = int(reply.usage.get("completion_tokens") or len(text.split()))
     prompt = int(reply.usage.get("prompt_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if "prompt_tokens_reused" in reply.usage:
+        usage["prompt_tokens_details"] = {"cached_tokens": int(reply.usage["prompt_tokens_reused"])}
+    if "max_tokens_requested" in reply.usage:
+        usage["max_tokens_requested"] = int(reply.usage["max_tokens_requested"])
+        usage["max_tokens"] = int(reply.usage["max_tokens"])
+    return usage
 
 
 async def models(request: Request) -> Response:
