@@ -1,8 +1,10 @@
-"""The backends of one store and what we last saw of each: up, down or full.
+"""The backends of one store, how calls reach them, and what we last saw of each: up, down or full.
 
-A backend that fails is skipped by writes for a back-off period and then
-tried again; reads still try it when the others are not enough. Every
-failure is logged once per state change and kept for `status`.
+A call is a typed value (`backends/calls.py`); `fanout` runs one per backend at
+once and hands back each result or fault in order, `attempt` runs one alone. A
+backend that fails is skipped by writes for a back-off period and then tried
+again; reads still try it when the others are not enough. Every failure is
+logged once per state change and kept for `status`.
 """
 
 from __future__ import annotations
