@@ -19,7 +19,7 @@ from typing import Any
 from hero.identity import overlay_address
 from hero.net.address import Identity
 from hero.net.handshake import HandshakeError
-from hero.net.link import Link, handshake
+from hero.net.link import Link, LinkProtocol, handshake
 from hero.net.messages import InboundMessage, MessageService
 from hero.net.peers import Dialer, Endpoint
 from hero.net.records import AgentDirectory, AgentRecord
@@ -63,6 +63,21 @@ class NodeCounters:
     by_destination: dict[str, list[int]] = field(default_factory=dict)
 
 
+class _InboundProtocol(LinkProtocol):
+    """A connection that came in: its handshake runs in the node's nursery (refused at once while it stops)."""
+
+    def __init__(self, node: OverlayNode) -> None:
+        super().__init__()
+        self._node = node
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._node._closing:
+            transport.close()
+            return
+        self._node.nursery.spawn(self._node._serve_inbound(self), name="overlay-accept")
+
+
 class OverlayNode:
     def __init__(self, identity: Identity, config: OverlayConfig | None = None) -> None:
         self.identity = identity
@@ -99,9 +114,8 @@ class OverlayNode:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.router.tick(loop.time())
-        self._server = await asyncio.start_server(
-            self._accept, self.config.listen_host, self.config.tcp_listen_port, limit=1 << 20
-        )
+        self._server = await loop.create_server(lambda: _InboundProtocol(self), self.config.listen_host,
+                                                self.config.tcp_listen_port)
         self.port = self._server.sockets[0].getsockname()[1]
         for text in self.config.peers:
             self.dialer.add(Endpoint.parse(text, field="peers"))
@@ -125,21 +139,15 @@ class OverlayNode:
     # links
 
     async def _dial(self, endpoint: Endpoint) -> asyncio.Future[None]:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint.host, endpoint.port, limit=1 << 20), 5.0
-        )
+        loop = asyncio.get_running_loop()
+        _, protocol = await asyncio.wait_for(loop.create_connection(LinkProtocol, endpoint.host, endpoint.port), 5.0)
         try:
-            link = await self._establish(reader, writer, str(endpoint), inbound=False)
+            link = await self._establish(protocol, str(endpoint), inbound=False)
         except HandshakeError:
-            writer.close()
+            if protocol.transport is not None:
+                protocol.transport.close()
             raise
         return link.closed
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._closing:
-            writer.close()
-            return
-        self.nursery.spawn(self._serve_inbound(reader, writer), name="overlay-accept")
 
     def _admit_ip(self, ip: str) -> bool:
         now = time.monotonic()
@@ -153,24 +161,25 @@ class OverlayNode:
             self._accepts = {k: v for k, v in self._accepts.items() if v and now - v[-1] < 1.0}
         return True
 
-    async def _serve_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
+    async def _serve_inbound(self, protocol: LinkProtocol) -> None:
+        transport = protocol.transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername") or ("?", 0)
         if not self._admit_ip(str(peer[0])):
             self.counters.rate_limited += 1
-            writer.close()
+            transport.close()
             return
         host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
         try:
-            await self._establish(reader, writer, f"tcp://{host}:{peer[1]}", inbound=True)
+            await self._establish(protocol, f"tcp://{host}:{peer[1]}", inbound=True)
         except HandshakeError as exc:
             log.debug("inbound handshake from %s failed: %s", peer, exc)
-            writer.close()
+            transport.close()
 
-    async def _establish(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, endpoint: str,
-                         *, inbound: bool) -> Link:
+    async def _establish(self, protocol: LinkProtocol, endpoint: str, *, inbound: bool) -> Link:
         try:
             send, receive, remote = await handshake(
-                reader, writer, self.identity, initiator=not inbound,
+                protocol, self.identity, initiator=not inbound,
                 pattern="XXhfs" if self.config.post_quantum else "XX",
             )
         except HandshakeError:
@@ -179,20 +188,21 @@ class OverlayNode:
         if remote == self.identity.public or remote.hex() in self.config.blocked_keys:
             self.counters.blocked += 1
             raise HandshakeError("peer key is blocked (or is our own)")
-        link = Link(reader, writer, send, receive, remote, endpoint=endpoint, inbound=inbound,
+        link = Link(protocol, send, receive, remote, endpoint=endpoint, inbound=inbound,
                     control_rate=self.config.control_rate)
         self.links.add(link)
         self.router.add_peer(link, STATIC_COST_TCP, asyncio.get_running_loop().time())
         records = [AgentRecordTlv(r.encode()) for r in self.directory.records()]
         if records:
             self._send_control(link, records)
+        link.start(self._on_packet)
         self.nursery.spawn(self._run_link(link), name=f"link:{endpoint}")
         self._arm()
         return link
 
     async def _run_link(self, link: Link) -> None:
         try:
-            await link.run(self._on_packet)
+            await link.closed
         finally:
             self.links.discard(link)
             self.router.remove_peer(link, asyncio.get_running_loop().time())

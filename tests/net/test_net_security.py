@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from hero.net.address import Identity
-from hero.net.handshake import CipherState
-from hero.net.link import Link, handshake
+from hero.net.handshake import CipherState, Handshake
+from hero.net.link import PROLOGUE, Link, LinkProtocol
 from hero.net.node import OverlayConfig, OverlayNode
 from hero.net.session import KIND_IPV6
 from hero.net.wire import Update, encode_control, update_signed_bytes
@@ -133,34 +132,78 @@ async def test_flooding_peer_is_rate_limited() -> None:
         assert a.links  # the link lives on
 
 
+class Capture(asyncio.Transport):
+    """A transport that keeps what is written (the bytes a wire would carry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def linked_pair() -> tuple[Link, Callable[[], tuple[LinkProtocol, Link, list[tuple[bytes, bytes]]]]]:
+    """A sending link on a captured wire, and a factory of fresh receiving links with the matching keys."""
+    a, b = Identity.generate(), Identity.generate()
+    i = Handshake("XXhfs", initiator=True, static_secret=a.secret, prologue=PROLOGUE)
+    r = Handshake("XXhfs", initiator=False, static_secret=b.secret, prologue=PROLOGUE)
+    r.read(i.write())
+    i.read(r.write())
+    r.read(i.write())
+    send, _ = i.split()
+    _, receive = r.split()
+    out = LinkProtocol()
+    out.connection_made(Capture())
+    sender = Link(out, send, CipherState(), b.public, endpoint="tcp://a", inbound=False)
+
+    def receiver() -> tuple[LinkProtocol, Link, list[tuple[bytes, bytes]]]:
+        protocol = LinkProtocol()
+        protocol.connection_made(Capture())
+        link = Link(protocol, CipherState(), CipherState(receive.k), a.public, endpoint="tcp://b", inbound=True)
+        got: list[tuple[bytes, bytes]] = []
+        link.start(lambda _, packet, part: got.append((packet, part)))
+        return protocol, link, got
+
+    return sender, receiver
+
+
+def feed(protocol: LinkProtocol, data: bytes, step: int) -> None:
+    """As a transport would: into the buffer the protocol offers, at most `step` bytes a read."""
+    at = 0
+    while at < len(data) and not (protocol.transport and protocol.transport.is_closing()):
+        buffer = protocol.get_buffer(-1)
+        piece = data[at : at + min(step, len(buffer))]
+        buffer[: len(piece)] = piece
+        protocol.buffer_updated(len(piece))
+        at += len(piece)
+
+
 async def test_links_encrypt_heads_and_authenticate_sealed_parts() -> None:
     """User data is sealed once, end to end; a link hides the head and lets no byte of either be changed."""
-    left, right = socket.socketpair()
-    r1, w1 = await asyncio.open_connection(sock=left)
-    r2, w2 = await asyncio.open_connection(sock=right)
-    a, b = Identity.generate(), Identity.generate()
-    (send, _, _), (_, receive, _) = await asyncio.gather(handshake(r1, w1, a, initiator=True),
-                                                          handshake(r2, w2, b, initiator=False))
-    sender = Link(r1, w1, send, CipherState(), b.public, endpoint="tcp://a", inbound=False)
-    head, sealed = b"secret head: addresses, session index", os.urandom(3000)
-    sender.send(head, sealed)
-    await asyncio.sleep(0.05)
-    wire = await r2.read(10_000)
-    assert sealed in wire and head not in wire
-
-    async def deliver(frame: bytes) -> list[tuple[bytes, bytes]]:
-        reader = asyncio.StreamReader()
-        reader.feed_data(frame)
-        reader.feed_eof()
-        got: list[tuple[bytes, bytes]] = []
-        copy = CipherState(receive.k)
-        link = Link(reader, w2, CipherState(), copy, a.public, endpoint="tcp://b", inbound=True)
-        await link.run(lambda _, packet, part: got.append((packet, part)))
-        return got
-
-    assert await deliver(wire) == [(head, sealed)]
+    sender, receiver = linked_pair()
+    frames = [(f"head {i}: addresses, session index".encode(), os.urandom(i * 20_011 % 65_000)) for i in range(40)]
+    for head, sealed in frames:
+        sender.send(head, sealed)
+    await asyncio.sleep(0)  # small frames leave at the end of the loop iteration
+    wire = bytes(sender.transport.data)  # type: ignore[attr-defined]
+    assert frames[5][1] in wire and frames[5][0] not in wire
+    for step in (len(wire), 1 << 16, 4093, 7):  # however the bytes arrive, every frame comes out once
+        protocol, link, got = receiver()
+        feed(protocol, wire, step)
+        assert got == frames and not link.transport.is_closing()
     tampered = bytearray(wire)
-    tampered[wire.index(sealed) + 100] ^= 1
-    assert await deliver(bytes(tampered)) == []  # the frame fails authentication: the link closes
-    w1.close()
-    w2.close()
+    tampered[wire.index(frames[5][1]) + 100] ^= 1
+    protocol, link, got = receiver()
+    feed(protocol, bytes(tampered), 1 << 16)
+    assert got == frames[:5] and link.transport.is_closing()  # the forged frame closes the link
