@@ -8,15 +8,17 @@ reply built from the agent's own history, then append and persist the reply.
 from __future__ import annotations
 
 from agents.skills import memory, reminders
-from hero.runtime.agent import Agent, AgentContext
+from hero.chat.agent import ChatAgent
+from hero.runtime.agent import AgentContext
 from hero.runtime.events import ChatMessage, Event, OverlayMessage, Ping, Reply, TimerFired
 
 SYSTEM = "You are a helpful personal assistant. Answer briefly and kindly."
 SKILLS = (reminders.handle, memory.handle)
-HISTORY_WINDOW = 40  # messages offered to the LLM; the LLM service trims further to fit its context
+HISTORY_WINDOW = 40  # entries offered to the LLM; the LLM service trims further to fit its context
+PROMPT_KINDS = ("chat", "reminder", "stopped")  # what the model sees of the history (not errors, not overlay)
 
 
-class Assistant(Agent):
+class Assistant(ChatAgent):
     async def handle(self, event: Event, reply: Reply) -> None:
         if isinstance(event, ChatMessage):
             await self.chat(event, reply)
@@ -28,15 +30,15 @@ class Assistant(Agent):
             reply.accept()
 
     async def chat(self, event: ChatMessage, reply: Reply) -> None:
-        ctx = self.ctx
-        ctx.add_message("user", event.text)
+        ctx, history = self.ctx, self.history
+        history.add("user", event.text)
         await ctx.persist()
         reply.accept()
         for skill in SKILLS:
             answer = await skill(ctx, event.text)
             if answer is not None:
                 reply.write(answer)
-                ctx.add_message("assistant", answer)
+                history.add("assistant", answer)
                 await ctx.persist()
                 return
         parts: list[str] = []
@@ -47,13 +49,13 @@ class Assistant(Agent):
         reply.finish_reason = str(reply.usage.pop("finish_reason", "stop"))
         text = "".join(parts).strip()
         if text:  # a reply stopped before its first token leaves no entry, never an empty one
-            ctx.add_message("assistant", text, kind="stopped" if reply.cancelled else "chat")
+            history.add("assistant", text, kind="stopped" if reply.cancelled else "chat")
             await ctx.persist()
 
     async def overlay(self, event: OverlayMessage, reply: Reply) -> None:
         """A message from an allowed overlay sender: kept apart in history, answered by the LLM (no skills run)."""
-        ctx = self.ctx
-        ctx.add_message("user", f"[overlay {event.src_ip}] {event.text}", kind="overlay")
+        ctx, history = self.ctx, self.history
+        history.add("user", f"[overlay {event.src_ip}] {event.text}", kind="overlay")
         await ctx.persist()
         reply.accept()
         parts: list[str] = []
@@ -63,13 +65,13 @@ class Assistant(Agent):
             reply.write(delta)
         text = "".join(parts).strip()
         if text:  # never an empty entry
-            ctx.add_message("assistant", text, kind="overlay")
+            history.add("assistant", text, kind="overlay")
             await ctx.persist()
 
     async def timer(self, event: TimerFired, reply: Reply) -> None:
         if event.name == reminders.TIMER:
             text = reminders.fired_message(event.payload)
-            self.ctx.add_message("assistant", text, kind="reminder")
+            self.history.add("assistant", text, kind="reminder")
             await self.ctx.persist()
             reply.write(text)
 
@@ -79,9 +81,9 @@ class Assistant(Agent):
         if known:
             system += " Facts about the user: " + "; ".join(known)
         history = [
-            {"role": m["role"], "content": m["content"]}
-            for m in self.ctx.history[-HISTORY_WINDOW:]
-            if m.get("kind", "chat") in ("chat", "reminder", "stopped") and m["content"]
+            {"role": entry.role, "content": entry.content}
+            for entry in self.history.recent(HISTORY_WINDOW)
+            if entry.kind in PROMPT_KINDS and entry.content
         ]
         return [{"role": "system", "content": system}, *history]
 

@@ -92,11 +92,13 @@ async def node_overhead(us: float, steps: int, n: int, reps: int) -> dict[str, A
     best = {"base": float("inf"), "metered": float("inf")}
     with tempfile.TemporaryDirectory() as d:
         data = Path(d)
-        store = await open_store(NodeConfig(data_dir=data), NodeKeys.load_or_create(data))
+        keys = NodeKeys.load_or_create(data)
+        store = await open_store(NodeConfig(data_dir=data), keys)
         power = PowerService(PROFILE, data, PowerConfig(cgroup_backstop=False, history=False))
-        nodes = {
-            "base": Node(store, None, Spinner, idle_after=3600),
-            "metered": Node(store, None, Spinner, idle_after=3600, metering=power, admission=power),
+        nodes = {  # Ping turns never reach the LLM
+            "base": Node(store, None, Spinner, node_id=keys.node_id, idle_after_s=3600),
+            "metered": Node(store, None, Spinner, node_id=keys.node_id, idle_after_s=3600,
+                            metering=power, admission=power),
         }
         agent = UserKey.generate().agent_id
         for node in nodes.values():
@@ -105,11 +107,11 @@ async def node_overhead(us: float, steps: int, n: int, reps: int) -> dict[str, A
         for _ in range(reps):
             for name, node in nodes.items():
                 await node.post(agent, event)
-                await node.join()  # activated; the agent stays in memory
+                await node.settle()  # activated; the agent stays in memory
                 t0 = time.perf_counter_ns()
                 for _ in range(n):
                     await node.post(agent, event)
-                await node.join()
+                await node.settle()
                 best[name] = min(best[name], (time.perf_counter_ns() - t0) / n)
                 await node.hibernate_idle(0.0)  # hand the lease to the other node
         for node in nodes.values():

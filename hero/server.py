@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from agents import assistant
+from hero.chat.histories import Histories
 from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys, UserKey
@@ -29,7 +29,9 @@ from hero.net.embed import start_overlay
 from hero.nodelock import NodeLock
 from hero.power.profiles import load_profile
 from hero.power.service import PowerConfig, PowerService
-from hero.runtime.node import AgentFactory, Node
+from hero.runtime.agent import AgentFactory
+from hero.runtime.factory import load_factory
+from hero.runtime.node import Node
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
 from hero.store.qss import QSS, open_qss
@@ -47,6 +49,7 @@ class Parts:
     store: QSS
     llm: LLMService
     node: Node
+    chat: Histories
     power: PowerService
     app: Starlette
     overlay: Any = None  # hero.net's OverlayService when the overlay runs inside
@@ -58,7 +61,9 @@ async def open_store(config: NodeConfig, keys: NodeKeys) -> QSS:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assistant.create) -> AsyncIterator[Parts]:
+async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = None) -> AsyncIterator[Parts]:
+    """The node's parts, started; closed in order on exit. Agents come from `agent_factory`, else the config's."""
+    agent_factory = agent_factory or load_factory(config.agent)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     model = check_model_path(config.model) if config.model else default_model_path()
     keys = NodeKeys.load_or_create(config.data_dir)
@@ -83,12 +88,13 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
         llm,
         agent_factory,
         node_id=keys.node_id,
-        idle_after=config.idle_after,
+        idle_after_s=config.idle_after_s,
         metering=power,
         admission=power,
     )
+    chat = Histories(node)
     power.attach(node, llm)
-    app = create_app(config=config, node=node, users=users, llm=llm, store=store, power=power)
+    app = create_app(config=config, node=node, chat=chat, users=users, llm=llm, store=store, power=power)
     app.state.overlay = None
     try:
         await store.start()
@@ -97,7 +103,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory = assista
         await power.start()
         overlay = await start_overlay(config, keys, [u.agent_id for u in users.list() if not u.revoked], node.deliver)
         app.state.overlay = overlay
-        yield Parts(config, keys, users, store, llm, node, power, app, overlay)
+        yield Parts(config, keys, users, store, llm, node, chat, power, app, overlay)
     finally:
         if app.state.overlay is not None:
             await app.state.overlay.aclose()
@@ -177,8 +183,9 @@ def raise_file_limit() -> None:
 
 
 def check_config(config: NodeConfig) -> None:
-    """Refuse a bad profile or model path before the port is bound, so a busy port cannot hide them."""
+    """Refuse a bad profile, model path or agent factory before the port is bound, so a busy port cannot hide them."""
     load_profile(config.profile)
+    load_factory(config.agent)
     if config.model:
         check_model_path(config.model)
     else:
@@ -206,7 +213,7 @@ async def _serve(config: NodeConfig, sock: socket.socket, announce: Any) -> None
         model_name = Path(parts.llm.model_path).name
         announce(
             f"hero: model {model_name} · profile {config.profile} · data {config.data_dir} · "
-            f"{base_url} · idle_after {config.idle_after:g}s"
+            f"{base_url} · idle_after_s {config.idle_after_s:g}"
         )
         server = uvicorn.Server(
             uvicorn.Config(parts.app, host=config.host, port=config.port, log_level="warning", lifespan="off")

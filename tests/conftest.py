@@ -1,4 +1,4 @@
-"""Shared test helpers: real nodes on 127.0.0.1, real model, real CLI processes."""
+"""Shared test helpers: real stores and nodes on 127.0.0.1, real model, real CLI processes."""
 
 from __future__ import annotations
 
@@ -17,13 +17,19 @@ from typing import Any
 import pytest
 import uvicorn
 
+from hero.chat.entry import HistoryEntry
+from hero.chat.histories import Histories
 from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
-from hero.runtime.node import AgentFactory
+from hero.runtime.agent import AgentFactory
+from hero.runtime.node import Node
+from hero.runtime.seams import LLM
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import default_model_path
-from hero.server import Parts, open_node
+from hero.server import Parts, open_node, open_store
+from hero.store.qss import QSS
 from hero.users import Users
+from tests.doubles import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,23 +60,50 @@ def make_config(tmp_path: Path, **changes: Any) -> NodeConfig:
 
 
 @asynccontextmanager
+async def serving_app(app: Any, port: int) -> AsyncIterator[None]:
+    """A real HTTP server for `app` on 127.0.0.1:`port`, in this test's event loop, until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
 async def serving(config: NodeConfig, *, agent_factory: AgentFactory | None = None) -> AsyncIterator[Parts]:
     """A real node with a real HTTP server on 127.0.0.1, in this test's event loop."""
-    kwargs = {"agent_factory": agent_factory} if agent_factory else {}
-    async with open_node(config, **kwargs) as parts:
-        server = uvicorn.Server(
-            uvicorn.Config(parts.app, host="127.0.0.1", port=config.port, log_level="warning", lifespan="off")
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        try:
-            yield parts
-        finally:
-            server.should_exit = True
-            await task
+    async with open_node(config, agent_factory=agent_factory) as parts, serving_app(parts.app, config.port):
+        yield parts
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[QSS]:
+    """A real QSS (20 directory backends) in this test's data dir, with the node's keys."""
+    config = make_config(tmp_path)
+    s = await open_store(config, NodeKeys.load_or_create(config.data_dir))
+    yield s
+    await s.aclose()
+
+
+def make_node(store: QSS, agent_factory: AgentFactory, *, llm: LLM | None = None, **options: Any) -> Node:
+    """A runtime over `store`, owned by that data dir's node key; the LLM double unless a test brings the model."""
+    node_id = NodeKeys.load_or_create(store.data_dir).node_id
+    return Node(store, llm or ScriptedLLM(), agent_factory, node_id=node_id, **options)
+
+
+def new_agent() -> str:
+    return UserKey.generate().agent_id
+
+
+async def history(node: Node, agent_id: str) -> list[HistoryEntry]:
+    """The agent's chat history as the edge reads it (without activating the agent)."""
+    return await Histories(node).entries(agent_id)
 
 
 def add_user(data_dir: Path, name: str) -> dict[str, str]:

@@ -135,8 +135,8 @@ async def test_sign_in_link_history_and_streamed_reply(site: Site, browser: Brow
         assert text
         await expect(bubbles(page)).to_have_count(2)  # the event stream confirmed, it did not duplicate
         assert await page.get_by_label("Message to your agent").input_value() == ""
-    history = await site.parts.node.history(alice["agent_id"])
-    assert [m["role"] for m in history] == ["user", "assistant"] and history[1]["content"] == text
+    entries = await site.parts.chat.entries(alice["agent_id"])
+    assert [e.role for e in entries] == ["user", "assistant"] and entries[1].content == text
     # opening the app again loads the history
     async with page_at(browser, site.url(f"/?token={alice['token']}"), phone=True) as page:
         await expect(bubbles(page)).to_have_count(2)
@@ -157,8 +157,8 @@ async def test_a_reply_in_progress_can_be_stopped(site: Site, browser: Browser):
         await expect(reply).to_have_class(re.compile(r"\bstopped\b"))
         await expect(page.get_by_role("button", name="Send")).to_be_visible()
         await expect(reply).to_have_attribute("data-seq", "2", timeout=15_000)  # the partial reply was kept
-    history = await site.parts.node.history(bob["agent_id"])
-    assert history[-1]["role"] == "assistant"
+    entries = await site.parts.chat.entries(bob["agent_id"])
+    assert entries[-1].role == "assistant"
     assert llm.tokens_total - before < MAX_TOKENS, "generation went on after Stop"
 
 
@@ -252,8 +252,8 @@ async def test_expired_session_asks_to_sign_in_again_and_keeps_the_message(site:
         await box.press("Enter")
         await expect(bubbles(page).locator(".body").last).to_have_text("I will remember that drafts survive sign-in.")
         await expect(box).to_have_value("")
-    history = await site.parts.node.history(user.agent_id)
-    assert history[-2]["content"] == "remember that drafts survive sign-in"  # the kept draft reached the agent
+    entries = await site.parts.chat.entries(user.agent_id)
+    assert entries[-2].content == "remember that drafts survive sign-in"  # the kept draft reached the agent
 
 
 async def test_sign_in_with_own_key_and_sign_out(site: Site, browser: Browser):

@@ -38,7 +38,7 @@ async def test_operator_apis_refuse_user_tokens_and_anonymous_callers(node):
             assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden", path
 
 
-async def test_status_counts_agents_wakes_and_llm_throughput(node):
+async def test_status_counts_agents_activations_and_llm_throughput(node):
     async with httpx.AsyncClient(base_url=node.base_url, timeout=60) as http:
         first = (await http.get("/api/node/status", headers=auth(node.operator))).json()
         assert first["agents"] == {"active": 0, "hibernated": 0, "damaged": 0, "total": 0}
@@ -56,7 +56,7 @@ async def test_status_counts_agents_wakes_and_llm_throughput(node):
         status = (await http.get("/api/node/status", headers=auth(node.operator))).json()
     assert status["agents"] == {"active": 1, "hibernated": 1, "damaged": 0, "total": 2}
     assert status["runtime"]["activations"] == 3 and status["runtime"]["hibernations"] == 2
-    assert status["wake_rate_per_min"] == pytest.approx(3.0)  # 3 wakes within the last minute
+    assert status["activation_rate_per_min"] == pytest.approx(3.0)  # 3 activations within the last minute
     assert status["llm"]["tokens_total"] > 0 and status["llm"]["tokens_per_s"] > 0
     assert status["llm"]["queue_depth"] == 0
 
@@ -90,7 +90,7 @@ async def test_footprint_and_chart_from_the_power_service(node):
         r = await http.get("/api/node/power/chart?window=1w", headers=auth(node.operator))
         assert r.status_code == 422 and r.json()["error"]["param"] == "window"
     assert mine["agent_id"] == node.alice["agent_id"] and mine["joules"] > 0 and mine["wh_today"] > 0
-    hosted = [a for a in report["agents"] if a["state"] in ("active", "hibernated")]
+    hosted = [a for a in report["agents"] if a["status"] in ("active", "hibernated")]
     assert mine["node_average"]["agents"] == len(hosted) == 2
     assert "agents" not in mine  # a user sees the mean, never the other agents
     assert chart["window"] == "1h" and chart["bucket_s"] == 60 and len(chart["ts"]) == 60

@@ -141,7 +141,7 @@ def test_restart_keeps_history_and_fires_pending_timer(tmp_path):
     assert node.proc.returncode == 0, output
     assert "hibernating agents" in output
     agents = hero_json("agents", "--data", str(data))
-    assert [(a["agent_id"], a["state"], a["user"]) for a in agents] == [(user["agent_id"], "hibernated", "alice")]
+    assert [(a["agent_id"], a["status"], a["user"]) for a in agents] == [(user["agent_id"], "hibernated", "alice")]
     node = NodeProcess(data)
     try:
         assert history(node, user["token"])[:2] == ["remember that I like green", "I will remember that I like green."]
@@ -181,7 +181,7 @@ def test_agents_command_asks_running_node(tmp_path):
     try:
         chat(node, user["token"], "remember that x")
         agents = json.loads(hero_cli("agents", "--data", str(data), "--url", node.url, "--json").stdout)
-        assert [(a["state"], a["user"]) for a in agents] == [("active", "alice")]
+        assert [(a["status"], a["user"]) for a in agents] == [("active", "alice")]
     finally:
         node.stop()
 
@@ -279,5 +279,30 @@ def test_profile_and_model_are_checked_before_the_port(tmp_path, extra, line):
         busy.listen(1)
         port = busy.getsockname()[1]
         result = hero_cli("up", "--data", str(tmp_path / "d"), "--port", str(port), *extra, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == line
+
+
+@pytest.mark.parametrize(
+    ("agent", "line"),
+    [
+        ("agents.assistant", "hero: agent 'agents.assistant': not a factory path (module:function, such as "
+                             "'agents.assistant:create')"),
+        ("agents.nope:create", "hero: agent 'agents.nope:create': cannot import 'agents.nope': ModuleNotFoundError: "
+                               "No module named 'agents.nope'"),
+        ("agents.assistant:nope", "hero: agent 'agents.assistant:nope': module 'agents.assistant' has no 'nope'"),
+        ("agents.assistant:SYSTEM", "hero: agent 'agents.assistant:SYSTEM': 'SYSTEM' is a str, not a factory "
+                                    "(a callable)"),
+    ],
+)
+def test_a_bad_agent_factory_is_one_line_before_the_port(tmp_path, agent, line):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "hero.toml").write_text(f"[node]\nagent = {agent!r}\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = hero_cli("up", "--data", str(data), "--port", str(port), check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == line

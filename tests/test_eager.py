@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from typing import Any, ClassVar
 
 import pytest
 
+from hero.chat.agent import ChatAgent
 from hero.errors import Unavailable
-from hero.identity import NodeKeys, UserKey
 from hero.runtime.agent import Agent
 from hero.runtime.eager import AgentTasks
 from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
-from hero.runtime.node import Node
-from hero.server import open_store
-from tests.conftest import make_config
+from tests.conftest import history, make_node, new_agent
 
 MARK: contextvars.ContextVar[str] = contextvars.ContextVar("mark", default="unset")
 
 
-class Timeboxed(Agent):
-    """Opens a timeout before its first await, as an agent guarding a slow tool call would."""
+class Timeboxed(ChatAgent):
+    """Opens a timeout before its first await, as an agent guarding a slow tool call would; 'arm <seconds>'
+    then sets a timer."""
 
     async def handle(self, event: Event, reply: Reply) -> None:
         reply.accept()
@@ -35,40 +35,28 @@ class Timeboxed(Agent):
         except TimeoutError:
             reply.write("timed out")
             if isinstance(event, TimerFired):
-                self.ctx.add_message("assistant", "timer timed out", kind="reminder")
+                self.history.add("assistant", "timer timed out", kind="reminder")
                 await self.ctx.persist()
-            elif self.ctx.state.get("set_timer"):
-                await self.ctx.set_timer(self.ctx.state.pop("set_timer"), "t")
+            elif isinstance(event, ChatMessage) and event.text.startswith("arm "):
+                await self.ctx.set_timer(float(event.text.split()[1]), "t")
 
 
 class Introspect(Agent):
-    """Reports which task ran its steps and sets a context variable in its first step."""
+    """Reports (in `seen`, by agent) which tasks ran its steps and the context variable it set in its first step."""
+
+    seen: ClassVar[dict[str, tuple[asyncio.Task[Any] | None, asyncio.Task[Any] | None, str]]] = {}
 
     async def handle(self, event: Event, reply: Reply) -> None:
         first = asyncio.current_task()
         MARK.set("turn")
         if isinstance(event, ChatMessage) and event.text == "wait":
             await asyncio.sleep(0.01)
-        second = asyncio.current_task()
-        self.tasks = (first, second)
-        self.mark_after_wait = MARK.get()
+        Introspect.seen[self.ctx.agent_id] = (first, asyncio.current_task(), MARK.get())
         reply.accept()
 
 
-@pytest.fixture
-async def store(tmp_path):
-    config = make_config(tmp_path)
-    s = await open_store(config, NodeKeys.load_or_create(config.data_dir))
-    yield s
-    await s.aclose()
-
-
-def new_agent() -> str:
-    return UserKey.generate().agent_id
-
-
 async def test_a_timeout_opened_before_the_first_await_fires_in_the_turn_not_in_the_caller(store):
-    node = Node(store, None, Timeboxed, idle_after=60)
+    node = make_node(store, Timeboxed, idle_after_s=60)
     reply = await node.deliver(new_agent(), ChatMessage("x"))
     await asyncio.sleep(0.2)  # the HTTP handler goes on with its own work: the turn's timeout must not cancel it
     assert await asyncio.wait_for(reply.text(), 2) == "timed out"
@@ -76,42 +64,38 @@ async def test_a_timeout_opened_before_the_first_await_fires_in_the_turn_not_in_
 
 
 async def test_a_timer_task_survives_a_turn_that_times_out(store):
-    node = Node(store, None, Timeboxed, idle_after=60)
+    node = make_node(store, Timeboxed, idle_after_s=60)
     agent = new_agent()
-    await node.post(agent, Ping())
-    await node.join()
-    node._active[agent].ctx.state["set_timer"] = 0.05
-    await asyncio.wait_for((await node.deliver(agent, ChatMessage("arm"))).text(), 2)
+    await asyncio.wait_for((await node.deliver(agent, ChatMessage("arm 0.05"))).text(), 2)
     for _ in range(100):
         if node.stats.timers_fired:
             break
         await asyncio.sleep(0.02)
     assert node.stats.timers_fired == 1  # the timer task that delivered the event finished normally
-    assert (await node.history(agent))[-1]["content"] == "timer timed out"
+    assert (await history(node, agent))[-1].content == "timer timed out"
     await node.aclose()
 
 
 async def test_the_turn_runs_as_one_task_of_its_own_and_keeps_its_context(store):
-    node = Node(store, None, Introspect, idle_after=60)
+    node = make_node(store, Introspect, idle_after_s=60)
     agent = new_agent()
     caller = asyncio.current_task()
     MARK.set("caller")
     for text in ("quick", "wait"):
         reply = await node.deliver(agent, ChatMessage(text))
         await reply.wait_accepted()
-        turn = node._active[agent].agent
-        first, second = turn.tasks
+        first, second, mark_after_wait = Introspect.seen[agent]
         assert first is not caller and first is second  # one task for every step, never the caller's
-        assert turn.mark_after_wait == "turn"
+        assert mark_after_wait == "turn"
         assert MARK.get() == "caller"  # the turn's context variables stay in the turn
     await node.aclose()
 
 
 async def test_a_turn_that_never_waits_finishes_before_post_returns_without_a_task_per_event(store):
-    node = Node(store, None, Introspect, idle_after=60)
+    node = make_node(store, Introspect, idle_after_s=60)
     agent = new_agent()
     await node.post(agent, Ping())
-    await node.join()
+    await node.settle()
     tasks_before = len(asyncio.all_tasks())
     replies = [Reply() for _ in range(50)]
     for reply in replies:
@@ -132,7 +116,7 @@ async def test_shutdown_cancels_a_waiting_turn_and_fails_its_queued_events(store
             finally:
                 cleaned.append("turn")
 
-    node = Node(store, None, Forever, idle_after=60, shutdown_grace=0.1)
+    node = make_node(store, Forever, idle_after_s=60, shutdown_grace_s=0.1)
     agent = new_agent()
     first = await node.deliver(agent, ChatMessage("a"))
     queued = await node.deliver(agent, ChatMessage("b"))
@@ -204,7 +188,8 @@ async def test_an_error_in_the_first_step_reaches_the_caller():
 async def test_a_parked_agent_task_cancelled_by_mistake_is_replaced_at_the_next_turn():
     group = AgentTasks()
     agent_task = group.new("t")
-    agent_task._task.cancel()
+    parked = next(t for t in asyncio.all_tasks() if t.get_name() == "t")
+    parked.cancel()  # a stray cancel, as code that cancels every task of the loop would send
     await asyncio.sleep(0)
     ran: list[bool] = []
 
@@ -216,6 +201,7 @@ async def test_a_parked_agent_task_cancelled_by_mistake_is_replaced_at_the_next_
     await asyncio.wait_for(group.join(), 2)
     assert ran == [True]
     agent_task.close()
-    await asyncio.wait_for(agent_task._task, 1)  # closed while parked: the task ends
+    replacement = next(t for t in asyncio.all_tasks() if t.get_name() == "t")
+    await asyncio.wait_for(replacement, 1)  # closed while parked: the task ends
     await asyncio.sleep(0)
     assert len(group.nursery) == 0

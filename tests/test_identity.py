@@ -77,14 +77,34 @@ def test_config_layers_defaults_toml_env_flags(tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
     assert load_config(data) == NodeConfig(data_dir=data)
-    (data / "hero.toml").write_text("[node]\nidle_after = 42\nport = 9001\n")
-    assert load_config(data).idle_after == 42.0
+    (data / "hero.toml").write_text("[node]\nidle_after_s = 42\nport = 9001\n")
+    assert load_config(data).idle_after_s == 42.0
     monkeypatch.setenv("HERO_PORT", "9002")
     assert load_config(data).port == 9002
     assert load_config(data, port=9003).port == 9003
-    (data / "hero.toml").write_text("[node]\nidel_after = 1\n")
-    with pytest.raises(UsageError, match="unknown setting 'idel_after'"):
+    monkeypatch.setenv("HERO_IDLE_AFTER_S", "7")
+    assert load_config(data).idle_after_s == 7.0
+    assert load_config(data, idle_after_s=8).idle_after_s == 8.0
+    (data / "hero.toml").write_text("[node]\nidel_after_s = 1\n")
+    with pytest.raises(UsageError, match="unknown setting 'idel_after_s'"):
         load_config(data)
-    (data / "hero.toml").write_text("[node]\nidle_after = 'soon'\n")
-    with pytest.raises(UsageError, match="idle_after must be float"):
+    (data / "hero.toml").write_text("[node]\nidle_after_s = 'soon'\n")
+    with pytest.raises(UsageError, match="idle_after_s must be float"):
+        load_config(data)
+
+
+def test_a_renamed_setting_still_works_and_says_it_is_deprecated(tmp_path, monkeypatch, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hero.toml").write_text("[node]\nidle_after = 42\n")  # a config from before the unit was named
+    assert load_config(data).idle_after_s == 42.0
+    assert "hero.toml: idle_after is deprecated, use idle_after_s" in caplog.text
+    (data / "hero.toml").write_text("[node]\nidle_after = 42\nidle_after_s = 50\n")
+    assert load_config(data).idle_after_s == 50.0  # the new name wins
+    (data / "hero.toml").unlink()
+    monkeypatch.setenv("HERO_IDLE_AFTER", "9")
+    assert load_config(data).idle_after_s == 9.0
+    assert "HERO_IDLE_AFTER is deprecated, use HERO_IDLE_AFTER_S" in caplog.text
+    (data / "hero.toml").write_text("[node]\nidle_after = -1\n")
+    with pytest.raises(UsageError, match="idle_after_s must be > 0"):
         load_config(data)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from hero.chat.histories import Histories
 from hero.errors import Overloaded
 from hero.identity import NodeKeys, UserKey
 from hero.power.governor import GovernorConfig
@@ -26,7 +26,8 @@ from hero.scheduler.llm import LLMService
 from hero.server import open_store
 from hero.users import Users
 from hero.web.app import create_app
-from tests.conftest import auth, make_config
+from tests.conftest import auth, make_config, serving_app
+from tests.doubles import ScriptedLLM
 
 
 class Quiet(Agent):
@@ -48,7 +49,7 @@ async def power_node(
     keys = NodeKeys.load_or_create(cfg.data_dir)
     store = await open_store(cfg, keys)
     power = PowerService(profile, cfg.data_dir, config or power_config())
-    node = Node(store, None, Quiet, idle_after=300.0, metering=power, admission=power)
+    node = Node(store, ScriptedLLM(), Quiet, node_id=keys.node_id, idle_after_s=300.0, metering=power, admission=power)
     power.attach(node, None)
     await node.start()
     await power.start()
@@ -75,16 +76,16 @@ async def test_200_parked_agents_cost_no_dynamic_watts(tmp_path: Path) -> None:
         agents = [UserKey.generate().agent_id for _ in range(200)]
         for agent in agents:
             await (await node.deliver(agent, Ping())).text()
-        assert power.agent_states() == {"active": 200, "hibernated": 0}
+        assert power.agents_by_status() == {"active": 200, "hibernated": 0}
         await next_reports(power, 4)  # let the activation turns leave the report window
         reports = await next_reports(power, 5)
         assert all(r["agents_watts"] == 0.0 for r in reports)
         assert power.ledger.last.steps == 0
         listed = {a["agent_id"]: a for a in reports[-1]["agents"]}
-        assert len(listed) == 200 and all(a["state"] == "active" for a in listed.values())
+        assert len(listed) == 200 and all(a["status"] == "active" for a in listed.values())
         assert reports[-1]["idle_share_watts"] == pytest.approx(12.0 / 200)
         assert await node.hibernate_idle(0.0) == 200
-        assert power.agent_states() == {"active": 0, "hibernated": 200}
+        assert power.agents_by_status() == {"active": 0, "hibernated": 200}
         assert power.agent_report(agents[0])["storage_bytes"] > 0  # hibernation wrote its state
 
 
@@ -134,17 +135,12 @@ async def web(tmp_path: Path) -> AsyncIterator[dict]:
         users = Users(cfg.data_dir, keys)
         alice = users.add("alice", UserKey.generate().agent_id)
         bob = users.add("bob", UserKey.generate().agent_id)
-        app = create_app(config=cfg, node=node, users=users, llm=None, store=store, power=power)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=cfg.port, log_level="warning", lifespan="off")
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+        app = create_app(config=cfg, node=node, chat=Histories(node), users=users, llm=None, store=store, power=power)
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.port}", trust_env=False) as client:
+            async with (
+                serving_app(app, cfg.port),
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.port}", trust_env=False) as client,
+            ):
                 yield {
                     "client": client,
                     "node": node,
@@ -154,8 +150,6 @@ async def web(tmp_path: Path) -> AsyncIterator[dict]:
                     "operator": users.issue_operator()[0],
                 }
         finally:
-            server.should_exit = True
-            await task
             users.close()
 
 
@@ -185,8 +179,8 @@ async def test_metrics_are_prometheus_text_with_kepler_style_names(tmp_path: Pat
         assert samples["hero_node_idle_watts"][0].value == 12.0
         agent_series = [s for s in samples["hero_agent_joules_total"] if s.labels["agent"] == alice_id]
         assert len(agent_series) == 1 and agent_series[0].value >= 0.0
-        states = {s.labels["state"]: s.value for s in samples["hero_agents"]}
-        assert states["active"] == 1.0
+        statuses = {s.labels["status"]: s.value for s in samples["hero_agents"]}
+        assert statuses["active"] == 1.0
         per_agent = [n for n, ss in samples.items() if any(s.labels.get("agent") == alice_id for s in ss)]
         assert len(per_agent) <= 3  # cheap exporter: at most three series per agent
 
@@ -202,7 +196,7 @@ async def test_node_power_json_and_stream_for_the_operator(tmp_path: Path) -> No
         for key in ("node_watts", "idle_watts", "runtime_watts", "budget_watts", "source", "agents"):
             assert key in body
         assert body["source"] == "model" and body["budget_watts"] == 60.0
-        assert {"agent_id", "watts", "joules", "state"} <= set(body["agents"][0])
+        assert {"agent_id", "watts", "joules", "status"} <= set(body["agents"][0])
         assert body["conservation"]["ok"]
 
         r = await w["client"].get("/api/node/power/stream?count=2", headers=auth(w["operator"]), timeout=10)
@@ -226,7 +220,7 @@ async def test_a_user_sees_only_their_own_agents_power(tmp_path: Path) -> None:
         r = await client.get("/api/me/power", headers=auth(alice))
         assert r.status_code == 200
         me = r.json()
-        assert me["agent_id"] == alice_id and me["state"] == "active"
+        assert me["agent_id"] == alice_id and me["status"] == "active"
         assert {"watts", "watts_1h", "joules", "wh_today", "idle_share_watts", "quota"} <= set(me)
         r = await client.get(f"/api/me/power?agent_id={bob_id}", headers=auth(alice))
         assert r.json()["agent_id"] == alice_id  # the agent comes from the token, not the request

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,43 +18,35 @@ import httpx
 import pytest
 
 from agents import assistant
-from hero.identity import NodeKeys, UserKey
-from hero.runtime.agent import Agent, AgentContext
+from hero.chat.entry import HistoryEntry
+from hero.identity import NodeKeys
+from hero.runtime.agent import Agent, AgentContext, AgentFactory
 from hero.runtime.events import OverlayMessage
-from hero.runtime.node import Node, state_key
+from hero.runtime.keys import state_key, timers_key
 from hero.server import open_store
-from tests.conftest import add_user, auth, free_port, hero_cli, hero_json, make_config, operator_token, serving
+from tests.conftest import (
+    add_user,
+    auth,
+    free_port,
+    hero_cli,
+    hero_json,
+    history,
+    make_config,
+    make_node,
+    new_agent,
+    operator_token,
+    serving,
+)
+from tests.doubles import ScriptedLLM
 from tests.test_cli import NodeProcess
 from tests.test_runtime_faults import poisoned_state, rot
 
 
-class SlowLLM:
-    """The LLM seam's test double: `first` (if any), then nothing until the listener goes away."""
+def slow_assistant(first: str | None) -> AgentFactory:
+    """The shipped assistant with a model that says `first` (if any), then nothing until the listener goes away."""
 
-    def __init__(self, first: str | None) -> None:
-        self.first = first
-
-    async def stream(
-        self,
-        agent_id: str,
-        messages: list[dict[str, str]],
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        usage: dict[str, Any] | None = None,
-        interactive: bool = True,
-    ) -> AsyncIterator[str]:
-        if self.first is not None:
-            yield self.first
-        # The seam's stop signal is a predicate (the real service checks it between tokens), so it is polled.
-        while should_stop is None or not should_stop():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
-def slow_assistant(first: str | None) -> Callable[[AgentContext], Agent]:
     def create(ctx: AgentContext) -> Agent:
-        ctx.llm = SlowLLM(first)
+        ctx.llm = ScriptedLLM([first] if first is not None else [], hold=True)
         return assistant.create(ctx)
 
     return create
@@ -65,10 +56,11 @@ def chat_body(text: str, *, stream: bool = False) -> dict[str, Any]:
     return {"model": "hero", "stream": stream, "messages": [{"role": "user", "content": text}]}
 
 
-async def stored_history(config: Any, agent_id: str) -> list[dict[str, Any]]:
+async def stored_history(config: Any, agent_id: str) -> list[HistoryEntry]:
+    """The history as the store keeps it, read by a node that is not running."""
     store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
     try:
-        return json.loads(await store.get(state_key(agent_id)))["history"]
+        return await history(make_node(store, assistant.create), agent_id)
     finally:
         await store.aclose()
 
@@ -90,7 +82,7 @@ async def test_a_stopped_reply_leaves_no_empty_entry_and_is_marked_stopped(tmp_p
                     if line.startswith("data:") and (first is None or first in line):
                         break
             # the user pressed stop: the client closed the stream
-            await asyncio.wait_for(parts.node.join(), 10)
+            await asyncio.wait_for(parts.node.settle(), 10)
             messages = (await client.get("/api/me/messages", headers=auth(alice["token"]))).json()["messages"]
     assert all(m["content"] for m in messages), messages
     assert [(m["content"], m["kind"]) for m in messages if m["role"] == "assistant"] == expected
@@ -118,7 +110,7 @@ async def test_shutdown_ends_in_flight_streams_with_an_error_and_done(tmp_path: 
             server.should_exit = True  # what uvicorn's SIGTERM handler does
             chat_rest = [line async for line in chat_lines if line.startswith("data:")]
             events_rest = [line async for line in event_lines if line]
-        await asyncio.wait_for(parts.node.join(), 10)
+        await asyncio.wait_for(parts.node.settle(), 10)
     error = json.loads(chat_rest[-2][len("data:") :])
     assert error["error"]["type"] == "unavailable" and "shutting down" in error["error"]["message"]
     assert chat_rest[-1] == "data: [DONE]"
@@ -128,8 +120,8 @@ async def test_shutdown_ends_in_flight_streams_with_an_error_and_done(tmp_path: 
         "event: done",
         "data: [DONE]",
     ] and "shutting down" in events_rest[-3]
-    history = await stored_history(config, alice["agent_id"])
-    assert [(m["role"], m["content"], m["kind"]) for m in history] == [
+    entries = await stored_history(config, alice["agent_id"])
+    assert [(e.role, e.content, e.kind) for e in entries] == [
         ("user", "a story", "chat"),
         ("assistant", "Once upon", "stopped"),
     ]
@@ -183,7 +175,7 @@ async def test_a_damaged_agent_gets_a_clear_503_and_the_operator_sees_which_and_
             )
             assert r.status_code == 200
     store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
-    await rot(store, f"agent/{alice['agent_id']}/timers", 5)
+    await rot(store, timers_key(alice["agent_id"]), 5)
     await store.aclose()
 
     config = replace(config, port=free_port())
@@ -198,19 +190,19 @@ async def test_a_damaged_agent_gets_a_clear_503_and_the_operator_sees_which_and_
         assert error["type"] == "agent_damaged" and "reminders could not be read" in error["message"]
         assert alice["agent_id"][:12] not in error["message"] and "local-" not in error["message"]
         me = (await client.get("/api/me", headers=auth(alice["token"]))).json()
-        assert me["agent_state"] == "damaged"
+        assert me["agent_status"] == "damaged"
 
         operator = auth(operator_token(config.data_dir))
         listing = (await client.get("/api/node/agents", headers=operator)).json()
         assert listing["damaged"] == 1
-        [damaged] = [a for a in listing["agents"] if a["state"] == "damaged"]
+        [damaged] = [a for a in listing["agents"] if a["status"] == "damaged"]
         assert damaged["agent_id"] == alice["agent_id"] and damaged["user"] == "alice"
         assert "timers unreadable" in damaged["reason"] and damaged["damaged_since"] > 0
         status = (await client.get("/api/node/status", headers=operator)).json()
         assert status["agents"]["damaged"] == 1
         cli = await asyncio.to_thread(hero_json, "agents", "--data", str(config.data_dir), "--url", url)
         [row] = [a for a in cli if a["agent_id"] == alice["agent_id"]]
-        assert row["state"] == "damaged" and "timers unreadable" in row["reason"]
+        assert row["status"] == "damaged" and "timers unreadable" in row["reason"]
         text = await asyncio.to_thread(hero_cli, "agents", "--data", str(config.data_dir), "--url", url)
         [line] = [line for line in text.stdout.splitlines() if "alice" in line]
         assert "damaged" in line and "timers unreadable" in line
@@ -235,17 +227,14 @@ async def test_a_user_whose_history_holds_a_lone_surrogate_can_read_and_chat_aga
         assert again.status_code == 200 and len(again.json()["messages"]) == 4
 
 
-async def test_an_overlay_reply_stopped_before_its_first_token_leaves_no_empty_entry(tmp_path: Path):
-    config = make_config(tmp_path)
-    store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
-    node = Node(store, None, slow_assistant(None), idle_after=60)
-    agent = UserKey.generate().agent_id
+async def test_an_overlay_reply_stopped_before_its_first_token_leaves_no_empty_entry(store):
+    node = make_node(store, slow_assistant(None), idle_after_s=60)
+    agent = new_agent()
     reply = await node.deliver(agent, OverlayMessage("m1", "ab" * 32, "400::1", b"t", b"hello over there"))
     await reply.wait_accepted()
     reply.cancel()  # the overlay sender went away before the first token
-    await asyncio.wait_for(node.join(), 10)
-    history = await node.history(agent)
+    await asyncio.wait_for(node.settle(), 10)
+    entries = await history(node, agent)
     await node.aclose()
-    await store.aclose()
-    assert all(m["content"] for m in history), history
-    assert [m["kind"] for m in history] == ["overlay"]
+    assert all(e.content for e in entries), entries
+    assert [e.kind for e in entries] == ["overlay"]

@@ -17,15 +17,14 @@ from typing import ClassVar
 import pytest
 
 from agents import assistant
+from hero.chat.agent import ChatAgent
 from hero.errors import AgentDamaged
-from hero.identity import NodeKeys, UserKey
-from hero.runtime.agent import Agent
 from hero.runtime.backoff import Backoff, Retries
 from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
-from hero.runtime.node import Node, state_key
-from hero.server import open_store
+from hero.runtime.keys import state_key, timers_key
+from hero.runtime.node import Node
 from hero.store.qss import QSS
-from tests.conftest import make_config
+from tests.conftest import history, make_node, new_agent
 from tests.store.helpers import stored_fragment
 
 FAST = Retries(
@@ -35,7 +34,7 @@ FAST = Retries(
 )
 
 
-class Worker(Agent):
+class Worker(ChatAgent):
     """Echoes chat, keeps a count it persists only on hibernation, sets timers on request, can be poisoned."""
 
     attempts: ClassVar[list[float]] = []
@@ -43,7 +42,7 @@ class Worker(Agent):
     async def handle(self, event: Event, reply: Reply) -> None:
         state = self.ctx.state
         if isinstance(event, ChatMessage):
-            self.ctx.add_message("user", event.text)
+            self.history.add("user", event.text)
             await self.ctx.persist()
             reply.accept()
             if event.text.startswith("timer "):
@@ -54,22 +53,10 @@ class Worker(Agent):
             if event.name == "poison":
                 Worker.attempts.append(time.monotonic())
                 raise ValueError("this timer always fails")
-            self.ctx.add_message("assistant", f"timer {event.name}", kind="reminder")
+            self.history.add("assistant", f"timer {event.name}", kind="reminder")
             await self.ctx.persist()
         elif isinstance(event, Ping):
             reply.accept()
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    config = make_config(tmp_path)
-    s = await open_store(config, NodeKeys.load_or_create(config.data_dir))
-    yield s
-    await s.aclose()
-
-
-def new_agent() -> str:
-    return UserKey.generate().agent_id
 
 
 async def rot(store: QSS, key: str, count: int) -> list[tuple[object, bytes]]:
@@ -101,14 +88,14 @@ async def eventually(check, timeout_s: float = 5.0) -> None:
 
 
 async def test_unreadable_timers_damage_one_agent_and_the_node_starts_and_serves_the_others(store, caplog):
-    first = Node(store, None, Worker, idle_after=60, retries=FAST)
+    first = make_node(store, Worker, idle_after_s=60, retries=FAST)
     broken, healthy = new_agent(), new_agent()
     await chat(first, broken, "timer 3600 stretch")
     await chat(first, healthy, "hello")
     await first.aclose()
-    await rot(store, f"agent/{broken}/timers", 5)  # 5 of 20: one more than the code can lose
+    await rot(store, timers_key(broken), 5)  # 5 of 20: one more than the code can lose
 
-    node = Node(store, None, Worker, idle_after=60, retries=FAST)
+    node = make_node(store, Worker, idle_after_s=60, retries=FAST)
     await node.start()  # starts: the unreadable object damages its agent only
     assert await chat(node, healthy, "still here?") == "echo still here?"
     with pytest.raises(AgentDamaged) as refused:
@@ -116,9 +103,9 @@ async def test_unreadable_timers_damage_one_agent_and_the_node_starts_and_serves
     assert refused.value.status == 503 and "reminders could not be read" in refused.value.message
     assert broken not in refused.value.message and "agent/" not in refused.value.message
     assert "local-" not in refused.value.message  # no backend names for the user
-    assert node.agent_state(broken) == "damaged" and node.agent_states()[healthy] == "active"
+    assert node.agent_status(broken) == "damaged" and node.agent_statuses()[healthy] == "active"
     info = {i.agent_id: i for i in await node.agents()}
-    assert info[broken].state == "damaged" and info[healthy].state == "active"
+    assert info[broken].status == "damaged" and info[healthy].status == "active"
     assert info[broken].reason is not None and "timers unreadable" in info[broken].reason
     assert "only 15 of the 16" in info[broken].reason  # the operator gets the store's own words
     assert any(r.levelno == logging.ERROR and broken in r.getMessage() for r in caplog.records)
@@ -126,7 +113,7 @@ async def test_unreadable_timers_damage_one_agent_and_the_node_starts_and_serves
 
 
 async def test_an_agent_whose_state_cannot_be_read_is_damaged_and_heals_when_the_store_does(store):
-    node = Node(store, None, Worker, idle_after=60, retries=FAST)
+    node = make_node(store, Worker, idle_after_s=60, retries=FAST)
     broken, healthy = new_agent(), new_agent()
     await chat(node, broken, "remember me")
     await chat(node, healthy, "hello")
@@ -136,17 +123,17 @@ async def test_an_agent_whose_state_cannot_be_read_is_damaged_and_heals_when_the
     with pytest.raises(AgentDamaged, match="saved state could not be read"):
         await node.deliver(broken, ChatMessage("hello?"))
     with pytest.raises(AgentDamaged):
-        await node.history(broken)  # reading without activation says the same
+        await history(node, broken)  # reading without activation says the same
     assert await chat(node, healthy, "and you?") == "echo and you?"
     [info] = [i for i in await node.agents() if i.agent_id == broken]
-    assert info.state == "damaged" and "state unreadable" in (info.reason or "")
+    assert info.status == "damaged" and "state unreadable" in (info.reason or "")
 
     for fragment, original in rotted:  # the operator restores the backends
         fragment.write_bytes(original)  # type: ignore[attr-defined]
     await asyncio.sleep(0.1)  # the damaged agent's back-off passes
     assert await chat(node, broken, "back?") == "echo back?"
-    assert node.agent_state(broken) == "active" and len(node.damaged) == 0
-    assert [m["content"] for m in await node.history(broken)] == ["remember me", "back?"]
+    assert node.agent_status(broken) == "active" and len(node.damaged) == 0
+    assert [e.content for e in await history(node, broken)] == ["remember me", "back?"]
     await node.aclose()
 
 
@@ -156,7 +143,7 @@ async def test_an_agent_whose_state_cannot_be_read_is_damaged_and_heals_when_the
 async def test_a_failed_hibernation_keeps_the_agent_in_memory_and_retries_until_its_state_is_written(
     store, tmp_path: Path
 ):
-    node = Node(store, None, Worker, idle_after=0.1, retries=FAST)
+    node = make_node(store, Worker, idle_after_s=0.1, retries=FAST)
     agent = new_agent()
     await chat(node, agent, "hello")  # accepted; its count is written at hibernation
     backends = tmp_path / "data" / "backends"
@@ -176,7 +163,7 @@ async def test_a_failed_hibernation_keeps_the_agent_in_memory_and_retries_until_
 
 
 async def test_shutdown_retries_a_failed_final_write(store, tmp_path: Path):
-    node = Node(store, None, Worker, idle_after=60, retries=FAST, shutdown_grace=5)
+    node = make_node(store, Worker, idle_after_s=60, retries=FAST, shutdown_grace_s=5)
     agent = new_agent()
     await chat(node, agent, "hello")
     backends = tmp_path / "data" / "backends"
@@ -198,24 +185,23 @@ async def test_shutdown_retries_a_failed_final_write(store, tmp_path: Path):
 
 
 async def test_a_poison_timer_backs_off_then_is_set_aside_with_one_error_entry(store, caplog):
-    node = Node(store, None, Worker, idle_after=60, retries=FAST)
+    node = make_node(store, Worker, idle_after_s=60, retries=FAST)
     agent = new_agent()
     Worker.attempts = []
     await chat(node, agent, "timer 0.05 poison")
     versions_before = len(await store.versions(state_key(agent)))
     await eventually(lambda: len(Worker.attempts) >= 4)  # backing off from 50 ms, not every 30 s
     await asyncio.sleep(0.5)
-    await node.join()
+    await node.settle()
 
     assert len(Worker.attempts) == 4 and node.stats.timers_set_aside == 1  # FAST.timer.attempts, then set aside
     gaps = [b - a for a, b in zip(Worker.attempts, Worker.attempts[1:], strict=False)]
     assert gaps == sorted(gaps) and gaps[-1] > 2 * gaps[0]  # backing off, not a fixed period
-    history = await node.history(agent)
-    errors = [m for m in history if m["kind"] == "error"]
-    assert len(errors) == 1 and "poison" in errors[0]["content"] and "set aside" in errors[0]["content"]
+    errors = [e for e in await history(node, agent) if e.kind == "error"]
+    assert len(errors) == 1 and "poison" in errors[0].content and "set aside" in errors[0].content
     assert len(await store.versions(state_key(agent))) == versions_before + 1  # one write: the error entry
-    assert len(node.timers) == 0 and json.loads(await store.get(f"agent/{agent}/timers")) == []
-    aside = node._active[agent].ctx.state["timers_set_aside"]
+    assert len(node.timers) == 0 and json.loads(await store.get(timers_key(agent))) == []
+    aside = (await node.read_state(agent))["timers_set_aside"]
     assert [(t["name"], t["error"]) for t in aside] == [("poison", "ValueError")]
     assert any(r.levelno == logging.ERROR and "set aside" in r.getMessage() for r in caplog.records)
     assert await chat(node, agent, "fine?") == "echo fine?"  # the agent itself is fine
@@ -232,13 +218,13 @@ async def test_a_timer_whose_turn_fails_once_is_retried_and_then_fires(store):
                 raise RuntimeError("a passing fault")
             await super().handle(event, reply)
 
-    node = Node(store, None, Flaky, idle_after=60, retries=FAST)
+    node = make_node(store, Flaky, idle_after_s=60, retries=FAST)
     agent = new_agent()
     await chat(node, agent, "timer 0.05 stretch")
     await eventually(lambda: node.stats.timers_fired == 1)
-    history = await node.history(agent)
-    assert history[-1]["content"] == "timer stretch"
-    assert not [m for m in history if m["kind"] == "error"]  # a retried try leaves no entry
+    entries = await history(node, agent)
+    assert entries[-1].content == "timer stretch"
+    assert not [e for e in entries if e.kind == "error"]  # a retried try leaves no entry
     await node.aclose()
 
 
@@ -256,12 +242,12 @@ def poisoned_state() -> bytes:
 async def test_a_lone_surrogate_in_a_stored_history_is_repaired_on_read_and_on_activation(store, llm):
     agent = new_agent()
     await store.put(state_key(agent), poisoned_state(), epoch=1)  # as an older node stored it
-    node = Node(store, llm, assistant.create, idle_after=60)
+    node = make_node(store, assistant.create, llm=llm, idle_after_s=60)
     await node.start()
 
-    history = await node.history(agent)  # read without activation
-    assert [m["content"] for m in history] == ["hi \ufffd", "Hello! \U0001f600"]
-    json.dumps(history, ensure_ascii=False).encode()  # what the JSON response does: no UnicodeEncodeError
+    entries = await history(node, agent)  # read without activation
+    assert [e.content for e in entries] == ["hi \ufffd", "Hello! \U0001f600"]
+    json.dumps([e.to_json() for e in entries], ensure_ascii=False).encode()  # as the JSON response: no error
 
     reply = await node.deliver(agent, ChatMessage("Say hello"))  # the LLM sees the repaired history
     assert (await asyncio.wait_for(reply.text(), 60)).strip()
@@ -272,15 +258,15 @@ async def test_a_lone_surrogate_in_a_stored_history_is_repaired_on_read_and_on_a
 
 
 async def test_text_added_to_a_history_is_valid_unicode(store):
-    node = Node(store, None, Worker, idle_after=60)
+    node = make_node(store, Worker, idle_after_s=60)
     agent = new_agent()
     await chat(node, agent, "broken \udfff text")
-    assert (await node.history(agent))[0]["content"] == "broken \ufffd text"
+    assert (await history(node, agent))[0].content == "broken \ufffd text"
     await node.aclose()
 
 
 async def test_a_damaged_agent_is_refused_without_reading_the_store_again_until_its_back_off(store):
-    node = Node(store, None, Worker, idle_after=60, retries=Retries(damaged=Backoff(first_s=60, max_s=60)))
+    node = make_node(store, Worker, idle_after_s=60, retries=Retries(damaged=Backoff(first_s=60, max_s=60)))
     agent = new_agent()
     await chat(node, agent, "hello")
     await node.hibernate_idle(0)

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from hero.runtime.agent import Agent
+from hero.chat.agent import ChatAgent
 from hero.runtime.events import ChatMessage, Event, Reply
 from tests.conftest import add_user, auth, make_config, operator_token, serving
 
@@ -111,7 +111,7 @@ async def test_users_are_isolated(node):
         op = operator_token(node.config.data_dir)
         agents = (await http.get("/api/node/agents", headers=auth(op))).json()["agents"]
         assert {a["agent_id"] for a in agents} == {node.alice["agent_id"], node.bob["agent_id"]}
-        assert {a["state"] for a in agents} == {"active"}
+        assert {a["status"] for a in agents} == {"active"}
     assert (await ai_b.models.list()).data
 
 
@@ -156,12 +156,12 @@ async def test_body_over_one_mib_is_413(node):
         assert r.status_code == 413
 
 
-class Flaky(Agent):
+class Flaky(ChatAgent):
     """Raises on 'crash'; otherwise echoes. Stands for a buggy skill."""
 
     async def handle(self, event: Event, reply: Reply) -> None:
         assert isinstance(event, ChatMessage)
-        self.ctx.add_message("user", event.text)
+        self.history.add("user", event.text)
         await self.ctx.persist()
         reply.accept()
         if event.text == "crash":
@@ -170,8 +170,8 @@ class Flaky(Agent):
 
 
 async def test_agent_error_reaches_user_as_message_not_traceback(tmp_path, caplog):
-    config = make_config(tmp_path)
-    async with serving(config, agent_factory=Flaky) as parts:
+    config = make_config(tmp_path, agent="tests.test_web:Flaky")  # the node's agent, chosen by its config
+    async with serving(config) as parts:
         user = add_user(config.data_dir, "carol")
         ai = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{config.port}/v1", api_key=user["token"], max_retries=0)
         with pytest.raises(openai.APIError) as info:
@@ -188,8 +188,8 @@ async def test_agent_error_reaches_user_as_message_not_traceback(tmp_path, caplo
         assert again.choices[0].message.content == "fine"
         await ai.close()
         assert "skill bug" in caplog.text
-        history = await parts.node.history(user["agent_id"])
-        assert [m["content"] for m in history if m["role"] == "user"] == ["crash", "crash", "ok?"]
+        entries = await parts.chat.entries(user["agent_id"])
+        assert [e.content for e in entries if e.role == "user"] == ["crash", "crash", "ok?"]
 
 
 async def test_healthz_and_chat_page(node):

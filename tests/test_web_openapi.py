@@ -19,7 +19,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from hero.runtime.agent import Agent
+from hero.chat.agent import ChatAgent
 from hero.runtime.events import ChatMessage, Event, Reply
 from hero.web.openapi import routed
 from tests.conftest import add_user, auth, make_config, serving
@@ -61,16 +61,16 @@ async def test_openapi_json_describes_every_route_its_auth_and_errors(node):
     assert params == {"limit", "before"}
 
 
-class Echo(Agent):
+class Echo(ChatAgent):
     """Keeps and answers each message without the LLM, so fuzzing spends its time on the HTTP edge."""
 
     async def handle(self, event: Event, reply: Reply) -> None:
         if isinstance(event, ChatMessage):
-            self.ctx.add_message("user", event.text)
+            self.history.add("user", event.text)
             await self.ctx.persist()
             reply.accept()
             reply.write(f"heard {len(event.text)} characters")
-            self.ctx.add_message("assistant", "heard")
+            self.history.add("assistant", "heard")
             await self.ctx.persist()
         else:
             reply.accept()

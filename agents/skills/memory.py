@@ -12,7 +12,7 @@ MAX_FACTS = 50
 
 
 async def handle(ctx: AgentContext, text: str) -> str | None:
-    facts: list[str] = ctx.state["memory"].setdefault("facts", [])
+    facts: list[str] = ctx.state.setdefault("memory", {}).setdefault("facts", [])
     if FORGET.match(text):
         facts.clear()
         return "Done: I have forgotten everything you asked me to remember."
@@ -25,4 +25,4 @@ async def handle(ctx: AgentContext, text: str) -> str | None:
 
 
 def facts(ctx: AgentContext) -> list[str]:
-    return list(ctx.state["memory"].get("facts", []))
+    return list(ctx.state.get("memory", {}).get("facts", []))

@@ -1,7 +1,7 @@
 """Reminders: "remind me in 10 minutes to call mum" sets a durable timer.
 
-The timer survives hibernation and restarts; when it fires, the agent wakes
-and the reminder arrives in the user's history and live event stream.
+The timer survives hibernation and restarts; when it fires, the agent is
+activated and the reminder arrives in the user's history and live event stream.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ async def handle(ctx: AgentContext, text: str) -> str | None:
     if match is None:
         return None
     amount, unit, what = float(match[1]), match[2].lower(), match[3]
-    delay = amount * UNITS[unit]
-    await ctx.set_timer(delay, TIMER, {"text": what})
+    delay_s = amount * UNITS[unit]
+    await ctx.set_timer(delay_s, TIMER, {"text": what})
     return f"OK, I will remind you to {what} in {match[1]} {unit}{'s' if amount != 1 else ''}."
 
 

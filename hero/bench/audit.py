@@ -25,7 +25,7 @@ import httpx
 from hero.bench.client import ANSWERED, REFUSED, MessageResult, history
 from hero.bench.nodeproc import BenchUser
 from hero.identity import NodeKeys
-from hero.runtime.node import state_key
+from hero.runtime.keys import state_key
 from hero.store.qss import open_qss
 
 SEED_PREFIX = "remember that my name is "

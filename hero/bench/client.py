@@ -68,8 +68,10 @@ async def chat(client: httpx.AsyncClient, url: str, token: str, result: MessageR
                     done = True
                     break
                 chunk = json.loads(data)
-                if "error" in chunk:
-                    result.error = json.dumps(chunk["error"])[:300]
+                if "error" in chunk:  # after acceptance: the message is kept, its reply refused or failed
+                    result.error = "in stream: " + json.dumps(chunk["error"])[:300]
+                    if chunk["error"].get("type") == "overloaded":  # an explicit refusal, as a 429 is
+                        result.status = REFUSED
                     return result
                 if chunk.get("usage"):
                     result.completion_tokens = int(chunk["usage"].get("completion_tokens", 0))
@@ -91,11 +93,11 @@ async def chat(client: httpx.AsyncClient, url: str, token: str, result: MessageR
     return result
 
 
-async def agent_state(client: httpx.AsyncClient, url: str, token: str) -> str | None:
+async def agent_status(client: httpx.AsyncClient, url: str, token: str) -> str | None:
     """`active` or `hibernated` (what a chat app reads when it opens), None if the call failed."""
     try:
         response = await client.get(f"{url}/api/me", headers=auth(token))
-        return str(response.json()["agent_state"]) if response.status_code == 200 else None
+        return str(response.json()["agent_status"]) if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError, KeyError):
         return None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from hero.bench.client import ANSWERED, FAILED, UNFINISHED, EventWatch, MessageResult, agent_state, auth, chat
+from hero.bench.client import ANSWERED, FAILED, UNFINISHED, EventWatch, MessageResult, agent_status, auth, chat
 from hero.bench.nodeproc import BenchUser
 from hero.bench.workload import REMINDER, UserPlan, Workload
 from hero.nursery import Nursery
@@ -75,7 +75,7 @@ def power_sample(t: float, report: dict[str, Any]) -> dict[str, Any]:
         "budget_watts": report["budget_watts"],
         "conservation_error": abs(parts - node) / node if node > 0 else 0.0,
         "node_conservation_error": report["conservation"]["error"],
-        "agents_by_state": report["agents_by_state"],
+        "agents_by_status": report["agents_by_status"],
         "governor_level": report["governor"].get("level") if isinstance(report.get("governor"), dict) else None,
         "utilisation": report["utilisation"],
     }
@@ -142,7 +142,7 @@ class LoadRun:
                 await asyncio.sleep(max(0.0, session.start_s - self.now()))
                 if self.now() >= duration:
                     break
-                state = await agent_state(self.client, self.url, user.token)
+                status = await agent_status(self.client, self.url, user.token)
                 for i, message in enumerate(session.messages):
                     if i:
                         await asyncio.sleep(message.think_s)
@@ -153,7 +153,7 @@ class LoadRun:
                         self._side.spawn(watch.run(), name=f"events:{plan.user}")
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(watch.ready.wait(), READY_TIMEOUT_S)
-                    result = MessageResult(plan.user, message.kind, self.now(), woke=i == 0 and state == "hibernated",
+                    result = MessageResult(plan.user, message.kind, self.now(), woke=i == 0 and status == "hibernated",
                                            request_text=message.text)
                     self.results.append(result)
                     await chat(self.client, self.url, user.token, result)

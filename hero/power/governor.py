@@ -69,7 +69,7 @@ class GovernedLLM(Protocol):
 
 
 class GovernedNode(Protocol):
-    async def hibernate_idle(self, min_idle: float) -> int: ...
+    async def hibernate_idle(self, min_idle_s: float) -> int: ...
 
 
 @dataclass

@@ -83,10 +83,10 @@ class PowerCollector(Collector):
         yield joules
         yield cpu
 
-        states = GaugeMetricFamily("hero_agents", "Agents hosted on this node by state", labels=["state"])
-        for state, n in sorted(svc.agent_states().items()):
-            states.add_metric([state], n)
-        yield states
+        statuses = GaugeMetricFamily("hero_agents", "Agents hosted on this node by status", labels=["status"])
+        for status, n in sorted(svc.agents_by_status().items()):
+            statuses.add_metric([status], n)
+        yield statuses
 
         gov = svc.governor.status
         level = GaugeMetricFamily("hero_governor_level", "1 for the governor's current level", labels=["level"])

@@ -286,32 +286,32 @@ class PowerService:
     def _hosted_ids(self) -> set[str]:
         hosted = {a.agent_id for a in self.ledger.accounts()}
         if self.node is not None:
-            hosted.update(self.node.agent_states())
+            hosted.update(self.node.agent_statuses())
         return hosted
 
-    def agent_state(self, agent_id: str) -> str:
+    def agent_status(self, agent_id: str) -> str:
         node = self.node
         if node is None:
             return "active" if self.ledger.get(agent_id) is not None else "unknown"
-        state = node.agent_state(agent_id)
-        if state is not None:
-            return state
+        status = node.agent_status(agent_id)
+        if status is not None:
+            return str(status)
         return "hibernated" if self.ledger.get(agent_id) is not None else "unknown"
 
-    def agent_states(self) -> dict[str, int]:
+    def agents_by_status(self) -> dict[str, int]:
         counts = {"active": 0, "hibernated": 0}
         for agent_id in self._hosted_ids():
-            state = self.agent_state(agent_id)
-            counts[state] = counts.get(state, 0) + 1
+            status = self.agent_status(agent_id)
+            counts[status] = counts.get(status, 0) + 1
         return counts
 
     def node_report(self) -> dict[str, Any]:
         """The node's power split, every watts figure a mean over the same last `window_s` seconds."""
         last = self.ledger.last
         win = self.window.figures()
-        states = {agent_id: self.agent_state(agent_id) for agent_id in self._hosted_ids()}
+        statuses = {agent_id: self.agent_status(agent_id) for agent_id in self._hosted_ids()}
         agents: list[dict[str, Any]] = []
-        for agent_id, state in states.items():
+        for agent_id, status in statuses.items():
             acct = self.ledger.get(agent_id)
             agents.append(
                 {
@@ -320,11 +320,11 @@ class PowerService:
                     "joules": acct.joules if acct else 0.0,
                     "wh_today": self.ledger.joules_today(agent_id) / 3600.0,
                     "cpu_seconds": acct.cpu_s_total if acct else 0.0,
-                    "state": state,
+                    "status": status,
                 }
             )
         agents.sort(key=lambda a: a["watts"], reverse=True)
-        hosted = len(states)
+        hosted = len(statuses)
         out: dict[str, Any] = {
             "ts": win.end_unix if last else time.time(),
             "window_s": win.seconds,
@@ -353,7 +353,7 @@ class PowerService:
                 "runtime": self.ledger.runtime_joules,
                 "other": self.ledger.other_joules,
             },
-            "agents_by_state": self.agent_states(),
+            "agents_by_status": self.agents_by_status(),
             "agents": agents,
             "governor": self.governor.describe(),
             "profile": {
@@ -407,7 +407,7 @@ class PowerService:
         gated = self.governor.status.gated.get(agent_id)
         return {
             "agent_id": agent_id,
-            "state": self.agent_state(agent_id),
+            "status": self.agent_status(agent_id),
             "window_s": win.seconds,
             "watts": win.agents_w.get(agent_id, 0.0),
             "watts_1h": w1h,

@@ -1,8 +1,9 @@
 """What an agent is to the runtime, and what the runtime offers an agent during its turn.
 
-Skill developers subclass `Agent` (see `agents/`). An agent holds its state in
-`self.state` (a JSON-able dict); the runtime loads it on activation and writes
-it on `ctx.persist()` and on hibernation. Turns are serial per agent.
+Skill developers subclass `Agent` (see `agents/`; `hero.chat.agent.ChatAgent` for one
+that keeps a chat history). An agent holds its state in `self.ctx.state` (a
+JSON-able dict); the runtime loads it on activation and writes it on
+`ctx.persist()` and on hibernation. Turns are serial per agent.
 """
 
 from __future__ import annotations
@@ -11,40 +12,11 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from hero.runtime.events import Event, Reply
-from hero.runtime.state import repair_text
+from hero.runtime.seams import LLM
 from hero.runtime.timers import Timer
-
-
-@dataclass(frozen=True)
-class Message:
-    """One entry of an agent's conversation history."""
-
-    seq: int
-    role: str  # "user" | "assistant" | "system"
-    content: str
-    ts: float
-    kind: str = "chat"  # "chat" | "reminder" | "error" | "stopped" (a reply cut short: stop button, shutdown)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "role": self.role, "content": self.content, "ts": self.ts, "kind": self.kind}
-
-
-class LLM(Protocol):
-    def stream(
-        self,
-        agent_id: str,
-        messages: list[dict[str, str]],
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        usage: dict[str, Any] | None = None,
-        interactive: bool = True,
-    ) -> AsyncIterator[str]: ...
 
 
 class AgentContext:
@@ -59,7 +31,7 @@ class AgentContext:
         persist: Callable[[], Awaitable[None]],
         schedule: Callable[[Timer], Awaitable[None]],
         unschedule: Callable[[str], Awaitable[None]],
-        publish: Callable[[Message], None],
+        publish: Callable[[object], None],
     ) -> None:
         self.agent_id = agent_id
         self.state = state
@@ -68,32 +40,19 @@ class AgentContext:
         self._schedule = schedule
         self._unschedule = unschedule
         self._publish = publish
-        state.setdefault("history", [])
-        state.setdefault("memory", {})
-        state.setdefault("skills", {})
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.state["history"]
-
-    def add_message(self, role: str, content: str, *, kind: str = "chat") -> Message:
-        """Append to history and tell live listeners (other devices of this user). Persist to make it durable.
-
-        Text that is not valid Unicode (lone surrogates) is stored with U+FFFD in their place.
-        """
-        seq = self.history[-1]["seq"] + 1 if self.history else 1
-        message = Message(seq, role, repair_text(content), time.time(), kind)
-        self.history.append(message.to_json())
-        self._publish(message)
-        return message
 
     async def persist(self) -> None:
+        """Write the state now (nothing is written if it did not change): what the agent accepted survives a crash."""
         await self._persist()
 
+    def publish(self, item: object) -> None:
+        """Tell the agent's live listeners (its user's devices) about `item`; they subscribe by its type."""
+        self._publish(item)
+
     async def set_timer(
-        self, delay: float, name: str, payload: dict[str, Any] | None = None, *, interactive: bool = False
+        self, delay_s: float, name: str, payload: dict[str, Any] | None = None, *, interactive: bool = False
     ) -> Timer:
-        timer = Timer(time.time() + delay, uuid.uuid4().hex, self.agent_id, name, payload or {}, interactive)
+        timer = Timer(time.time() + delay_s, uuid.uuid4().hex, self.agent_id, name, payload or {}, interactive)
         await self._schedule(timer)
         return timer
 
@@ -117,5 +76,13 @@ class Agent(ABC):
     async def handle(self, event: Event, reply: Reply) -> None:
         """Handle one event, writing what the agent says into `reply`. Must call `reply.accept()` once durable."""
 
+    def on_failure(self, notice: str) -> None:  # noqa: B027 - an optional hook; an agent with no user to tell skips it
+        """A turn raised, or a timer was set aside: `notice` says so in the user's words. The runtime persists
+        the state after this, so what the agent keeps of it (a chat agent: one error entry) is durable."""
+
     async def on_hibernate(self) -> None:  # noqa: B027 - an optional hook; most agents keep state as it is
         """Called before the state is written for hibernation; override to compact state."""
+
+
+# Makes the agent of each activation (`hero.runtime.factory` loads one named in the config).
+AgentFactory = Callable[[AgentContext], Agent]

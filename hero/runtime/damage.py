@@ -19,14 +19,15 @@ from dataclasses import dataclass
 
 from hero.errors import AgentDamaged, HeroError
 from hero.runtime.backoff import Backoff
+from hero.runtime.keys import STATE, TIMERS
 
 log = logging.getLogger("hero.runtime")
 
 # What the user is told, by the object that could not be read.
 USER_MESSAGES = {
-    "state": "Your agent's saved state could not be read (its storage is damaged), so it cannot run for now. "
+    STATE: "Your agent's saved state could not be read (its storage is damaged), so it cannot run for now. "
     "The node's operator has been told.",
-    "timers": "Your agent's saved reminders could not be read (their storage is damaged), so it cannot run for now. "
+    TIMERS: "Your agent's saved reminders could not be read (their storage is damaged), so it cannot run for now. "
     "The node's operator has been told.",
 }
 
@@ -34,7 +35,7 @@ USER_MESSAGES = {
 @dataclass(frozen=True)
 class Damage:
     agent_id: str
-    part: str  # the object that could not be read: "state" | "timers"
+    part: str  # the object that could not be read: `keys.STATE` or `keys.TIMERS`
     reason: str  # for the operator: the store's error, naming the object and what failed
     since: float  # unix time of the first failure
     failures: int

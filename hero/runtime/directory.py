@@ -25,8 +25,8 @@ class Lease:
 
 
 class Directory:
-    def __init__(self, *, ttl: float | None = None) -> None:
-        self.ttl = ttl
+    def __init__(self, *, ttl_s: float | None = None) -> None:
+        self.ttl_s = ttl_s
         self._leases: dict[str, Lease] = {}
         self._epochs: dict[str, int] = {}
 
@@ -37,7 +37,7 @@ class Directory:
             raise LeaseHeld(f"agent {agent_id[:12]}… is owned by {held.owner[:12]}… (epoch {held.epoch})")
         epoch = max(self._epochs.get(agent_id, 0), floor) + 1
         self._epochs[agent_id] = epoch
-        lease = Lease(agent_id, owner, epoch, None if self.ttl is None else now + self.ttl)
+        lease = Lease(agent_id, owner, epoch, None if self.ttl_s is None else now + self.ttl_s)
         self._leases[agent_id] = lease
         return lease
 

@@ -1,4 +1,4 @@
-"""Events that wake an agent, and the reply channel a turn speaks into."""
+"""Events that activate an agent (each runs one turn), and the reply channel a turn speaks into."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class TimerFired:
-    """A durable timer came due; it wakes the agent even if it was hibernated."""
+    """A durable timer came due; it activates the agent even if it was hibernated."""
 
     timer_id: str
     name: str

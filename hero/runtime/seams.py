@@ -1,13 +1,13 @@
-"""What the runtime needs from the power part, as protocols (the runtime ↔ power seam).
+"""What the runtime needs from other parts, as protocols: the runtime ↔ power and runtime ↔ scheduler seams.
 
 The runtime reports what each turn cost; power turns that into joules and
-watts and answers admission questions. The runtime never imports power
-internals, only these shapes.
+watts and answers admission questions. Agents ask the node's one LLM for
+completions. The runtime never imports those parts' internals, only these shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -34,4 +34,20 @@ class Admission(Protocol):
         Interactive work (a user's chat) is admitted first; background work
         (timers marked non-interactive, API calls flagged background) is deferred.
         """
+        ...
+
+
+class LLM(Protocol):
+    def stream(
+        self,
+        agent_id: str,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        usage: dict[str, Any] | None = None,
+        interactive: bool = True,
+    ) -> AsyncIterator[str]:
+        """Stream a completion of `messages` (OpenAI-style role/content dicts) for `agent_id`, token by token."""
         ...

@@ -1,4 +1,4 @@
-"""An agent's stored objects: their keys, and the state's encoding with the repair of invalid text.
+"""An agent's state as stored: its encoding, and the repair of invalid text on the way back.
 
 The state is JSON written with `ensure_ascii`, so text that is not valid
 Unicode (a lone UTF-16 surrogate such as "\\ud800", accepted before the web edge
@@ -13,18 +13,12 @@ import json
 import re
 from typing import Any
 
+from hero import unicode
+
 # A high surrogate escape not followed by a low one, or a low one not preceded by a high one.
 _LONE_SURROGATE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 )
-
-
-def state_key(agent_id: str) -> str:
-    return f"agent/{agent_id}/state"
-
-
-def timers_key(agent_id: str) -> str:
-    return f"agent/{agent_id}/timers"
 
 
 def encode_state(state: dict[str, Any]) -> bytes:
@@ -47,23 +41,12 @@ def decode_state(raw: bytes) -> tuple[dict[str, Any], bool]:
     return repaired, repaired != state
 
 
-def repair_text(text: str) -> str:
-    """`text` with each lone surrogate replaced by U+FFFD (valid text comes back unchanged, cheaply)."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return text
-
-
 def repair(value: Any) -> Any:
     """A JSON value with every string (keys too) repaired."""
     if isinstance(value, str):
-        return repair_text(value)
+        return unicode.repair(value)
     if isinstance(value, dict):
-        return {repair_text(k): repair(v) for k, v in value.items()}
+        return {unicode.repair(k): repair(v) for k, v in value.items()}
     if isinstance(value, list):
         return [repair(v) for v in value]
     return value

@@ -1,9 +1,9 @@
-"""Durable timers: one node-wide schedule with a single wake-up for the earliest deadline.
+"""Timers and their schedule: one node-wide heap with a single loop timer for the earliest deadline.
 
-Timers are stored per agent (key `agent/<id>/timers`) so they survive restarts
-and fire for hibernated agents; in memory they sit in one heap, and the loop
-holds exactly one `call_at` handle, for the earliest due time. Idle agents
-cause no wake-ups at all.
+Timers are stored per agent (`durable_timers.py`) so they survive restarts and
+fire for hibernated agents; in memory they sit in one heap, and the loop holds
+exactly one `call_at` handle, for the earliest due time. Idle agents cost the
+loop nothing.
 """
 
 from __future__ import annotations

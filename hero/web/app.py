@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hero.chat.histories import Histories
 from hero.config import NodeConfig
 from hero.errors import HeroError, Overloaded
 from hero.web import (
@@ -44,6 +45,7 @@ def create_app(
     *,
     config: NodeConfig,
     node: Any,
+    chat: Histories,
     users: Any,
     llm: Any,
     store: Any,
@@ -73,6 +75,7 @@ def create_app(
     )
     app.state.config = config
     app.state.node = node
+    app.state.chat = chat
     app.state.users = users
     app.state.llm = llm
     app.state.store = store

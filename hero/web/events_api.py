@@ -31,6 +31,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from hero.chat.entry import HistoryEntry
+from hero.chat.histories import Histories
 from hero.errors import BadRequest, HeroError, TooManyStreams
 from hero.identity import TokenClaims
 from hero.web import shutdown
@@ -110,28 +112,27 @@ async def my_events(request: Request) -> Response:
     return _HeldStream(_events(request, claims, since, stop), slots=slots, agent_id=claims.sub, stop=stop)
 
 
-def _event(message: dict[str, Any]) -> dict[str, Any]:
-    return {"event": "message", "id": str(message["seq"]), "data": json.dumps(message, separators=(",", ":"))}
+def _event(entry: HistoryEntry) -> dict[str, Any]:
+    return {"event": "message", "id": str(entry.seq), "data": json.dumps(entry.to_json(), separators=(",", ":"))}
 
 
 async def _events(
     request: Request, claims: TokenClaims, since: int, stop: anyio.Event
 ) -> AsyncIterator[dict[str, Any]]:
-    node = request.app.state.node
-    with node.subscribe(claims.sub) as live:
+    chat: Histories = request.app.state.chat
+    with chat.subscribe(claims.sub) as live:
         yield {"retry": RETRY_MS, "event": "ready", "data": json.dumps({"last_event_id": since})}
         sent = since
         if since > 0:
-            for message in await node.history(claims.sub):
-                if message["seq"] > sent:
-                    sent = message["seq"]
-                    yield _event(message)
+            for entry in await chat.after(claims.sub, sent):
+                sent = entry.seq
+                yield _event(entry)
         try:
             async with shutdown.on_shutdown(stop, lambda: live.interrupt(shutdown.shutting_down())):
                 while True:
                     wait = max(0.1, min(RECHECK_S, claims.exp - time.time()))
                     try:
-                        message = await asyncio.wait_for(live.get(), wait)
+                        entry = await asyncio.wait_for(live.get(), wait)
                     except TimeoutError:
                         reason = _still_valid(request)
                         if reason is not None:
@@ -139,9 +140,9 @@ async def _events(
                             yield {"event": "auth", "data": json.dumps(error)}
                             return
                         continue
-                    if message.seq > sent:
-                        sent = message.seq
-                        yield _event(message.to_json())
+                    if entry.seq > sent:
+                        sent = entry.seq
+                        yield _event(entry)
         except HeroError as exc:  # the node is shutting down: say so, then end
             yield {"event": "error", "data": json.dumps(exc.to_json())}
             yield {"event": "done", "data": "[DONE]"}

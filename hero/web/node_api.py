@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from hero.chat.histories import Histories
 from hero.runtime.report import AgentInfo
 from hero.web.auth import require_operator, require_user
 from hero.web.bodies import query_int
@@ -18,10 +19,9 @@ MAX_PAGE = 500
 
 async def me(request: Request) -> Response:
     claims = await require_user(request)
-    node = request.app.state.node
-    state = node.agent_state(claims.sub) or "hibernated"
+    status = request.app.state.node.agent_status(claims.sub) or "hibernated"
     return JSONResponse(
-        {"name": claims.name, "agent_id": claims.sub, "agent_state": state, "token_expires": claims.exp}
+        {"name": claims.name, "agent_id": claims.sub, "agent_status": status, "token_expires": claims.exp}
     )
 
 
@@ -30,13 +30,10 @@ async def my_messages(request: Request) -> Response:
     claims = await require_user(request)
     limit = query_int(request, "limit", 50, low=1, high=MAX_PAGE)
     before = query_int(request, "before", None, low=1, high=2**62)
-    history = await request.app.state.node.history(claims.sub)
-    if before is not None:
-        history = [m for m in history if m["seq"] < before]
-    page = history[-limit:] if limit else []
-    has_more = len(history) > len(page)
+    chat: Histories = request.app.state.chat
+    page = await chat.page(claims.sub, limit=limit, before=before)
     return JSONResponse(
-        {"messages": page, "has_more": has_more, "next_before": page[0]["seq"] if has_more and page else None}
+        {"messages": [e.to_json() for e in page.entries], "has_more": page.has_more, "next_before": page.next_before}
     )
 
 
@@ -59,16 +56,16 @@ async def node_agents(request: Request) -> Response:
     return JSONResponse(
         {
             "agents": name_agents(request, [_agent_json(a) for a in agents]),
-            "active": sum(a.state == "active" for a in agents),
-            "hibernated": sum(a.state == "hibernated" for a in agents),
-            "damaged": sum(a.state == "damaged" for a in agents),
+            "active": sum(a.status == "active" for a in agents),
+            "hibernated": sum(a.status == "hibernated" for a in agents),
+            "damaged": sum(a.status == "damaged" for a in agents),
         }
     )
 
 
 def _agent_json(info: AgentInfo) -> dict[str, Any]:
     """One agent for the operator; a damaged one says why (the store's error) and since when."""
-    out = {"agent_id": info.agent_id, "state": info.state, "last_event": info.last_event}
+    out = {"agent_id": info.agent_id, "status": info.status, "last_event": info.last_event}
     if info.reason is not None:
         out.update(reason=info.reason, damaged_since=info.since)
     return out

@@ -84,10 +84,11 @@ def _events(*names: str) -> dict[str, Any]:
 
 
 TEXT_PART = _object(("type", "text"), type={"const": "text"}, text=STRING)
-MESSAGE = _object(
+HISTORY_ENTRY = _object(
     ("seq", "role", "content"),
     seq=INTEGER, role=STRING, content=STRING, ts=NUMBER,
-    kind={"type": "string", "description": "`chat`, `reminder`, `error`, or `stopped` (a reply cut short)."},
+    kind={"type": "string",
+          "description": "`chat`, `reminder`, `error`, `overlay`, or `stopped` (a reply cut short)."},
 )
 COMPLETION = _object(
     ("id", "object", "created", "model", "choices", "usage"),
@@ -167,15 +168,15 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
         ),
         ("GET", "/v1/models"): Operation("`hero` and the loaded model.", "token", {JSON: MODELS}),
         ("GET", "/api/me"): Operation(
-            "Your agent id and whether it is awake.",
+            "Your agent id and its status (active, hibernated or damaged).",
             "user",
-            {JSON: _object(("name", "agent_id", "agent_state", "token_expires"), name=STRING, agent_id=AGENT_ID,
-                           agent_state={"enum": ["active", "hibernated", "damaged"]}, token_expires=INTEGER)},
+            {JSON: _object(("name", "agent_id", "agent_status", "token_expires"), name=STRING, agent_id=AGENT_ID,
+                           agent_status={"enum": ["active", "hibernated", "damaged"]}, token_expires=INTEGER)},
         ),
         ("GET", "/api/me/messages"): Operation(
             "Your agent's history, newest last.",
             "user",
-            {JSON: _object(("messages", "has_more", "next_before"), messages={"type": "array", "items": MESSAGE},
+            {JSON: _object(("messages", "has_more", "next_before"), messages={"type": "array", "items": HISTORY_ENTRY},
                            has_more=BOOLEAN, next_before={"type": ["integer", "null"]})},
             params=(limit_q, before_q),
             errors=(400, 503),
@@ -217,12 +218,12 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
             "operator",
             {JSON: _object(("agents", "active", "hibernated"), active=INTEGER, hibernated=INTEGER, damaged=INTEGER,
                            agents={"type": "array", "items": _object(
-                               ("agent_id", "state"), agent_id=AGENT_ID,
-                               state={"enum": ["active", "hibernated", "damaged"]},
+                               ("agent_id", "status"), agent_id=AGENT_ID,
+                               status={"enum": ["active", "hibernated", "damaged"]},
                                reason=STRING, damaged_since=NUMBER)})},
         ),
         ("GET", "/api/node/status"): Operation(
-            "Agents awake and asleep, wake rate, LLM queue and tokens/s.", "operator", {JSON: ANY_OBJECT}
+            "Agents active and hibernated, activation rate, LLM queue and tokens/s.", "operator", {JSON: ANY_OBJECT}
         ),
         ("GET", "/api/node/status/stream"): Operation(
             "The node status as SSE, 1 Hz.", "operator", {SSE: _events("status", "auth")}

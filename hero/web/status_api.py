@@ -1,6 +1,6 @@
 """The operator's view of the node that is neither power nor storage: `GET /api/node/status` (+ `/stream`, 1 Hz).
 
-Agents awake vs hibernated, how often agents wake, the shared LLM's queue and
+Agents active vs hibernated, how often agents are activated, the shared LLM's queue and
 throughput, and which optional parts (power, storage, overlay) this node has,
 so the dashboard shows only the panels whose data exists. Rates are deltas of the
 runtime's and LLM's counters over a short window of samples kept per app.
@@ -23,7 +23,7 @@ from starlette.routing import Route
 from hero.errors import HeroError
 from hero.web.auth import require_operator
 
-WAKE_WINDOW_S = 60.0  # wake rate: activations per minute over the last minute
+ACTIVATION_WINDOW_S = 60.0  # activation rate: activations per minute over the last minute
 TOKENS_WINDOW_S = 5.0  # tokens/s over the last few seconds: responsive, not jumpy
 STREAM_PERIOD_S = 1.0
 STORAGE_PATH = "/api/node/storage"  # QSS health, when the node runs QSS
@@ -40,12 +40,12 @@ class Rates:
         if self.samples and now - self.samples[-1][0] < 0.5:
             return
         self.samples.append((now, activations, tokens))
-        while self.samples and now - self.samples[0][0] > WAKE_WINDOW_S + 1:
+        while self.samples and now - self.samples[0][0] > ACTIVATION_WINDOW_S + 1:
             self.samples.popleft()
 
     def per_second(self, index: int, window: float, *, full_window: bool = False) -> float:
         """Rate of counter `index` over the last `window` seconds; `full_window` divides by the whole
-        window even when fewer seconds have been seen, so one wake just after start is 1/min, not 3/min."""
+        window even when fewer seconds have been seen, so one activation just after start is 1/min, not 3/min."""
         if len(self.samples) < 2:
             return 0.0
         last = self.samples[-1]
@@ -67,23 +67,23 @@ async def node_status(request: Request) -> dict[str, Any]:
     """One snapshot of the node's runtime and LLM counters, with rates."""
     state = request.app.state
     node, llm = state.node, state.llm
-    states = list(node.agent_states().values())
+    statuses = list(node.agent_statuses().values())
     tokens = llm.tokens_total
     now = time.monotonic()
     rates = _rates(request)
     rates.add(now, node.stats.activations, tokens)
-    active = states.count("active")
+    active = statuses.count("active")
     return {
         "ts": time.time(),
         "uptime": round(time.time() - state.started, 1),
         "node_id": node.node_id,
         "agents": {
             "active": active,
-            "hibernated": states.count("hibernated"),
-            "damaged": states.count("damaged"),
-            "total": len(states),
+            "hibernated": statuses.count("hibernated"),
+            "damaged": statuses.count("damaged"),
+            "total": len(statuses),
         },
-        "wake_rate_per_min": round(rates.per_second(1, WAKE_WINDOW_S, full_window=True) * 60.0, 2),
+        "activation_rate_per_min": round(rates.per_second(1, ACTIVATION_WINDOW_S, full_window=True) * 60.0, 2),
         "runtime": {
             "activations": node.stats.activations,
             "hibernations": node.stats.hibernations,

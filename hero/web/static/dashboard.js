@@ -158,11 +158,11 @@ function renderTable(agents, win) {
     const tr = document.createElement("tr");
     tr.dataset.agent = a.agent_id;
     tr.dataset.watts = String(a.watts);
-    cell(tr, agentLabel(a.agent_id, ` (${a.state})`), "left");
+    cell(tr, agentLabel(a.agent_id, ` (${a.status})`), "left");
     const st = document.createElement("span");
-    st.className = "state " + a.state;
-    st.textContent = a.state === "active" ? "awake" : a.state;
-    cell(tr, st, "left col-state");
+    st.className = "status " + a.status;
+    st.textContent = a.status;
+    cell(tr, st, "left col-status");
     const w = document.createElement("span");
     const bar = document.createElement("span");
     bar.className = "bar";
@@ -186,14 +186,14 @@ function onStatus(s) {
   $("node-id").textContent = s.node_id ? `node ${short(s.node_id)}` : "";
   $("agents-active").textContent = s.agents.active;
   $("agents-hibernated").textContent = s.agents.hibernated;
-  $("wake-rate").textContent = s.wake_rate_per_min.toFixed(1);
+  $("activation-rate").textContent = s.activation_rate_per_min.toFixed(1);
   $("llm-queue").textContent = s.llm.queue_depth;
   $("llm-tps").textContent = s.llm.tokens_per_s.toFixed(1);
   $("llm-loaded").textContent = s.llm.loaded ? "loaded" : "unloaded";
   $("llm-loaded").title = s.llm.model || "";
   const rt = s.runtime;
   $("runtime-note").textContent =
-    `${rt.turns} turns · ${rt.activations} wakes · ${rt.hibernations} hibernations · ${rt.timers_pending} timers pending · ` +
+    `${rt.turns} turns · ${rt.activations} activations · ${rt.hibernations} hibernations · ${rt.timers_pending} timers pending · ` +
     `${s.llm.tokens_total} tokens generated`;
 }
 

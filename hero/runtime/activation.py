@@ -1,0 +1,294 @@
+"""Activation and hibernation: which agents are in memory, loading them on demand, writing them back when idle.
+
+An agent is activated by its first event: its state is read from the store, a
+lease taken (its epoch above every epoch already in the store, so older owners
+are fenced out) and the agent object built; concurrent first events share one
+activation. After `idle_after_s` seconds without an event it hibernates: its
+state goes to the store, the object and its task are dropped, the lease is
+released. Nothing polls: one loop timer for the earliest idle deadline (or
+hibernation retry) of all agents in memory.
+
+Faults cost only the agent they touch: an agent whose objects cannot be read is
+damaged (`damage.py`); a hibernation whose write fails keeps the agent in memory
+and is tried again after a back-off (`backoff.py`), so nothing it accepted is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hero.errors import HeroError
+from hero.identity import check_agent_id
+from hero.runtime.agent import Agent, AgentContext
+from hero.runtime.backoff import Backoff
+from hero.runtime.damage import DamagedAgents
+from hero.runtime.directory import Directory, Lease
+from hero.runtime.durable_timers import DurableTimers
+from hero.runtime.eager import AgentTask
+from hero.runtime.events import Event, Reply
+from hero.runtime.keys import STATE, TIMERS, state_key
+from hero.runtime.report import NodeStats
+from hero.runtime.seams import Metering
+from hero.runtime.state import decode_state, encode_state
+from hero.store.base import StateStore
+
+log = logging.getLogger("hero.runtime")
+
+
+@dataclass(eq=False)
+class Activation:
+    """One agent in memory: its lease, context, agent object, task and mailbox."""
+
+    agent_id: str
+    lease: Lease
+    ctx: AgentContext
+    agent: Agent = field(init=False)
+    task: AgentTask = field(init=False)
+    mailbox: deque[tuple[Event, Reply | None]] = field(default_factory=deque)
+    busy: bool = False  # a drain or the hibernation owns the agent: turns never overlap
+    last_event: float = field(default_factory=time.monotonic)
+    persisted: bytes = b""
+    hibernating: bool = False
+    failures: int = 0  # failed hibernations in a row
+    retry_at: float = 0.0  # monotonic; no hibernation is tried before it
+
+
+# Builds an activated agent from its id, lease and decoded state (the node wires the context's services).
+Build = Callable[[str, Lease, dict[str, Any]], Activation]
+
+
+def wall(monotonic: float) -> float:
+    """Unix time of a monotonic instant (the hot path reads only the monotonic clock)."""
+    return time.time() - (time.monotonic() - monotonic)
+
+
+class Activations:
+    """The agents in memory (`active`) and those known to be hibernated (`known`), and the moves between them."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        node_id: str,
+        build: Build,
+        directory: Directory,
+        damaged: DamagedAgents,
+        timers: DurableTimers,
+        idle_after_s: float,
+        backoff: Backoff,
+        stats: NodeStats,
+        metering: Metering | None,
+        spawn: Callable[[Coroutine[Any, Any, None], str], object],
+    ) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.idle_after_s = idle_after_s
+        self.active: dict[str, Activation] = {}
+        self.known: dict[str, float | None] = {}  # agent id -> last event (unix) for hibernated agents
+        self.closing = False
+        self._build = build
+        self._directory = directory
+        self._damaged = damaged
+        self._timers = timers
+        self._backoff = backoff
+        self._stats = stats
+        self._metering = metering
+        self._spawn = spawn
+        self._activating: dict[str, asyncio.Future[Activation]] = {}
+        self._hibernating: dict[str, asyncio.Future[None]] = {}
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_at = 0.0
+
+    @property
+    def armed(self) -> bool:
+        """Whether a loop timer for an idle deadline is held."""
+        return self._idle_handle is not None
+
+    # activation
+
+    async def activate(self, agent_id: str) -> Activation:
+        """The agent in memory, activating it if needed; raises `AgentDamaged` for an agent that cannot be read."""
+        hibernation = self._hibernating.get(agent_id)
+        if hibernation is not None:
+            await asyncio.shield(hibernation)  # let its state reach the store before we load it again
+        act = self.active.get(agent_id)
+        if act is not None:
+            return act
+        check_agent_id(agent_id)
+        pending = self._activating.get(agent_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        damage = self._damaged.check(agent_id)
+        if damage is not None:
+            raise damage.error()  # refused without store I/O until its next retry is due
+        future: asyncio.Future[Activation] = asyncio.get_running_loop().create_future()
+        self._activating[agent_id] = future
+        try:
+            act = await self._load(agent_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here; waiters get it from the shield
+            raise
+        else:
+            future.set_result(act)
+            return act
+        finally:
+            del self._activating[agent_id]
+
+    async def _load(self, agent_id: str) -> Activation:
+        damage = self._damaged.get(agent_id)
+        if damage is not None and damage.part == TIMERS:
+            await self._timers.load(agent_id)  # the retry: raises AgentDamaged while still unreadable
+        async with self._damaged.reading(agent_id, STATE):
+            head = await self.store.latest(state_key(agent_id))
+            floor, raw = (head[0].epoch, head[1]) if head else (0, b"")
+            state, repaired = decode_state(raw)
+        self._damaged.clear(agent_id)
+        lease = self._directory.acquire(agent_id, self.node_id, floor=floor)
+        try:
+            act = self._build(agent_id, lease, state)
+        except BaseException:
+            self._directory.release(lease)
+            raise
+        act.persisted = raw
+        if self._metering is not None and raw:
+            self._metering.charge_storage(agent_id, len(raw))
+        self.active[agent_id] = act
+        self.known.pop(agent_id, None)
+        self._stats.activations += 1
+        if repaired:
+            log.warning("agent %s: invalid Unicode in its stored state was replaced with U+FFFD", agent_id)
+            try:
+                await self.persist(act)
+            except HeroError as exc:
+                log.warning("agent %s: the repaired state is written later: %s", agent_id, exc.message)
+        return act
+
+    async def read_state(self, agent_id: str) -> Mapping[str, Any]:
+        """The agent's state without activating it: the live one if it is in memory, else the stored one
+        (invalid text repaired). Raises `AgentDamaged` if its state cannot be read."""
+        act = self.active.get(agent_id)
+        if act is not None:
+            return act.ctx.state
+        damage = self._damaged.check(agent_id)
+        if damage is not None and damage.part == STATE:
+            raise damage.error()
+        async with self._damaged.reading(agent_id, STATE):
+            head = await self.store.latest(state_key(agent_id))
+            state, _ = decode_state(head[1] if head else b"")
+        return state
+
+    async def persist(self, act: Activation) -> None:
+        """Write the agent's state if it changed since it was last written, under the agent's lease."""
+        data = encode_state(act.ctx.state)
+        if data == act.persisted:
+            return
+        await self.store.put(state_key(act.agent_id), data, epoch=act.lease.epoch)
+        act.persisted = data
+        if self._metering is not None:
+            self._metering.charge_storage(act.agent_id, len(data))
+
+    # hibernation
+
+    async def hibernate(self, act: Activation) -> bool:
+        """Write the state and drop the object; only for an agent with no turn running and no mail.
+
+        If the write fails the agent stays in memory (nothing it accepted is lost) and the idle
+        sweep tries again after a back-off. True if the agent left memory.
+        """
+        if act.busy or act.mailbox or act.hibernating:
+            return False
+        act.busy = act.hibernating = True
+        done = asyncio.get_running_loop().create_future()
+        self._hibernating[act.agent_id] = done
+        written = False
+        try:
+            try:
+                await act.agent.on_hibernate()
+            except Exception:
+                log.exception("agent %s: on_hibernate failed; its state is written as it is", act.agent_id[:12])
+            await self.persist(act)
+            written = True
+        except HeroError as exc:
+            act.failures += 1
+            act.retry_at = time.monotonic() + self._backoff.delay_s(act.failures)
+            self._stats.hibernate_failures += 1
+            log.warning("agent %s stays in memory: its state could not be written (%s); next try in %.0fs",
+                        act.agent_id, exc.message, act.retry_at - time.monotonic())
+        finally:
+            act.busy = act.hibernating = written  # a dropped activation takes no more turns
+            del self._hibernating[act.agent_id]
+            done.set_result(None)
+        if not written:
+            return False
+        self.active.pop(act.agent_id, None)
+        self.known[act.agent_id] = wall(act.last_event)
+        self._directory.release(act.lease)
+        act.task.close()
+        self._stats.hibernations += 1  # events sent meanwhile wait in `activate` for a fresh activation
+        return True
+
+    async def hibernate_idle(self, min_idle_s: float) -> int:
+        """Hibernate every agent idle for at least `min_idle_s` seconds, not in a turn and not in back-off."""
+        now = time.monotonic()
+        due = [a for a in self.active.values() if now - a.last_event >= min_idle_s and not a.busy and now >= a.retry_at]
+        return sum([await self.hibernate(act) for act in due])
+
+    async def hibernate_all(self, grace_s: float) -> None:
+        """At shutdown: hibernate every agent, retrying failed writes with back-off for up to `grace_s`."""
+        deadline = time.monotonic() + grace_s
+        for act in list(self.active.values()):
+            failures = act.failures
+            while not await self.hibernate(act) and act.failures > failures and act.retry_at < deadline:
+                failures = act.failures
+                await asyncio.sleep(max(0.0, act.retry_at - time.monotonic()))
+            if act.agent_id in self.active:
+                log.error("agent %s: its state since its last write is lost: it could not be written at shutdown",
+                          act.agent_id)
+
+    # the idle deadline
+
+    def close(self) -> None:
+        """The node is shutting down: no more idle sweeps (`hibernate_all` writes every agent)."""
+        self.closing = True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def idle(self, act: Activation) -> None:
+        """The agent's drain ended: it is idle from now; make sure the loop timer covers its deadline."""
+        act.busy = False
+        act.last_event = now = time.monotonic()
+        deadline = now + self.idle_after_s
+        if self._idle_handle is None or deadline < self._idle_at:
+            self._arm_idle(deadline)
+
+    def _arm_idle(self, deadline: float | None = None) -> None:
+        """One loop timer for the earliest idle deadline or hibernation retry: idle agents cost the loop nothing."""
+        if self.closing or (self._idle_handle is not None and (deadline is None or deadline >= self._idle_at)):
+            return
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        deadlines = [max(a.last_event + self.idle_after_s, a.retry_at) for a in self.active.values() if not a.busy]
+        self._idle_handle = None
+        if deadlines:
+            self._idle_at = min(deadlines)
+            loop = asyncio.get_running_loop()
+            self._idle_handle = loop.call_at(loop.time() + max(0.0, self._idle_at - time.monotonic()), self._idle_due)
+
+    def _idle_due(self) -> None:
+        self._idle_handle = None
+        if not self.closing:
+            self._spawn(self._sweep(), "idle-sweep")
+
+    async def _sweep(self) -> None:
+        try:
+            await self.hibernate_idle(self.idle_after_s)
+        finally:
+            self._arm_idle()

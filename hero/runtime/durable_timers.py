@@ -1,0 +1,131 @@
+"""The node's durable timers: stored per agent, held in one schedule, delivered as events, retried, set aside.
+
+An agent's pending timers are one object in the store (`agent/<id>/timers`),
+written under the agent's lease whenever one is set, cancelled or fired, so they
+survive restarts and fire for hibernated agents. A due timer becomes a
+`TimerFired` event in a task of the node's nursery. Over the power budget it is
+deferred as the governor asks; when the delivery or the turn fails it is tried
+again after a back-off (with no entry in the user's history and no new state
+version per try). A poison timer, whose turn raised on every one of its
+attempts, is set aside: kept in the agent's state under `timers_set_aside`, told
+to the user once and to the operator in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from hero.errors import HeroError, Overloaded
+from hero.nursery import Nursery
+from hero.runtime.backoff import Backoff
+from hero.runtime.damage import DamagedAgents
+from hero.runtime.directory import Lease
+from hero.runtime.events import Event, Reply, TimerFired
+from hero.runtime.keys import TIMERS, timers_key
+from hero.runtime.report import NodeStats
+from hero.runtime.timers import Timer, TimerSchedule, decode_timers
+from hero.store.base import StateStore
+
+log = logging.getLogger("hero.runtime")
+
+
+class DurableTimers:
+    def __init__(
+        self,
+        store: StateStore,
+        deliver: Callable[[str, Event], Awaitable[Reply]],
+        nursery: Nursery,
+        backoff: Backoff,
+        damaged: DamagedAgents,
+        stats: NodeStats,
+    ) -> None:
+        self.schedule = TimerSchedule(self._due)
+        self.backoff = backoff
+        self.closed = False
+        self._store = store
+        self._deliver = deliver
+        self._nursery = nursery
+        self._damaged = damaged
+        self._stats = stats
+
+    def close(self) -> None:
+        """No more deliveries: the schedule's loop timer is cancelled (timers stay stored)."""
+        self.closed = True
+        self.schedule.close()
+
+    # storage
+
+    async def load(self, agent_id: str) -> None:
+        """Schedule the agent's stored timers; if they cannot be read the agent is damaged (`AgentDamaged`)."""
+        async with self._damaged.reading(agent_id, TIMERS):
+            head = await self._store.latest(timers_key(agent_id))
+            timers = decode_timers(head[1]) if head else []
+        for timer in timers:
+            self.schedule.add(timer)
+
+    async def add(self, lease: Lease, timer: Timer) -> None:
+        self.schedule.add(timer)
+        await self.write(lease)
+
+    async def remove(self, lease: Lease, timer_id: str) -> None:
+        if self.schedule.remove(timer_id) is not None:
+            await self.write(lease)
+
+    async def write(self, lease: Lease) -> None:
+        """Store the agent's pending timers under its lease (a stale epoch is refused by the store)."""
+        pending = [t.to_json() for t in self.schedule.pending(lease.agent_id)]
+        await self._store.put(timers_key(lease.agent_id), json.dumps(pending).encode(), epoch=lease.epoch)
+
+    # delivery and its failures
+
+    def _due(self, timer: Timer) -> None:
+        if not self.closed:
+            self._nursery.spawn(self._fire(timer), name=f"timer:{timer.agent_id[:8]}")
+
+    async def _fire(self, timer: Timer) -> None:
+        event = TimerFired(timer.timer_id, timer.name, timer.payload, timer.interactive)
+        try:
+            reply = await self._deliver(timer.agent_id, event)
+        except Overloaded as exc:
+            self.schedule.add(replace(timer, due=time.time() + exc.retry_after))  # deferred, not dropped
+            return
+        except HeroError as exc:
+            self.failed(timer.timer_id, exc.message)
+            return
+        try:
+            await reply.text()
+        except HeroError:
+            return  # the turn failed: the node called `failed` from inside it
+        self._stats.timers_fired += 1
+
+    def failed(self, timer_id: str, error: str, *, poison: bool = False) -> Timer | None:
+        """Re-arm a timer whose delivery or turn failed, after the back-off. A poison timer (its turn
+        raised) that has used up its attempts is not re-armed but returned, for `set_aside_in`."""
+        timer = self.schedule.get(timer_id)
+        if timer is None:
+            return None
+        failures = timer.attempts + 1
+        if poison and self.backoff.gives_up(failures):
+            return replace(timer, attempts=failures)
+        delay_s = self.backoff.delay_s(failures)
+        self.schedule.add(replace(timer, due=time.time() + delay_s, attempts=failures))
+        log.warning("timer %s of agent %s failed (%s, attempt %d); next try in %.0fs",
+                    timer.name, timer.agent_id[:12], error, failures, delay_s)
+        return None
+
+    def set_aside_in(self, state: dict[str, Any], timer: Timer, error: BaseException) -> str:
+        """Take a poison timer off the schedule and keep it in the agent's `state`; returns what the user is told.
+
+        The caller persists the state and writes the agent's timers.
+        """
+        self.schedule.remove(timer.timer_id)
+        self._stats.timers_set_aside += 1
+        state.setdefault("timers_set_aside", []).append({**timer.to_json(), "error": type(error).__name__})
+        log.error("agent %s: timer %s (%s) set aside after %d failed attempts, the last %r",
+                  timer.agent_id, timer.name, timer.timer_id, timer.attempts, error)
+        return f"Sorry, a scheduled task ({timer.name}) failed {timer.attempts} times and was set aside."
