@@ -106,6 +106,7 @@ def simulated(n: int) -> dict[str, float]:
             sim.cut(path[0], path[1], silent=silent)
             sim.run_until(cut + 10, stop=lambda s=src, d=dst: sim.path(s, d) is not None)
             reroutes.append((silent, sim.now - cut))
+            sim.run_until(sim.now + 3)
     return {
         "converged_s": converged, "stretch_mean": mean, "stretch_max": worst,
         "control_packets_per_node_min": per_node_min,

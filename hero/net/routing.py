@@ -240,11 +240,15 @@ class Router:
         self._verified.add(key)
         return True
 
-    def _feasible(self, subnet: Subnet, router_id: bytes, seqno: int, metric: int) -> bool:
+    def _feasible(self, subnet: Subnet, router_id: bytes, seqno: int, advertised: int) -> bool:
+        """Babel's feasibility condition: the metric the neighbour advertises (not ours through it, which
+        adds the link's cost) must be below what we last announced for this seqno. Comparing our own
+        metric made every refresh of the selected route look infeasible: a seqno request and a network-wide
+        bump each time."""
         fd = self.fd.get((subnet, router_id))
-        if fd is None or metric >= METRIC_INFINITE:
+        if fd is None or advertised >= METRIC_INFINITE:
             return True
-        return seqno_newer(seqno, fd[0]) or (seqno == fd[0] and metric < fd[1])
+        return seqno_newer(seqno, fd[0]) or (seqno == fd[0] and advertised < fd[1])
 
     def _on_update(self, peer: Peer, update: Update, now: float) -> None:
         subnet = update.prefix[:8]
@@ -252,8 +256,7 @@ class Router:
             return
         by_peer = self.routes.setdefault(subnet, {})
         entry = by_peer.get(peer)
-        metric = METRIC_INFINITE if update.retraction else min(MAX_METRIC, update.metric + self.peers[peer].cost)
-        feasible = self._feasible(subnet, update.router_id, update.seqno, metric)
+        feasible = self._feasible(subnet, update.router_id, update.seqno, update.metric)
         current = self.selected.get(subnet)
         if update.retraction:
             if entry is not None:
@@ -314,7 +317,7 @@ class Router:
             if metric >= METRIC_INFINITE:
                 continue
             sticky = current is not None and route.peer == current.peer and route.router_id == current.router_id
-            if not (sticky or self._feasible(subnet, route.router_id, route.seqno, metric)):
+            if not (sticky or self._feasible(subnet, route.router_id, route.seqno, route.advertised)):
                 continue
             if metric < best_metric:
                 best, best_metric = route, metric
