@@ -133,7 +133,7 @@ async def test_storage_api_is_for_the_operator_only(tmp_path: Path):
         user = users.add("alice", UserKey.generate().agent_id)
         user_token, _ = users.issue(user)
         operator_token, _ = users.issue_operator()
-        app = create_app(config=NodeConfig(data_dir=data), node=None, users=users, llm=None, store=store)
+        app = create_app(config=NodeConfig(data_dir=data), node=None, chat=None, users=users, llm=None, store=store)
         sock = socket.create_server(("127.0.0.1", port))  # listening now: requests queue until uvicorn accepts
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -52,7 +52,7 @@ async def _api_storage(data: Path) -> dict:
     port = free_port()
     try:
         token, _ = users.issue_operator()
-        app = create_app(config=NodeConfig(data_dir=data), node=None, users=users, llm=None, store=store)
+        app = create_app(config=NodeConfig(data_dir=data), node=None, chat=None, users=users, llm=None, store=store)
         sock = socket.create_server(("127.0.0.1", port))
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
