@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hero.errors import HeroError
-from hero.net.messages import InboundMessage
+from hero.net.inbox import InboundMessage
 from hero.net.node import OverlayNode
 from hero.runtime.events import OverlayMessage, Reply
 
@@ -55,7 +55,7 @@ class AgentInbox:
         self.allow = allow
         self.delivered = 0
         self.refused = 0
-        node.messages.handlers.append(self._take)
+        node.messages.inbox.handlers.append(self._take)
 
     def _take(self, message: InboundMessage) -> bool:
         if message.agent is None or not self.node.hosts_agent(message.agent):

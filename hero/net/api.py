@@ -24,7 +24,8 @@ from starlette.routing import Route
 
 from hero.errors import BadRequest, Conflict, HeroError, NotFound
 from hero.net.address import in_overlay
-from hero.net.messages import MAX_MESSAGE_BYTES, InboundMessage
+from hero.net.inbox import InboundMessage
+from hero.net.messages import MAX_MESSAGE_BYTES
 from hero.net.node import OverlayNode
 from hero.net.peers import Endpoint
 from hero.web.bodies import THREAD_ABOVE_BYTES, read_json
@@ -119,7 +120,7 @@ async def get_messages(request: Request) -> Response:
     peek = _bool_query(request, "peek")
     raw_topic = request.query_params.get("topic")
     topic = _b64(raw_topic, "topic", required=True) if raw_topic is not None else None
-    message = await node.messages.pop(topic=topic, timeout_s=timeout, peek=peek)
+    message = await node.messages.inbox.pop(topic=topic, timeout_s=timeout, peek=peek)
     if message is None:
         return Response(status_code=204)
     return await _message_response(message)
@@ -141,7 +142,7 @@ async def push_message(request: Request) -> Response:
     out = node.messages.push(pk, topic, payload, agent=agent)
     if wait is None:
         return JSONResponse({"id": out.id.hex()}, status_code=201)
-    reply = await node.messages.wait_reply(out.id.hex(), wait)
+    reply = await node.messages.inbox.wait_reply(out.id.hex(), wait)
     if reply is None:
         return JSONResponse({"id": out.id.hex()}, status_code=408)
     return await _message_response(reply)
@@ -153,7 +154,7 @@ async def reply_message(request: Request) -> Response:
     if len(mid) != 16 or any(c not in "0123456789abcdef" for c in mid.lower()):
         raise BadRequest("message id must be 16 hex characters", field="id")
     body = await read_json(request, MAX_BODY)
-    origin = node.messages.sender_of(mid.lower())
+    origin = node.messages.inbox.sender_of(mid.lower())
     if body.get("dst") is not None:
         pk, _ = resolve_dst(node, body["dst"])
     elif origin is not None:

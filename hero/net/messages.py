@@ -11,28 +11,25 @@ ack says the whole message arrived. Whatever is unacked after `RESEND_S` is
 sent again (links are ordered, so loss means a reroute or a full link).
 Frames ride end-to-end sessions, so relays see none of this. Messages being
 received hold at most `MAX_PARTIAL_BYTES`; an INIT past that waits (unacked)
-for room. The inbox is a deque plus futures: a long-poll waits on a future
-and holds no lock, so it never blocks other calls.
+for room. Whole messages go to the inbox (inbox.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import math
 import secrets
 import struct
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
 
+from hero.net.inbox import InboundMessage, Inbox
 from hero.nursery import Nursery
 
 log = logging.getLogger("hero.net")
@@ -46,7 +43,6 @@ WINDOW = 64
 ACK_EVERY = 16
 RESEND_S = 0.2
 SEND_TIMEOUT_S = 300.0
-MAX_INBOX = 1000
 MAX_PARTIAL = 256
 MAX_PARTIAL_BYTES = 64 << 20
 _HDR = struct.Struct(">8sHH")
@@ -54,39 +50,6 @@ _INIT = struct.Struct(">QB")
 _CHUNK = struct.Struct(">QQQ")
 _SACK = struct.Struct(">QQ")  # every chunk below base arrived; bit i: chunk base + i arrived
 _DONE = struct.Struct(">Q32s")
-
-
-def b64(data: bytes | bytearray) -> str:
-    return base64.b64encode(data).decode()
-
-
-@dataclass
-class InboundMessage:
-    id: str
-    src_ip: str
-    src_pk: str
-    dst_ip: str
-    dst_pk: str
-    topic: bytes
-    payload: bytes | bytearray  # the receive buffer itself (no copy of up to 16 MiB); nobody writes to it
-    reply: bool = False
-    agent: str | None = None
-    received: float = field(default_factory=time.time)
-
-    def _head(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "srcIp": self.src_ip, "srcPk": self.src_pk, "dstIp": self.dst_ip,
-                               "dstPk": self.dst_pk}
-        if self.topic:
-            out["topic"] = b64(self.topic)
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return self._head() | {"payload": b64(self.payload)}
-
-    def json_bytes(self) -> bytes:
-        """`to_json()` as JSON text, without running a JSON encoder over the payload: base64 needs no escaping."""
-        head = json.dumps(self._head(), separators=(",", ":")).encode()
-        return b"".join((head[:-1], b',"payload":"', binascii.b2a_base64(self.payload, newline=False), b'"}'))
 
 
 @dataclass(eq=False)
@@ -146,7 +109,6 @@ class MessageStats:
     aborted: int = 0
     bad_frames: int = 0
     too_large: int = 0
-    inbox_dropped: int = 0
     resent_chunks: int = 0
     busy: int = 0  # INITs left waiting: messages being received already held MAX_PARTIAL_BYTES
 
@@ -164,11 +126,7 @@ class MessageService:
         self._partial: dict[tuple[bytes, bytes, bool], _Partial] = {}
         self._partial_bytes = 0
         self._done: OrderedDict[tuple[bytes, bytes, bool], None] = OrderedDict()
-        self._inbox: deque[InboundMessage] = deque()
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._replies: dict[str, asyncio.Future[InboundMessage]] = {}
-        self._senders: OrderedDict[str, bytes] = OrderedDict()  # received message id -> sender (for replies)
-        self.handlers: list[Callable[[InboundMessage], bool]] = []  # first that returns True consumes it
+        self.inbox = Inbox(self._read)
 
     # sending
 
@@ -388,67 +346,8 @@ class MessageService:
             partial.agent.hex() if partial.agent else self.local_pk.hex(), partial.topic, partial.buffer,
             reply, partial.agent.hex() if partial.agent else None,
         )
-        self.arrived(message)
+        self.inbox.arrived(message)
 
-    def sender_of(self, mid: str) -> bytes | None:
-        return self._senders.get(mid)
-
-    def arrived(self, message: InboundMessage) -> None:
-        """A complete message: a waited-for reply, else the first handler that takes it (agents), else the inbox."""
-        self._senders[message.id] = bytes.fromhex(message.src_pk)
-        while len(self._senders) > 10_000:
-            self._senders.popitem(last=False)
-        if message.reply:
-            waiter = self._replies.pop(message.id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(message)
-                return
-        for handler in self.handlers:
-            if handler(message):
-                return
-        if len(self._inbox) >= MAX_INBOX:
-            self._inbox.popleft()
-            self.stats.inbox_dropped += 1
-        self._inbox.append(message)
-        for poller in self._waiters:
-            if not poller.done():
-                poller.set_result(None)
-
-    # the API's side
-
-    async def pop(self, *, topic: bytes | None, timeout_s: float, peek: bool) -> InboundMessage | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            for message in self._inbox:
-                if topic is None or message.topic == topic:
-                    if not peek:
-                        self._inbox.remove(message)
-                        self._send_frame(bytes.fromhex(message.src_pk),
-                                         _HDR.pack(bytes.fromhex(message.id), READ, 0))
-                    return message
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(waiter)
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                return None
-            finally:
-                self._waiters.discard(waiter)
-
-    async def wait_reply(self, mid: str, timeout_s: float) -> InboundMessage | None:
-        waiter: asyncio.Future[InboundMessage] = asyncio.get_running_loop().create_future()
-        self._replies[mid] = waiter
-        try:
-            return await asyncio.wait_for(waiter, timeout_s)
-        except TimeoutError:
-            return None
-        finally:
-            self._replies.pop(mid, None)
-
-    @property
-    def inbox_size(self) -> int:
-        return len(self._inbox)
+    def _read(self, message: InboundMessage) -> None:
+        """Tell the sender its message was read (taken from the inbox)."""
+        self._send_frame(bytes.fromhex(message.src_pk), _HDR.pack(bytes.fromhex(message.id), READ, 0))

@@ -19,8 +19,9 @@ from typing import Any
 from hero.identity import overlay_address
 from hero.net.address import Identity
 from hero.net.handshake import HandshakeError
+from hero.net.inbox import InboundMessage
 from hero.net.link import Link, LinkProtocol, handshake
-from hero.net.messages import InboundMessage, MessageService
+from hero.net.messages import MessageService
 from hero.net.peers import Dialer, Endpoint
 from hero.net.records import AgentDirectory, AgentRecord
 from hero.net.routing import Router, RouterConfig
@@ -351,7 +352,7 @@ class OverlayNode:
         mid = secrets.token_bytes(8).hex()
         me = self.identity.public.hex()
         ip = str(self.identity.address)
-        self.messages.arrived(InboundMessage(mid, ip, me, ip, agent.hex(), topic, payload, agent=agent.hex()))
+        self.messages.inbox.arrived(InboundMessage(mid, ip, me, ip, agent.hex(), topic, payload, agent=agent.hex()))
         return mid
 
     def resolve_agent(self, agent_id: str) -> bytes | None:

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from hero.net import messages
+from hero.net import inbox, messages
+from hero.net.inbox import Inbox, InboundMessage
 from hero.net.messages import ACK, CHUNK, DONE, INIT, MessageService
 from hero.nursery import Nursery
 
@@ -65,7 +66,7 @@ async def test_a_message_larger_than_the_window_arrives_through_lost_chunks_and_
     async with pair(drop) as (a, b, _):
         out = a.push(B, b"big", payload)
         assert await asyncio.wait_for(out.wait(), 10) == "received"
-        got = await b.pop(topic=b"big", timeout_s=1, peek=False)
+        got = await b.inbox.pop(topic=b"big", timeout_s=1, peek=False)
         assert got is not None and bytes(got.payload) == payload and got.src_pk == A.hex()
         assert len(lost) == 4 and a.stats.resent_chunks >= 2
 
@@ -101,5 +102,15 @@ async def test_messages_being_received_hold_a_bounded_number_of_bytes(monkeypatc
         released.set()
         assert await asyncio.wait_for(first.wait(), 10) == "received"
         assert await asyncio.wait_for(second.wait(), 10) == "received"
-        topics = {m.topic for m in [await b.pop(topic=None, timeout_s=1, peek=False) for _ in range(2)] if m}
+        topics = {m.topic for m in [await b.inbox.pop(topic=None, timeout_s=1, peek=False) for _ in range(2)] if m}
         assert topics == {b"1", b"2"}
+
+
+async def test_unread_messages_hold_a_bounded_number_of_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inbox, "MAX_INBOX_BYTES", 5 << 20)
+    box = Inbox(lambda message: None)
+    for i in range(8):
+        box.arrived(InboundMessage(f"{i:016x}", "400::1", "aa" * 32, "400::2", "bb" * 32, b"", bytes(1 << 20)))
+    assert len(box) == 5 and box.dropped == 3  # the oldest went first
+    first = await box.pop(topic=None, timeout_s=0, peek=False)
+    assert first is not None and first.id == f"{3:016x}"

@@ -85,13 +85,13 @@ async def test_replayed_packet_is_dropped() -> None:
 
         b.sessions._send_raw = record
         b.messages.push(a.identity.public, b"t", b"once")
-        message = await a.messages.pop(topic=b"t", timeout_s=5, peek=False)
+        message = await a.messages.inbox.pop(topic=b"t", timeout_s=5, peek=False)
         assert message is not None and message.payload == b"once"
         data = [(d, p, s) for d, p, s in sent if p[0] == 3]
         for dst, payload, sealed in data:
             original(dst, payload, sealed)  # a relay replays every data packet it saw
         await until(lambda: a.sessions.stats.replayed >= len(data))
-        assert await a.messages.pop(topic=b"t", timeout_s=0.3, peek=False) is None
+        assert await a.messages.inbox.pop(topic=b"t", timeout_s=0.3, peek=False) is None
 
 
 async def test_blocked_key_cannot_link() -> None:
@@ -119,7 +119,7 @@ async def test_garbage_on_the_listener_is_counted_and_the_node_keeps_serving() -
             writer.close()
         await until(lambda: a.counters.handshakes_failed >= 3, limit_s=15)
         b.messages.push(a.identity.public, b"t", b"still here")
-        message = await a.messages.pop(topic=b"t", timeout_s=5, peek=False)
+        message = await a.messages.inbox.pop(topic=b"t", timeout_s=5, peek=False)
         assert message is not None and message.payload == b"still here"
 
 
