@@ -14,6 +14,7 @@ from hero.config import DEFAULT_DATA
 from hero.errors import UsageError
 from hero.net.address import load_or_create_key
 from hero.net.service import OverlayService, OverlaySettings
+from hero.net.tun import MAX_MTU, MIN_MTU, MTU
 
 
 def add_overlay_flags(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_overlay_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-addr", default=None, help="Mycelium message API HOST:PORT (default 127.0.0.1:8989)")
     parser.add_argument("--no-tun", action="store_true", help="no TUN device: the message overlay only")
     parser.add_argument("--tun-name", default=None, help="TUN device name (default hero0)")
+    parser.add_argument("--tun-mtu", type=int, default=None, help=f"TUN MTU, {MIN_MTU}..{MAX_MTU} (default {MTU})")
     parser.add_argument("--hello-interval", type=float, default=None,
                         help="seconds between hellos; a peer is dead after 3 missed (default 0.5)")
 
@@ -37,6 +39,9 @@ def overlay_settings(args: argparse.Namespace, base: OverlaySettings | None = No
     hello = base.hello_interval_s if args.hello_interval is None else args.hello_interval
     if hello <= 0:
         raise UsageError("--hello-interval must be > 0")
+    mtu = base.tun_mtu if args.tun_mtu is None else args.tun_mtu
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise UsageError(f"--tun-mtu must be {MIN_MTU}..{MAX_MTU}")
     return OverlaySettings(
         peers=tuple(args.peers) if args.peers is not None else base.peers,
         tcp_listen_port=port,
@@ -44,6 +49,7 @@ def overlay_settings(args: argparse.Namespace, base: OverlaySettings | None = No
         api_addr=args.api_addr or base.api_addr,
         tun=base.tun and not args.no_tun,
         tun_name=args.tun_name or base.tun_name,
+        tun_mtu=mtu,
         hello_interval_s=hello,
         dead_after_s=3 * hello,
     )

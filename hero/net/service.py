@@ -19,7 +19,7 @@ from hero.errors import UsageError
 from hero.net.address import Identity
 from hero.net.api import create_api
 from hero.net.node import OverlayConfig, OverlayNode
-from hero.net.tun import Tun, TunUnavailable
+from hero.net.tun import MTU, Tun, TunUnavailable
 
 log = logging.getLogger("hero.net")
 
@@ -40,6 +40,7 @@ class OverlaySettings:
     api_addr: str | None = "127.0.0.1:8989"
     tun: bool = True
     tun_name: str = "hero0"
+    tun_mtu: int = MTU
     hello_interval_s: float = 0.5
     dead_after_s: float = 1.5
 
@@ -77,7 +78,8 @@ class OverlayService:
             self._api_task = self.node.nursery.spawn(self._api.serve(sockets=[sock]), name="overlay-api")
         if self.settings.tun:
             try:
-                self.tun = await Tun.open(self.settings.tun_name, str(self.node.identity.address))
+                self.tun = await Tun.open(self.settings.tun_name, str(self.node.identity.address),
+                                          mtu=self.settings.tun_mtu)
             except TunUnavailable as exc:
                 self.tun_error = str(exc)
                 log.warning("overlay: no TUN device (%s); running the message overlay only", exc)
@@ -113,6 +115,7 @@ class OverlayService:
             "counters": {k: v for k, v in vars(node.counters).items() if isinstance(v, int)},
             "sessions": vars(node.sessions.stats),
             "messages": vars(node.messages.stats),
+            "inbox": {"waiting": len(node.messages.inbox), "dropped": node.messages.inbox.dropped},
             "routing": vars(node.router.stats),
         }
 

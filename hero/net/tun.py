@@ -20,7 +20,9 @@ log = logging.getLogger("hero.net")
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-MTU = 1400
+MTU = 65_000  # Mycelium uses 1,400; a packet costs us the same Python work at any size (see BENCHMARKS.md)
+MIN_MTU = 1280  # IPv6's minimum
+MAX_MTU = 65_000  # an IPv6 packet plus the session's header and tag fits one data packet (65,535 bytes)
 MAX_PACKET = 65535
 
 
