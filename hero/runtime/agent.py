@@ -14,8 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from hero.runtime.events import Event, Reply
-from hero.runtime.seams import LLM
+from hero.errors import Unavailable
+from hero.runtime.events import Event, OverlayMessage, Reply
+from hero.runtime.seams import LLM, Messenger
 from hero.runtime.timers import Timer
 
 
@@ -32,6 +33,7 @@ class AgentContext:
         schedule: Callable[[Timer], Awaitable[None]],
         unschedule: Callable[[str], Awaitable[None]],
         publish: Callable[[object], None],
+        messenger: Messenger | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.state = state
@@ -40,6 +42,7 @@ class AgentContext:
         self._schedule = schedule
         self._unschedule = unschedule
         self._publish = publish
+        self._messenger = messenger
 
     async def persist(self) -> None:
         """Write the state now (nothing is written if it did not change): what the agent accepted survives a crash."""
@@ -58,6 +61,15 @@ class AgentContext:
 
     async def cancel_timer(self, timer_id: str) -> None:
         await self._unschedule(timer_id)
+
+    async def send(self, to: str, payload: bytes | str, *, agent: str | None = None, topic: bytes = b"",
+                   wait_s: float | None = None) -> OverlayMessage | None:
+        """Send over the overlay to `to` (an overlay address, a node's public key, or an agent id), or to agent
+        `agent` on the node `to` names; with `wait_s`, wait that long for the answer (None if none came)."""
+        if self._messenger is None:
+            raise Unavailable("this node runs no overlay: agents cannot send")
+        data = payload.encode() if isinstance(payload, str) else payload
+        return await self._messenger.send(self.agent_id, to, data, agent=agent, topic=topic, wait_s=wait_s)
 
     def stream_llm(self, messages: list[dict[str, str]], reply: Reply, **options: Any) -> AsyncIterator[str]:
         """Stream a completion from the node's shared model; stops early if the listener goes away."""

@@ -42,8 +42,9 @@ class Ping:
 class OverlayMessage:
     """A message that came over the overlay for this agent (from another node, agent or Mycelium client).
 
-    The sender is the authenticated key of the node it came from; what the agent writes into the reply
-    goes back to the sender as a Mycelium reply to `message_id`.
+    The sender is the authenticated key of the node it came from (`src_agent`: the agent there that sent
+    it, as that node says); what the agent writes into the reply goes back to the sender as a Mycelium
+    reply to `message_id`. `reply` marks the answer to a message this agent sent (nothing goes back).
     """
 
     message_id: str
@@ -52,6 +53,8 @@ class OverlayMessage:
     topic: bytes
     payload: bytes
     interactive: bool = False
+    src_agent: str | None = None
+    reply: bool = False
 
     @property
     def text(self) -> str:

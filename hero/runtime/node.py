@@ -36,7 +36,7 @@ from hero.runtime.eager import AgentTasks
 from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.keys import STATE, TIMERS, parse_key, state_key
 from hero.runtime.report import AgentInfo, AgentStatus, NodeStats
-from hero.runtime.seams import LLM, Admission, Metering
+from hero.runtime.seams import LLM, Admission, Messenger, Metering
 from hero.runtime.subscriptions import Subscription, Subscriptions
 from hero.runtime.timers import Timer
 from hero.store.base import StateStore
@@ -60,9 +60,11 @@ class Node:
         admission: Admission | None = None,
         shutdown_grace_s: float = 10.0,
         retries: Retries | None = None,
+        messenger: Messenger | None = None,  # how agents send over the overlay (the server hands one in)
     ) -> None:
         self.store = store
         self.llm = llm
+        self.messenger = messenger
         self.agent_factory = agent_factory
         self.node_id = node_id
         self.directory = directory or Directory()
@@ -175,6 +177,7 @@ class Node:
             schedule=lambda timer: self._timers.add(act.lease, timer),
             unschedule=lambda timer_id: self._timers.remove(act.lease, timer_id),
             publish=lambda item: self._subscriptions.publish(agent_id, item),
+            messenger=self.messenger,
         )
         act = Activation(agent_id, lease, ctx)
         act.agent = self.agent_factory(ctx)

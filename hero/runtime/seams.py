@@ -1,4 +1,4 @@
-"""What the runtime needs from other parts, as protocols: the runtime ↔ power and runtime ↔ scheduler seams.
+"""What the runtime needs from other parts, as protocols: the runtime ↔ power, scheduler and net seams.
 
 The runtime reports what each turn cost; power turns that into joules and
 watts and answers admission questions. Agents ask the node's one LLM for
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
+
+from hero.runtime.events import OverlayMessage
 
 T = TypeVar("T")
 
@@ -50,4 +52,14 @@ class LLM(Protocol):
         interactive: bool = True,
     ) -> AsyncIterator[str]:
         """Stream a completion of `messages` (OpenAI-style role/content dicts) for `agent_id`, token by token."""
+        ...
+
+
+class Messenger(Protocol):
+    async def send(self, sender: str, to: str, payload: bytes, *, agent: str | None = None, topic: bytes = b"",
+                   wait_s: float | None = None) -> OverlayMessage | None:
+        """Send `payload` over the overlay from agent `sender` to `to` (an overlay address, a node's public key,
+        or an agent id, hex), or to agent `agent` on the node `to` names. With `wait_s`, wait that long for the
+        answer and return it (None if none came in time); without, return once it is on its way.
+        Raises NotFound (nothing answers to `to`), BadRequest (`to` is not an address or key) or Unavailable."""
         ...
