@@ -13,6 +13,7 @@ import pytest
 from hero.errors import ModelError, Overloaded
 from hero.scheduler.fairqueue import BACKGROUND, FairQueue, QueueFull
 from hero.scheduler.llm import LLMService
+from tests.conftest import free_port, hero_cli
 
 PROMPTS = [
     "Name a fruit.",
@@ -190,3 +191,7 @@ async def test_a_model_path_that_is_not_a_gguf_gives_a_clear_error(tmp_path: Pat
     damaged.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(ModelError, match="could not load"):
         await LLMService(damaged).start()
+    for path, says in ((junk, "is not a GGUF"), (damaged, "could not load")):  # `hero up --model`: one line, exit 2
+        result = hero_cli("up", "--data", str(tmp_path / "data"), "--port", str(free_port()), "--model", str(path),
+                          check=False)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr

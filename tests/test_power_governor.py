@@ -87,11 +87,8 @@ class FakeLLM:
     def queue_depth(self) -> int:
         return len(self.queue)
 
-    def queue_full(self, interactive: bool = True) -> bool:
-        return False
-
-    def retry_after_s(self) -> float:
-        return 1.0
+    def refusal(self, interactive: bool = True) -> None:
+        return None
 
     def set_threads(self, n: int) -> None:
         self.threads = max(1, n)

@@ -61,9 +61,7 @@ class GovernedLLM(Protocol):
 
     def set_parallel(self, n: int) -> None: ...
 
-    def queue_full(self, interactive: bool = True) -> bool: ...
-
-    def retry_after_s(self) -> float: ...
+    def refusal(self, interactive: bool = True) -> Overloaded | None: ...
 
     async def unload(self) -> None: ...
 
@@ -257,12 +255,10 @@ class Governor:
 
     def admit(self, agent_id: str, *, interactive: bool) -> None:
         st = self.status
-        llm = self.llm
-        if llm is not None and llm.queue_full(interactive):
+        refusal = self.llm.refusal(interactive) if self.llm is not None else None
+        if refusal is not None:  # the model's queue is full: say when it will have room
             st.deferred["llm_queue"] += 1
-            raise Overloaded(
-                f"the model is busy: {llm.queue_depth} requests are waiting for it", retry_after=llm.retry_after_s()
-            )
+            raise refusal
         share = st.gated.get(agent_id)
         if share is not None:
             st.deferred["fair_share"] += 1
