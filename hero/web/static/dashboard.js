@@ -187,14 +187,36 @@ function onStatus(s) {
   $("agents-active").textContent = s.agents.active;
   $("agents-hibernated").textContent = s.agents.hibernated;
   $("activation-rate").textContent = s.activation_rate_per_min.toFixed(1);
-  $("llm-queue").textContent = s.llm.queue_depth;
-  $("llm-tps").textContent = s.llm.tokens_per_s.toFixed(1);
-  $("llm-loaded").textContent = s.llm.loaded ? "loaded" : "unloaded";
-  $("llm-loaded").title = s.llm.model || "";
   const rt = s.runtime;
   $("runtime-note").textContent =
-    `${rt.turns} turns · ${rt.activations} activations · ${rt.hibernations} hibernations · ${rt.timers_pending} timers pending · ` +
-    `${s.llm.tokens_total} tokens generated`;
+    `${rt.turns} turns · ${rt.activations} activations · ${rt.hibernations} hibernations · ${rt.timers_pending} timers pending`;
+  onLLM(s.llm);
+}
+
+/** The shared model: batch, queue, KV cache, prompt reuse, and each running request's share of the CPU. */
+function onLLM(llm) {
+  const pct = (x) => `${Math.round(100 * x)} %`;
+  $("llm-model").textContent = llm.model || "–";
+  $("llm-loaded").textContent = llm.loaded ? "loaded" : "unloaded";
+  $("llm-loaded").title = llm.last_load_seconds != null ? `last (re)load ${llm.last_load_seconds.toFixed(2)} s` : "";
+  $("llm-tps").textContent = llm.tokens_per_s.toFixed(1);
+  $("llm-batch").textContent = `${llm.running} / ${llm.parallel}`;
+  $("llm-queue").textContent = `${llm.queue_depth} / ${llm.queue_max}`;
+  $("llm-kv").textContent = pct(llm.kv_use);
+  const prompt = llm.prompt_tokens_total + llm.prompt_tokens_reused_total;
+  $("llm-reuse").textContent = prompt ? pct(llm.prompt_tokens_reused_total / prompt) : "–";
+  $("llm-ttft").textContent = `${llm.time_to_first_token_s.toFixed(2)} s`;
+  $("llm-threads").textContent = `${llm.threads_used} / ${llm.threads}`;
+  const note = $("llm-note");
+  note.replaceChildren(`${llm.tokens_total} tokens generated · ${llm.requests_total} requests · ` +
+    `${llm.rejected_total} refused (queue full)`);
+  if (llm.sequences.length) {
+    note.append(" · decoding now (CPU time so far, each request's share of the shared steps): ");
+    llm.sequences.forEach((q, i) => {
+      if (i) note.append(", ");
+      note.append(agentLabel(q.agent_id), ` ${q.cpu_s.toFixed(2)} s, ${q.generated} tokens`);
+    });
+  }
 }
 
 // ---------- history ----------
