@@ -90,7 +90,7 @@ def test_bench_node_short_run_keeps_the_reports_invariants(tmp_path: Path) -> No
     assert 0 < s["watts_per_agent_dynamic_mean"] < s["watts_per_agent_mean"]
     assert s["node_watts_max_5s"] >= s["node_watts_mean"] > 0
     assert s["energy_per_message_j"] > 0 and s["qss_bytes_per_message"] > 0
-    assert s["cpu_s"]["by_part"]["llm"] > 0 and s["cpu_s"]["by_part"]["web"] > 0
+    assert s["cpu_s"]["by_part"]["llm"] > 0  # the split by part is sampled (20 Hz): small parts may read 0
 
     # the report: Markdown, valid PNGs, the node's DuckDB power history
     assert (report / "README.md").read_text().startswith("# Hero node benchmark")

@@ -9,6 +9,7 @@ windows sampled during the run, whichever is higher). Latencies are measured by 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from hero.bench.client import ANSWERED, FAILED, REFUSED, UNFINISHED
@@ -35,12 +36,18 @@ def mean(values: list[float]) -> float | None:
 
 
 def rolling_max(rows: list[dict[str, Any]], key: str, window_s: float = 5.0) -> float | None:
-    """Max over the run of the mean of `key` across the 1 s rows in each trailing `window_s`."""
+    """Max over the run of the mean of `key` across the 1 s rows in each trailing `window_s` (full windows only)."""
     best: float | None = None
+    first = 0
+    total = 0.0
     for i, row in enumerate(rows):
-        values = [r[key] for r in rows[: i + 1] if r["ts"] > row["ts"] - window_s]
-        if len(values) >= window_s - 1:
-            avg = sum(values) / len(values)
+        total += row[key]
+        while rows[first]["ts"] <= row["ts"] - window_s:
+            total -= rows[first][key]
+            first += 1
+        count = i - first + 1
+        if count >= window_s - 1:
+            avg = total / count
             best = avg if best is None else max(best, avg)
     return best
 
@@ -112,6 +119,7 @@ def compute(rec: RunRecord) -> dict[str, Any]:
     refused = sum(r.status == REFUSED for r in results)
     lost = sum(r.status == FAILED for r in results)
     unfinished = sum(r.status == UNFINISHED for r in results)
+    errors = Counter((r.status, (r.error or "")[:120]) for r in results if r.status != ANSWERED)
     watts_mean = (mean(dyn) or 0.0) + idle_share
     watts_p95 = (percentile(dyn, 95) or 0.0) + idle_share
     ttft_p99 = percentile(ttft, 99)
@@ -184,6 +192,8 @@ def compute(rec: RunRecord) -> dict[str, Any]:
         "messages_refused": refused,
         "messages_lost": lost,
         "messages_unfinished": unfinished,
+        "messages_not_answered_why": [{"status": st, "error": err, "count": n}
+                                      for (st, err), n in errors.most_common(8)],
         "messages_llm": len(llm),
         "qss_bytes_per_message": (end.backend_bytes - start.backend_bytes) * per_msg,
         "energy_per_message_j": hero_j * per_msg,

@@ -134,6 +134,7 @@ class LoadRun:
     async def _user(self, plan: UserPlan, user: BenchUser) -> None:
         duration = self.workload.duration_s
         watch: EventWatch | None = None
+        watching: asyncio.Task[None] | None = None
         mine: list[Reminder] = []
         try:
             for session in plan.sessions:
@@ -150,7 +151,7 @@ class LoadRun:
                         break
                     if message.kind == REMINDER and watch is None:
                         watch = EventWatch(self.client, self.url, user.token, self.now)
-                        self._side.spawn(watch.run(), name=f"events:{plan.user}")
+                        watching = self._side.spawn(watch.run(), name=f"events:{plan.user}")
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(watch.ready.wait(), READY_TIMEOUT_S)
                     result = MessageResult(plan.user, message.kind, self.now(), woke=i == 0 and status == "hibernated",
@@ -165,6 +166,8 @@ class LoadRun:
             if watch is not None:
                 await self._await_reminders(watch, mine)
         finally:
+            if watching is not None:
+                watching.cancel()  # the user closes the stream once their reminders are in
             if watch is not None:
                 for r in mine:
                     r.arrived_s = watch.arrived.get(f"⏰ Reminder: {r.text}")
