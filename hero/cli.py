@@ -68,6 +68,8 @@ def build_parser() -> Parser:
     up.add_argument("--tcp-listen-port", type=int, help="overlay TCP port (default 9651)")
     up.add_argument("--api-addr", help="overlay message API HOST:PORT (default 127.0.0.1:8989)")
     up.add_argument("--no-tun", action="store_true", help="overlay without a TUN device")
+    up.add_argument("--overlay-daemon", metavar="URL",
+                    help="ride a Mycelium daemon instead of running an overlay: its REST API, e.g. http://127.0.0.1:8989")
     up.set_defaults(func=cmd_up)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(
@@ -145,7 +147,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = load_config(
         args.data, host=args.host, port=args.port, model=args.model, idle_after_s=args.idle_after_s,
-        profile=args.profile, overlay="off" if args.no_overlay else None, overlay_port=args.tcp_listen_port,
+        profile=args.profile, overlay="off" if args.no_overlay else "external" if args.overlay_daemon else None,
+        overlay_daemon=args.overlay_daemon, overlay_port=args.tcp_listen_port,
         overlay_api=args.api_addr,
         overlay_peers=" ".join(args.peers) if args.peers is not None else None,
         overlay_tun="off" if args.no_tun else None,

@@ -40,11 +40,12 @@ class NodeConfig:
     max_body_bytes: int = 1 << 20
     max_message_chars: int = 16_000  # one chat message; longer ones are refused with 413
     host_speed: float | None = None  # this machine's cpu_speed (hero calibrate), to emulate the profile's hardware
-    overlay: str = "on"  # "off": no overlay node inside (`hero up --no-overlay`)
+    overlay: str = "on"  # "off": none (`hero up --no-overlay`); "external": a Mycelium daemon's, at overlay_daemon
     overlay_port: int = 9651  # overlay peering (TCP), Mycelium's port
     overlay_api: str = "127.0.0.1:8989"  # the Mycelium message API
     overlay_peers: str = ""  # static peers, space-separated tcp://HOST:PORT
     overlay_tun: str = "on"  # "off": the message overlay without a TUN device
+    overlay_daemon: str = "http://127.0.0.1:8989"  # the Mycelium daemon's REST API, when overlay = "external"
     cpu_parts_hz: float = 0.0  # > 0: sample the node's CPU by part at this rate (benchmarks); 0 = off
     agent: str = DEFAULT_AGENT  # the agent factory, `module:function` (hero.runtime.factory)
 
@@ -107,4 +108,6 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
         raise UsageError(f"{origin}: host_speed must be > 0")
     if not 0 <= result.cpu_parts_hz <= 1000:
         raise UsageError(f"{origin}: cpu_parts_hz must be from 0 to 1000")
+    if result.overlay not in ("on", "off", "external"):
+        raise UsageError(f"{origin}: overlay must be on, off or external")
     return result

@@ -25,6 +25,7 @@ from hero.chat.histories import Histories
 from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys, UserKey
+from hero.net.agents import AgentBridge, AllowList
 from hero.net.embed import start_overlay
 from hero.nodelock import NodeLock
 from hero.power.profiles import load_profile
@@ -52,7 +53,7 @@ class Parts:
     chat: Histories
     power: PowerService
     app: Starlette
-    overlay: Any = None  # hero.net's OverlayService when the overlay runs inside
+    overlay: Any = None  # hero.net's Overlay (its own node, or a Mycelium daemon's) when one runs
 
 
 async def open_store(config: NodeConfig, keys: NodeKeys) -> QSS:
@@ -83,6 +84,9 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         queue_max=config.llm_queue_max,
         metering=power,
     )
+    # overlay messages become agent events and agents send through it; the overlay itself starts last
+    allow = AllowList(config.data_dir / "overlay-allow.json")
+    bridge = AgentBridge(allow, is_local=lambda agent_id: _hosts(users, agent_id))
     node = Node(
         store,
         llm,
@@ -91,6 +95,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         idle_after_s=config.idle_after_s,
         metering=power,
         admission=power,
+        messenger=bridge,
     )
     chat = Histories(node)
     power.attach(node, llm)
@@ -101,17 +106,26 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         await llm.start()
         await node.start()
         await power.start()
-        overlay = await start_overlay(config, keys, [u.agent_id for u in users.list() if not u.revoked], node.deliver)
+        agents = [u.agent_id for u in users.list() if not u.revoked]
+        overlay = await start_overlay(config, keys, bridge, node.deliver, agents)
         app.state.overlay = overlay
         yield Parts(config, keys, users, store, llm, node, chat, power, app, overlay)
     finally:
         if app.state.overlay is not None:
             await app.state.overlay.aclose()
+        await bridge.aclose()
         await power.aclose()  # first, so the governor does not hibernate or unload mid-shutdown
         await node.aclose()
         await llm.aclose()
         await store.aclose()
         users.close()
+
+
+def _hosts(users: Users, agent_id: str) -> bool:
+    """Whether this node hosts `agent_id`: its user exists and is not revoked (asked each time, so users added
+    with `hero user add` while the node runs are reachable at once)."""
+    user = users.by_agent(agent_id)
+    return user is not None and not user.revoked
 
 
 def first_start(parts: Parts, base_url: str) -> list[str]:

@@ -1,9 +1,11 @@
-"""Overlay messages to an agent become events for it; what it answers goes back as a Mycelium reply.
+"""Overlay messages to an agent become events for it; what it answers goes back as a Mycelium reply; agents
+send through the same bridge (it is the runtime's `Messenger`).
 
 Agents are isolated by default: a message reaches an agent only if its sender
 (the authenticated key of the node it came from) is on that agent's allow-list,
-kept in `DATA/overlay-allow.json` (`{"<agent id>": ["<node key hex>" | "*"]}`).
-The runtime never sees this module: the server hands it a `deliver` callable.
+kept in `DATA/overlay-allow.json` (`{"<agent id>": ["<node key hex>" | "*"]}`);
+this node's own agents and API may always reach them. The runtime never sees
+this module: the server hands it the node's `deliver` and hands the node it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from hero.errors import HeroError
+from hero.errors import BadRequest, HeroError, Unavailable
 from hero.net.inbox import InboundMessage
-from hero.net.node import OverlayNode
+from hero.net.messages import MAX_MESSAGE_BYTES
+from hero.net.overlay import Overlay, agent_in_topic
+from hero.nursery import Nursery
 from hero.runtime.events import OverlayMessage, Reply
 
 log = logging.getLogger("hero.net")
@@ -24,53 +28,94 @@ Deliver = Callable[[str, OverlayMessage], Awaitable[Reply]]
 
 
 class AllowList:
+    """Who may reach which agent. The file is read again when it changes (an operator edits it while the
+    node runs), so a new user's entry works at once."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._allow: dict[str, set[str]] = {}
-        if path.is_file():
-            try:
-                raw = json.loads(path.read_text())
-                self._allow = {a: {k.lower() for k in keys} for a, keys in raw.items() if isinstance(keys, list)}
-            except (ValueError, AttributeError):
-                log.warning("overlay: %s is not valid JSON; every agent is closed until it is fixed", path)
+        self._stamp: tuple[int, int] | None = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            self._allow, self._stamp = {}, None
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            raw = json.loads(self.path.read_text())
+            self._allow = {a: {k.lower() for k in keys} for a, keys in raw.items() if isinstance(keys, list)}
+        except (OSError, ValueError, AttributeError):
+            self._allow = {}
+            log.warning("overlay: %s is not valid JSON; every agent is closed until it is fixed", self.path)
 
     def allows(self, agent_id: str, sender: str) -> bool:
+        self._load()
         keys = self._allow.get(agent_id, set())
         return "*" in keys or sender.lower() in keys
 
     def set(self, agent_id: str, keys: list[str]) -> None:
+        self._load()
         self._allow[agent_id] = {k.lower() for k in keys}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({a: sorted(k) for a, k in self._allow.items()}, indent=1))
         os.replace(tmp, self.path)
 
     def get(self, agent_id: str) -> list[str]:
+        self._load()
         return sorted(self._allow.get(agent_id, set()))
 
 
-class AgentInbox:
-    def __init__(self, node: OverlayNode, deliver: Deliver, allow: AllowList) -> None:
-        self.node = node
-        self._deliver = deliver
+class AgentBridge:
+    """Overlay messages for this node's agents become their events; agents send through it (the runtime's
+    `Messenger`). Built before the overlay starts (the node needs it); `attach` connects it."""
+
+    def __init__(self, allow: AllowList, is_local: Callable[[str], bool]) -> None:
         self.allow = allow
+        self.is_local = is_local  # does this node host that agent (its registry, asked each time)
+        self.overlay: Overlay | None = None
+        self._deliver: Deliver | None = None
+        self._nursery = Nursery("overlay-agents")
         self.delivered = 0
         self.refused = 0
-        node.messages.inbox.handlers.append(self._take)
+        self.sent = 0
+
+    def attach(self, overlay: Overlay, deliver: Deliver) -> None:
+        self.overlay = overlay
+        self._deliver = deliver
+        overlay.subscribe(self._take)
+
+    async def aclose(self) -> None:
+        await self._nursery.aclose()
+
+    def counts(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "refused": self.refused, "sent": self.sent}
+
+    # inbound
 
     def _take(self, message: InboundMessage) -> bool:
-        if message.agent is None or not self.node.hosts_agent(message.agent):
+        agent = message.agent or agent_in_topic(message.topic)
+        if agent is None or not self.is_local(agent):
             return False
-        if message.src_pk != self.node.identity.public.hex() and not self.allow.allows(message.agent,
-                                                                                      message.src_pk):
+        assert self.overlay is not None
+        local = message.src_pk == self.overlay.public_key
+        if not local and not self.allow.allows(agent, message.src_pk):
             self.refused += 1
-            log.info("overlay: message for agent %s from %s refused (not on its allow-list)",
-                     message.agent[:12], message.src_pk[:12])
+            log.info("overlay: message for agent %s from %s refused (not on its allow-list)", agent[:12],
+                     message.src_pk[:12])
             return True
-        event = OverlayMessage(message.id, message.src_pk, message.src_ip, message.topic, bytes(message.payload))
-        self.node.nursery.spawn(self._run(message.agent, event), name=f"overlay-event:{message.agent[:8]}")
+        event = OverlayMessage(message.id, message.src_pk, message.src_ip, message.topic, bytes(message.payload),
+                               src_agent=message.src_agent, reply=message.reply)
+        self._nursery.spawn(self._run(agent, event, message), name=f"overlay-event:{agent[:8]}")
         return True
 
-    async def _run(self, agent_id: str, event: OverlayMessage) -> None:
+    async def _run(self, agent_id: str, event: OverlayMessage, message: InboundMessage) -> None:
+        assert self._deliver is not None and self.overlay is not None
         try:
             reply = await self._deliver(agent_id, event)
             text = await reply.text()
@@ -78,6 +123,21 @@ class AgentInbox:
             log.warning("overlay: agent %s could not take a message: %s", agent_id[:12], exc.message)
             return
         self.delivered += 1
-        sender = bytes.fromhex(event.src_pk)
-        if text and sender != self.node.identity.public:
-            self.node.messages.push(sender, event.topic, text.encode(), reply_to=event.message_id)
+        if text and not event.reply:
+            await self.overlay.reply(message, text.encode(), sender=agent_id)
+
+    # outbound: the runtime's Messenger
+
+    async def send(self, sender: str, to: str, payload: bytes, *, agent: str | None = None, topic: bytes = b"",
+                   wait_s: float | None = None) -> OverlayMessage | None:
+        if self.overlay is None:
+            raise Unavailable("the overlay is not running: agents cannot send")
+        if len(payload) > MAX_MESSAGE_BYTES:
+            raise BadRequest(f"a message is at most {MAX_MESSAGE_BYTES} bytes", field="payload")
+        target = await self.overlay.target(to, agent)
+        answer = await self.overlay.send(target, topic, payload, sender=sender, wait_s=wait_s)
+        self.sent += 1
+        if answer is None:
+            return None
+        return OverlayMessage(answer.id, answer.src_pk, answer.src_ip, answer.topic, bytes(answer.payload),
+                              src_agent=answer.src_agent, reply=True)

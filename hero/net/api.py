@@ -108,7 +108,7 @@ def resolve_dst(node: OverlayNode, dst: Any) -> tuple[bytes, bytes | None]:
             raise NotFound(f"no route to {ip}", field="dst.ip")
         return pk, None
     pk = _pk(dst["pk"], "dst.pk")
-    host = node.resolve_agent(pk.hex())
+    host = node.agents.resolve(pk)
     if host is not None:
         return host, pk
     return pk, None
@@ -137,14 +137,16 @@ async def push_message(request: Request) -> Response:
         raise BadRequest("topic is at most 255 bytes", field="topic")
     payload = await _payload(body)
     if agent is not None and node.hosts_agent(agent.hex()):
-        mid = node.deliver_local(agent, topic, payload)
-        return JSONResponse({"id": mid}, status_code=201)
-    out = node.messages.push(pk, topic, payload, agent=agent)
+        message = node.local_message(agent.hex(), topic, payload)
+        node.deliver_local(message)
+        mid = message.id
+    else:
+        mid = node.messages.push(pk, topic, payload, agent=agent).id.hex()
     if wait is None:
-        return JSONResponse({"id": out.id.hex()}, status_code=201)
-    reply = await node.messages.inbox.wait_reply(out.id.hex(), wait)
+        return JSONResponse({"id": mid}, status_code=201)
+    reply = await node.messages.inbox.wait_reply(mid, wait)
     if reply is None:
-        return JSONResponse({"id": out.id.hex()}, status_code=408)
+        return JSONResponse({"id": mid}, status_code=408)
     return await _message_response(reply)
 
 

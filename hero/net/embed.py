@@ -1,7 +1,8 @@
-"""The overlay node inside `hero up`: the node's own X25519 key, its users' agents published, messages as events.
+"""The overlay inside `hero up`: the node's own (its X25519 key, its users' agents published), or a Mycelium
+daemon's (`overlay = "external"`); either way overlay messages become agent events and agents send.
 
-Called by the server (the composition root); a busy port or a missing TUN
-costs only the overlay (or only the TUN): the node serves HTTP either way.
+Called by the server (the composition root). A busy port, an unreachable daemon or a missing TUN costs only
+the overlay (or only the TUN): the node serves HTTP either way.
 """
 
 from __future__ import annotations
@@ -13,30 +14,38 @@ from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys
 from hero.net.address import Identity
-from hero.net.agents import AgentInbox, AllowList, Deliver
+from hero.net.agents import AgentBridge, Deliver
+from hero.net.external import ExternalOverlay
+from hero.net.overlay import Overlay
 from hero.net.service import OverlayService, OverlaySettings
 
 log = logging.getLogger("hero.net")
 
 
-async def start_overlay(config: NodeConfig, keys: NodeKeys, agents: Iterable[str],
-                        deliver: Deliver) -> OverlayService | None:
+async def start_overlay(config: NodeConfig, keys: NodeKeys, bridge: AgentBridge, deliver: Deliver,
+                        agents: Iterable[str]) -> Overlay | None:
+    """Start the configured overlay, connect `bridge` to it and publish `agents` (None: no overlay runs)."""
     if config.overlay == "off":
         return None
-    settings = OverlaySettings(
-        peers=tuple(config.overlay_peers.split()),
-        tcp_listen_port=config.overlay_port,
-        api_addr=config.overlay_api or None,
-        tun=config.overlay_tun != "off",
-    )
-    service = OverlayService(Identity(bytes(keys.overlay)), settings)
+    overlay: OverlayService | ExternalOverlay
+    if config.overlay == "external":
+        overlay = ExternalOverlay(config.overlay_daemon)
+    else:
+        overlay = OverlayService(Identity(bytes(keys.overlay)), OverlaySettings(
+            peers=tuple(config.overlay_peers.split()),
+            tcp_listen_port=config.overlay_port,
+            api_addr=config.overlay_api or None,
+            tun=config.overlay_tun != "off",
+        ))
+        overlay.agents = bridge
+        overlay.node.agents.is_local = lambda agent: bridge.is_local(agent.hex())
     try:
-        await service.start()
+        await overlay.start()
     except (UsageError, OSError) as exc:
         log.warning("overlay: not started (%s); the node serves without it", getattr(exc, "message", exc))
-        await service.aclose()
+        await overlay.aclose()
         return None
-    service.inbox = AgentInbox(service.node, deliver, AllowList(config.data_dir / "overlay-allow.json"))
+    bridge.attach(overlay, deliver)
     for agent_id in agents:
-        service.node.publish_agent(agent_id)
-    return service
+        overlay.publish(agent_id)
+    return overlay

@@ -36,7 +36,8 @@ class InboundMessage:
     topic: bytes
     payload: bytes | bytearray  # the receive buffer itself (no copy of up to 16 MiB); nobody writes to it
     reply: bool = False
-    agent: str | None = None
+    agent: str | None = None  # the agent it is for (Hero's wire, or the topic `hero/agent/<id>`)
+    src_agent: str | None = None  # the agent that sent it (Hero's wire: vouched for by the sending node)
     received: float = field(default_factory=time.time)
 
     def _head(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ log = logging.getLogger("hero.net")
 
 INIT, DONE, ABORTED, CHUNK, READ, REPLY, ACK = 0x8000, 0x4000, 0x2000, 0x1000, 0x0800, 0x0400, 0x0100
 AGENT = 0x0080  # Hero: INIT carries the target agent's id (32 bytes) after the topic
+FROM_AGENT = 0x0040  # Hero: INIT carries the sending agent's id (32 bytes) after that
 CHUNK_BYTES = 60 * 1024
 MAX_MESSAGE_BYTES = 16 << 20
 MAX_TOPIC_BYTES = 255
@@ -61,6 +62,7 @@ class Outbound:
     payload: bytes
     reply: bool
     agent: bytes | None
+    src_agent: bytes | None = None
     created: float = field(default_factory=time.time)
     state: str = "pending"  # pending | sending | received | read | aborted
     init_acked: bool = False
@@ -93,6 +95,7 @@ class _Partial:
     topic: bytes
     agent: bytes | None
     buffer: bytearray
+    src_agent: bytes | None = None
     have: set[int] = field(default_factory=set)
     unacked: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -131,11 +134,12 @@ class MessageService:
     # sending
 
     def push(self, dst_pk: bytes, topic: bytes, payload: bytes, *, reply_to: str | None = None,
-             agent: bytes | None = None) -> Outbound:
+             agent: bytes | None = None, src_agent: bytes | None = None) -> Outbound:
+        """Send to the node `dst_pk` (for its agent `agent`, from our agent `src_agent`); as a reply with `reply_to`."""
         if len(payload) > MAX_MESSAGE_BYTES:
             raise ValueError(f"message over {MAX_MESSAGE_BYTES} bytes")
         mid = bytes.fromhex(reply_to) if reply_to else secrets.token_bytes(8)
-        out = Outbound(mid, dst_pk, self._ip_of(dst_pk), topic, payload, reply_to is not None, agent)
+        out = Outbound(mid, dst_pk, self._ip_of(dst_pk), topic, payload, reply_to is not None, agent, src_agent)
         self._out[(mid, out.reply)] = out
         while len(self._out) > 10_000:
             self._out.popitem(last=False)
@@ -157,7 +161,8 @@ class MessageService:
         loop = asyncio.get_running_loop()
         n = out.chunks
         view = memoryview(out.payload)
-        init = _INIT.pack(len(out.payload), len(out.topic)) + out.topic + (out.agent or b"")
+        init = _INIT.pack(len(out.payload), len(out.topic)) + out.topic + (out.agent or b"") + (out.src_agent or b"")
+        init_flags = INIT | (AGENT if out.agent else 0) | (FROM_AGENT if out.src_agent else 0)
         in_flight: dict[int, float] = {}  # chunk -> when it was last sent
         nxt = 0
         init_at = done_at = -RESEND_S
@@ -168,7 +173,7 @@ class MessageService:
                 while not out.done_acked and out.state == "sending":
                     now = loop.time()
                     if not out.init_acked and now - init_at >= RESEND_S:
-                        self._frame(out, INIT | (AGENT if out.agent else 0), init)
+                        self._frame(out, init_flags, init)
                         init_at = now
                     for idx, at in list(in_flight.items()):
                         if idx in out.acked:
@@ -277,8 +282,11 @@ class MessageService:
     def _on_init(self, src_pk: bytes, mid: bytes, flags: int, reply: bool, rest: memoryview) -> None:
         length, topic_len = _INIT.unpack_from(rest)
         topic = bytes(rest[_INIT.size : _INIT.size + topic_len])
-        agent = bytes(rest[_INIT.size + topic_len : _INIT.size + topic_len + 32]) if flags & AGENT else None
-        if len(topic) != topic_len or (agent is not None and len(agent) != 32):
+        at = _INIT.size + topic_len
+        agent = bytes(rest[at : at + 32]) if flags & AGENT else None
+        at += 32 if flags & AGENT else 0
+        src_agent = bytes(rest[at : at + 32]) if flags & FROM_AGENT else None
+        if len(topic) != topic_len or any(a is not None and len(a) != 32 for a in (agent, src_agent)):
             raise ValueError("truncated INIT")
         key = (src_pk, mid, reply)
         if length > MAX_MESSAGE_BYTES:
@@ -294,7 +302,7 @@ class MessageService:
             if self._partial_bytes + length > MAX_PARTIAL_BYTES:
                 self.stats.busy += 1
                 return  # no ack: the sender sends INIT again and is let in once there is room
-            self._partial[key] = _Partial(length, topic, agent, bytearray(length))
+            self._partial[key] = _Partial(length, topic, agent, bytearray(length), src_agent)
             self._partial_bytes += length
         self._ack(src_pk, mid, INIT, reply)
 
@@ -345,6 +353,7 @@ class MessageService:
             mid.hex(), self._ip_of(src_pk), src_pk.hex(), self.local_ip,
             partial.agent.hex() if partial.agent else self.local_pk.hex(), partial.topic, partial.buffer,
             reply, partial.agent.hex() if partial.agent else None,
+            partial.src_agent.hex() if partial.src_agent else None,
         )
         self.inbox.arrived(message)
 

@@ -21,18 +21,26 @@ from hero.net.address import Identity
 from hero.net.handshake import HandshakeError
 from hero.net.inbox import InboundMessage
 from hero.net.link import Link, LinkProtocol, handshake
+from hero.net.locator import RECORD_TTL_S, AgentLocator
 from hero.net.messages import MessageService
 from hero.net.peers import Dialer, Endpoint
-from hero.net.records import AgentDirectory, AgentRecord
 from hero.net.routing import Router, RouterConfig
 from hero.net.session import KIND_IPV6, KIND_MESSAGE, Sessions
-from hero.net.wire import AgentRecordTlv, DataPacket, Tlv, WireError, decode_packet, encode_control, encode_data
+from hero.net.wire import (
+    AgentQuery,
+    AgentRecordTlv,
+    DataPacket,
+    Tlv,
+    WireError,
+    decode_packet,
+    encode_control,
+    encode_data,
+)
 from hero.nursery import Nursery
 
 log = logging.getLogger("hero.net")
 STATIC_COST_TCP = 10
 MAX_CONTROL_BYTES = 60_000
-RECORD_TTL_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +108,11 @@ class OverlayNode:
         self.sessions = Sessions(identity, self.send_sealed, self._deliver)
         self.messages = MessageService(self._send_message_frame, self.nursery, local_pk=identity.public,
                                        local_ip=str(identity.address), ip_of=lambda pk: str(overlay_address(pk)))
-        self.directory = AgentDirectory()
+        self.agents = AgentLocator(identity, self._flood)
         self.dialer = Dialer(self._dial, self.nursery)
         self.tun_write: Callable[[bytes | memoryview], None] | None = None
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._own_agents: set[bytes] = set()
         self._record_timer: asyncio.TimerHandle | None = None
         self._accepts: dict[str, list[float]] = {}
         self._closing = False
@@ -193,7 +200,7 @@ class OverlayNode:
                     control_rate=self.config.control_rate)
         self.links.add(link)
         self.router.add_peer(link, STATIC_COST_TCP, asyncio.get_running_loop().time())
-        records = [AgentRecordTlv(r.encode()) for r in self.directory.records()]
+        records = [AgentRecordTlv(r.encode()) for r in self.agents.directory.records()]
         if records:
             self._send_control(link, records)
         link.start(self._on_packet)
@@ -262,15 +269,15 @@ class OverlayNode:
             link.stats.rate_limited += 1
             self.counters.rate_limited += 1
             return
-        routing = [t for t in packet if not isinstance(t, AgentRecordTlv)]
+        routing = [t for t in packet if not isinstance(t, AgentRecordTlv | AgentQuery)]
         if routing:
             self.router.receive(link, routing, asyncio.get_running_loop().time())
             self._arm()
         for tlv in packet:
             if isinstance(tlv, AgentRecordTlv):
-                record = self.directory.learn(tlv.raw)
-                if record is not None:
-                    self._flood_record(record, except_link=link)
+                self.agents.on_record(tlv, link)
+            elif isinstance(tlv, AgentQuery):
+                self.agents.on_query(tlv, link)
 
     def _on_data(self, link: Link | None, packet: DataPacket) -> None:
         if packet.dst[:8] == self.own8:
@@ -337,40 +344,28 @@ class OverlayNode:
 
     # agents
 
-    def publish_agent(self, agent_id: str) -> None:
-        agent = bytes.fromhex(agent_id)
-        self._own_agents.add(agent)
-        record = AgentRecord.issue(self.identity, agent, RECORD_TTL_S)
-        self.directory.add(record)
-        self._flood_record(record, except_link=None)
+    def deliver_local(self, message: InboundMessage) -> None:
+        """A message from this node to an agent it hosts (its own API, a local agent): no network, same path."""
+        self.messages.inbox.arrived(message)
 
-    def withdraw_agent(self, agent_id: str) -> None:
-        self._own_agents.discard(bytes.fromhex(agent_id))
-
-    def deliver_local(self, agent: bytes, topic: bytes, payload: bytes) -> str:
-        """A message from this node's own API to an agent it hosts: no network, same handlers."""
-        mid = secrets.token_bytes(8).hex()
-        me = self.identity.public.hex()
-        ip = str(self.identity.address)
-        self.messages.inbox.arrived(InboundMessage(mid, ip, me, ip, agent.hex(), topic, payload, agent=agent.hex()))
-        return mid
-
-    def resolve_agent(self, agent_id: str) -> bytes | None:
-        return self.directory.resolve(bytes.fromhex(agent_id))
+    def local_message(self, agent: str | None, topic: bytes, payload: bytes, *, src_agent: str | None = None,
+                      reply_to: str | None = None) -> InboundMessage:
+        """A message from this node to itself: for `agent` (or the API's inbox), as a reply with `reply_to`."""
+        me, ip = self.identity.public.hex(), str(self.identity.address)
+        return InboundMessage(reply_to or secrets.token_bytes(8).hex(), ip, me, ip, agent or me, topic, payload,
+                              reply_to is not None, agent, src_agent)
 
     def hosts_agent(self, agent_id: str) -> bool:
-        return bytes.fromhex(agent_id) in self._own_agents
+        return self.agents.is_local(bytes.fromhex(agent_id))
 
-    def _flood_record(self, record: AgentRecord, *, except_link: Link | None) -> None:
-        tlv = AgentRecordTlv(record.encode())
+    def _flood(self, tlv: Tlv, except_link: object | None) -> None:
+        packet = encode_control([tlv])
         for link in self.links:
             if link is not except_link:
-                link.send(encode_control([tlv]))
+                link.send(packet)
 
     def _refresh_records(self) -> None:
-        self.directory.prune()
-        for agent in list(self._own_agents):
-            self.publish_agent(agent.hex())
+        self.agents.refresh()
         self._record_timer = asyncio.get_running_loop().call_later(RECORD_TTL_S / 3, self._refresh_records)
 
     # views

@@ -1,7 +1,8 @@
 """A running overlay: the node, its Mycelium message API on a local port, and the TUN face where possible.
 
 `hero net up` runs one standalone; `hero up` runs one inside the node (the
-server composes it with the runtime). Settings take Mycelium's flag names.
+server composes it with the runtime), where it is the node's `Overlay`
+(overlay.py). Settings take Mycelium's flag names.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import uvicorn
 
-from hero.errors import UsageError
-from hero.net.address import Identity
+from hero.errors import NotFound, UsageError
+from hero.net.address import Identity, address_of
 from hero.net.api import create_api
+from hero.net.inbox import InboundMessage
 from hero.net.node import OverlayConfig, OverlayNode
+from hero.net.overlay import FIND_AGENT_S, Handler, Target, parse_to
 from hero.net.tun import MTU, Tun, TunUnavailable
 
 log = logging.getLogger("hero.net")
@@ -57,7 +60,59 @@ class OverlayService:
         self.api_port: int | None = None
         self._api: uvicorn.Server | None = None
         self._api_task: asyncio.Task[Any] | None = None
-        self.inbox: Any = None  # the AgentInbox when running inside `hero up`
+        self.agents: Any = None  # the AgentBridge when running inside `hero up` (for the status)
+
+    # the Overlay protocol (overlay.py)
+
+    @property
+    def public_key(self) -> str:
+        return self.node.identity.public.hex()
+
+    def subscribe(self, handler: Handler) -> None:
+        self.node.messages.inbox.handlers.append(handler)
+
+    async def target(self, to: str, agent: str | None) -> Target:
+        ip, key = parse_to(to, agent)
+        router = self.node.router
+        if ip is not None:
+            pk = router.public_key_of(ipaddress.IPv6Address(ip).packed)
+            if pk is None:
+                raise NotFound(f"no route to {ip}", field="to")
+            return Target(pk.hex(), ip, agent)
+        assert key is not None
+        if agent is not None or router.public_key_of(address_of(bytes.fromhex(key)).packed) is not None:
+            return Target(key, None, agent)  # a node
+        host = await self.node.agents.find(bytes.fromhex(key), FIND_AGENT_S)
+        if host is None:
+            raise NotFound(f"no node or agent with key {key[:16]}… answers on the overlay", field="to")
+        return Target(host.hex(), None, key)
+
+    async def send(self, target: Target, topic: bytes, payload: bytes, *, sender: str | None,
+                   wait_s: float | None) -> InboundMessage | None:
+        node = self.node
+        assert target.key is not None
+        if target.key == self.public_key and target.agent is not None:
+            message = node.local_message(target.agent, topic, payload, src_agent=sender)
+            node.deliver_local(message)
+            mid = message.id
+        else:
+            mid = node.messages.push(bytes.fromhex(target.key), topic, payload,
+                                     agent=bytes.fromhex(target.agent) if target.agent else None,
+                                     src_agent=bytes.fromhex(sender) if sender else None).id.hex()
+        return await node.messages.inbox.wait_reply(mid, wait_s) if wait_s else None
+
+    async def reply(self, message: InboundMessage, payload: bytes, *, sender: str | None) -> None:
+        node = self.node
+        if message.src_pk == self.public_key:  # our own agent or API asked: no network
+            node.deliver_local(node.local_message(message.src_agent, message.topic, payload, src_agent=sender,
+                                                  reply_to=message.id))
+            return
+        node.messages.push(bytes.fromhex(message.src_pk), message.topic, payload, reply_to=message.id,
+                           agent=bytes.fromhex(message.src_agent) if message.src_agent else None,
+                           src_agent=bytes.fromhex(sender) if sender else None)
+
+    def publish(self, agent_id: str) -> None:
+        self.node.agents.publish(bytes.fromhex(agent_id))
 
     async def start(self) -> None:
         sock = None
@@ -97,11 +152,12 @@ class OverlayService:
             self.tun.close()
         await self.node.aclose()
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """What the operator sees: the node, its peers and links, routes, and the TUN face."""
         node = self.node
         return {
             **node.info(),
+            "mode": "embedded",
             "listenPort": node.port,
             "apiAddr": f"127.0.0.1:{self.api_port}" if self.api_port else None,
             "tun": {"name": self.tun.name, "rxPackets": self.tun.rx_packets, "txPackets": self.tun.tx_packets,
@@ -109,9 +165,10 @@ class OverlayService:
             "peers": node.peers_json(),
             "routes": node.router.table(),
             "fallbackRoutes": len(node.router.table(fallback=True)),
-            "agentsPublished": len(node._own_agents),
-            "agentMessages": {"delivered": self.inbox.delivered, "refused": self.inbox.refused} if self.inbox else None,
-            "agentRecords": len(node.directory),
+            "agentsPublished": len(node.agents.published),
+            "agentMessages": self.agents.counts() if self.agents else None,
+            "agentRecords": len(node.agents.directory),
+            "agentQueriesAnswered": node.agents.queries_answered,
             "counters": {k: v for k, v in vars(node.counters).items() if isinstance(v, int)},
             "sessions": vars(node.sessions.stats),
             "messages": vars(node.messages.stats),

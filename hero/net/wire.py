@@ -28,6 +28,7 @@ T_UPDATE = 8
 T_ROUTE_REQUEST = 9
 T_SEQNO_REQUEST = 10
 T_AGENT_RECORD = 64
+T_AGENT_QUERY = 65
 
 _U32 = struct.Struct(">I")
 _HDR = struct.Struct(">BBBB")
@@ -103,7 +104,16 @@ class AgentRecordTlv:
     raw: bytes  # decoded and verified by records.py
 
 
-Tlv = Hello | Ihu | Update | RouteRequest | SeqnoRequest | AgentRecordTlv
+@dataclass(frozen=True, slots=True)
+class AgentQuery:
+    """Who hosts this agent? Flooded (deduplicated by nonce, at most `hops` far); the host publishes its record."""
+
+    agent: bytes  # 32 bytes
+    nonce: bytes  # 8 bytes
+    hops: int
+
+
+Tlv = Hello | Ihu | Update | RouteRequest | SeqnoRequest | AgentRecordTlv | AgentQuery
 
 
 def encode_data(packet: DataPacket) -> bytes:
@@ -218,6 +228,9 @@ def _encode_tlv(t: Tlv) -> bytes:
     elif isinstance(t, SeqnoRequest):
         body = _SEQREQ.pack(AE_IPV6, t.plen, t.seqno, t.hop_count, 0) + t.router_id + t.prefix[: _prefix_bytes(t.plen)]
         kind = T_SEQNO_REQUEST
+    elif isinstance(t, AgentQuery):
+        body = t.agent + t.nonce + bytes((t.hops,))
+        kind = T_AGENT_QUERY
     else:
         body = t.raw
         kind = T_AGENT_RECORD
@@ -266,6 +279,10 @@ def _decode_tlv(kind: int, body: bytes) -> Tlv:
         return SeqnoRequest(plen, seqno, hop_count, router_id, _check_prefix(plen, body[_SEQREQ.size + 40 :]))
     if kind == T_AGENT_RECORD:
         return AgentRecordTlv(body)
+    if kind == T_AGENT_QUERY:
+        if len(body) != 41:
+            raise WireError("Agent Query TLV must be 41 bytes")
+        return AgentQuery(body[:32], body[32:40], body[40])
     raise WireError(f"unknown TLV type {kind}")
 
 

@@ -14,8 +14,8 @@ async def net_status(request: Request) -> JSONResponse:
     await require_operator(request)
     overlay = getattr(request.app.state, "overlay", None)
     if overlay is None:
-        raise NotFound("this node runs no overlay (started with --no-overlay, or its port was busy)")
-    return JSONResponse(overlay.status())
+        raise NotFound("this node runs no overlay (started with --no-overlay, or its port or daemon failed)")
+    return JSONResponse(await overlay.status())
 
 
 def routes() -> list[Route]:

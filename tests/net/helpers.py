@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import httpx
 
+from hero.errors import HeroError
 from hero.net.address import load_or_create_key
+from hero.runtime.agent import Agent
+from hero.runtime.events import ChatMessage, Event, OverlayMessage, Reply
+from hero.runtime.node import Node
 from tests.conftest import ROOT, free_port
 
 
@@ -81,3 +86,28 @@ def wait_routes(node: Proc, count: int, timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"{node.name} has {node.get('/api/v1/admin/routes/selected').json()} routes")
+
+
+class Courier(Agent):
+    """A test agent. A chat message `{"to", "agent"?, "text", "wait"?}` (JSON) is sent over the overlay and the
+    answer written back; an overlay message is answered with who got what from which agent."""
+
+    async def handle(self, event: Event, reply: Reply) -> None:
+        reply.accept()  # it keeps nothing, so accepting at once is honest
+        if isinstance(event, OverlayMessage):
+            if not event.reply:
+                reply.write(f"{self.ctx.agent_id[:8]} got {event.text!r} from {(event.src_agent or 'a node')[:8]}")
+        elif isinstance(event, ChatMessage):
+            ask = json.loads(event.text)
+            try:
+                answer = await self.ctx.send(ask["to"], ask["text"], agent=ask.get("agent"), wait_s=ask["wait"])
+            except HeroError as exc:
+                reply.write(f"error: {exc.message}")
+                return
+            reply.write(answer.text if answer is not None else "no answer")
+
+
+async def ask(node: Node, agent_id: str, to: str, text: str, agent: str | None = None, wait_s: float = 10) -> str:
+    """Have the Courier `agent_id` on `node` send `text` to `to` (and `agent` there); what it answers."""
+    body = json.dumps({"to": to, "agent": agent, "text": text, "wait": wait_s})
+    return await (await node.deliver(agent_id, ChatMessage(body))).text()

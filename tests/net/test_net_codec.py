@@ -13,6 +13,7 @@ from hero.net.records import AgentDirectory, AgentRecord
 from hero.net.session import ReplayWindow, Sessions
 from hero.net.wire import (
     METRIC_INFINITE,
+    AgentQuery,
     DataPacket,
     Hello,
     Ihu,
@@ -87,6 +88,8 @@ tlv = st.one_of(
     st.builds(lambda g, p: RouteRequest(g, 64, p + bytes(8)), st.integers(0, 255), st.binary(min_size=8, max_size=8)),
     st.builds(lambda s, h, r, p: SeqnoRequest(64, s, h, r, p + bytes(8)), st.integers(0, 0xFFFF),
               st.integers(0, 255), st.binary(min_size=40, max_size=40), st.binary(min_size=8, max_size=8)),
+    st.builds(AgentQuery, st.binary(min_size=32, max_size=32), st.binary(min_size=8, max_size=8),
+              st.integers(0, 255)),
 )
 
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from hero.net import inbox, messages
-from hero.net.inbox import Inbox, InboundMessage
+from hero.net.inbox import InboundMessage, Inbox
 from hero.net.messages import ACK, CHUNK, DONE, INIT, MessageService
 from hero.nursery import Nursery
 
