@@ -98,6 +98,7 @@ def markdown(rec: RunRecord, s: dict[str, Any], search: Any, command: str) -> st
     t = s["targets"]
     how_speed = "measured now with the calibration workload" if rec.host_speed_measured else "given"
     client_ms = s["cpu_s"]["bench_client"] / max(1, s["messages_answered"]) * 1000
+    hz = ((rec.end.power.get("cpu") or {}).get("parts") or {}).get("sample_hz") or rec.config.cpu_parts_hz
     head = [
         f"# Hero node benchmark: {s['agents']} active / {s['registered']} registered agents on {s['profile']}",
         "",
@@ -151,8 +152,8 @@ def markdown(rec: RunRecord, s: dict[str, Any], search: Any, command: str) -> st
         *[f"| {k} | {v * 1000:.1f} |" for k, v in sorted(s["cpu_s_per_message"].items(), key=lambda kv: -kv[1])],
         f"| *bench client (other process)* | {client_ms:.1f} |",
         "",
-        "Parts are sampled in the node (`hero/power/parts.py`, 50 Hz, per-thread schedstat charged to the code the "
-        "thread is in): `web` is HTTP, auth and JSON; `store` is QSS (sealing, erasure coding, signing); `runtime` "
+        f"Parts are sampled in the node (`hero/power/parts.py`, {hz:g} Hz, per-thread schedstat charged to the code "
+        "the thread is in): `web` is HTTP, auth and JSON; `store` is QSS (sealing, erasure coding, signing); `runtime` "
         "is agent turns and skills; `loop` is asyncio itself; `native` is non-Python threads outside inference.",
         "",
     ]
