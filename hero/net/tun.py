@@ -66,7 +66,7 @@ class Tun:
         tun = cls(fd, actual)
         try:
             await _ip("link", "set", "dev", actual, "mtu", str(mtu), "up")
-            await _ip("-6", "addr", "add", f"{address}/7", "dev", actual)
+            await _ip("-6", "addr", "add", f"{address}/7", "dev", actual, "nodad")
         except TunUnavailable:
             tun.close()
             raise

@@ -1,112 +1,53 @@
 """The L3 overlay for real: three network namespaces chained A–B–C (no A–C link), a TUN device in each,
-and A fetches an HTTP server's /healthz in C at C's overlay address."""
+and A fetches the Hero web app's /healthz from `hero up` in C at C's overlay address."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
+import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hero.net.address import load_or_create_key
-from tests.conftest import ROOT
+from tests.net import netns
 
-NS = [f"hero{os.getpid()}{x}" for x in "abc"]
-HTTP_PORT = 18080
+pytestmark = pytest.mark.skipif(bool(reason := netns.unavailable()), reason=reason or "")
 
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=30)
-
-
-def can_make_namespaces() -> str | None:
-    if shutil.which("ip") is None:
-        return "the `ip` command (iproute2) is not installed"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun does not exist"
-    probe = f"heroprobe{os.getpid()}"
-    result = sh("ip", "netns", "add", probe, check=False)
-    if result.returncode != 0:
-        return f"cannot create network namespaces here: {result.stderr.strip()}"
-    sh("ip", "netns", "del", probe, check=False)
-    return None
+GET = """
+import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())
+"""
 
 
-pytestmark = pytest.mark.skipif(bool(reason := can_make_namespaces()), reason=reason or "")
-
-
-@pytest.fixture
-def chain(tmp_path: Path) -> Iterator[dict[str, object]]:
-    a, b, c = NS
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for ns in NS:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", "ab0", "netns", a, "type", "veth", "peer", "name", "ba0", "netns", b)
-        sh("ip", "link", "add", "bc0", "netns", b, "type", "veth", "peer", "name", "cb0", "netns", c)
-        for ns, dev, addr in ((a, "ab0", "10.213.1.1/24"), (b, "ba0", "10.213.1.2/24"),
-                              (b, "bc0", "10.213.2.1/24"), (c, "cb0", "10.213.2.2/24")):
-            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        peers = {a: ["tcp://10.213.1.2:9651"], b: [], c: ["tcp://10.213.2.1:9651"]}
-        addresses = {}
-        for ns in NS:
-            key = tmp_path / f"{ns}.key"
-            addresses[ns] = str(load_or_create_key(key).address)
-            args = ["ip", "netns", "exec", ns, sys.executable, "-m", "hero.cli", "net", "up", "--key-file", str(key),
-                    "--tcp-listen-port", "9651", "--api-addr", "127.0.0.1:8989", "--tun-name", "hero0"]
-            if peers[ns]:
-                args += ["--peers", *peers[ns]]
-            procs.append(subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        server = tmp_path / "www"
-        server.mkdir()
-        (server / "healthz").write_text('{"status": "ok"}')
-        procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", c, sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "::",
-             "--directory", str(server)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        yield {"addresses": addresses, "procs": procs}
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-        for ns in NS:
-            sh("ip", "netns", "del", ns, check=False)
-
-
-def fetch(ns: str, url: str) -> subprocess.CompletedProcess[str]:
-    code = ("import sys, urllib.request; "
-            "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())")
-    return sh("ip", "netns", "exec", ns, sys.executable, "-c", code, url, check=False)
-
-
-def test_a_fetches_healthz_from_c_over_the_overlay(chain: dict[str, object]) -> None:
-    a, _, c = NS
-    addresses = chain["addresses"]
-    assert isinstance(addresses, dict)
-    tun = sh("ip", "-n", c, "-6", "addr", "show", "dev", "hero0", check=False)
-    deadline = time.monotonic() + 20
-    while addresses[c] not in tun.stdout and time.monotonic() < deadline:
-        time.sleep(0.1)
-        tun = sh("ip", "-n", c, "-6", "addr", "show", "dev", "hero0", check=False)
-    assert addresses[c] in tun.stdout, tun.stdout + tun.stderr
-    assert sh("ip", "-n", a, "route", "get", "10.213.2.2", check=False).returncode != 0  # no A–C link
-    url = f"http://[{addresses[c]}]:{HTTP_PORT}/healthz"
-    last = None
-    while time.monotonic() < deadline:
-        last = fetch(a, url)
-        if last.returncode == 0:
-            break
+def wait_for(chain: netns.Chain, k: int, url: str, limit_s: float = 30.0) -> str:
+    """GET `url` from namespace k until it answers; its body."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        result = chain.python(k, GET, url)
+        if result.returncode == 0:
+            return result.stdout
+        for proc in chain.procs:
+            if proc.poll() is not None and proc.returncode:
+                stderr = proc.stderr.read().decode() if proc.stderr else ""
+                raise AssertionError(f"{proc.args} exited {proc.returncode}: {stderr[-2000:]}")
+        assert time.monotonic() < deadline, f"{url} from namespace {k}: {result.stderr.strip()[-500:]}"
         time.sleep(0.2)
-    assert last is not None and last.returncode == 0, last.stderr if last else ""
-    assert '"status": "ok"' in last.stdout
+
+
+def test_a_fetches_the_hero_web_app_in_c_over_the_overlay(tmp_path: Path) -> None:
+    with netns.chain(3) as chain:
+        keys = [tmp_path / f"{k}.key" for k in range(2)]
+        # B (the relay) first, so A and C find it listening instead of backing off
+        chain.overlay_node(1, keys[1], peers=[])
+        wait_for(chain, 1, "http://127.0.0.1:8989/api/v1/admin")
+        chain.overlay_node(0, keys[0], peers=[f"tcp://{chain.left_ip(1)}:9651"])
+        data = tmp_path / "c-data"
+        chain.spawn(2, sys.executable, "-m", "hero.cli", "up", "--data", str(data), "--host", "::", "--port", "8080",
+                    "--tcp-listen-port", "9651", "--api-addr", "127.0.0.1:8989",
+                    "--peers", f"tcp://{chain.right_ip(1)}:9651")
+        c_address = json.loads(wait_for(chain, 2, "http://127.0.0.1:8989/api/v1/admin"))["nodeIp"]
+        assert chain.python(0, "import socket; socket.create_connection(('10.213.2.2', 8080), timeout=1)"
+                            ).returncode != 0  # no A–C link: only the overlay joins them
+        health = json.loads(wait_for(chain, 0, f"http://[{c_address}]:8080/healthz"))
+        assert health["status"] == "ok" and "model_loaded" in health  # the Hero app, over two overlay hops
