@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,10 @@ def cmd_bench_node(args: argparse.Namespace) -> int:
         host_speed=args.host_speed, drain_s=args.drain, progress=not args.json, data_dir=args.data,
         keep_data=args.data is not None, keep_history=args.report,
     )
-    summary = asyncio.run(_bench(cfg, args))
+    try:
+        summary = asyncio.run(_bench(cfg, args))
+    except asyncio.CancelledError:  # SIGTERM: the node was stopped and the temp dir removed on the way out
+        raise KeyboardInterrupt from None
     if args.json:
         print(json.dumps(summary))
     else:
@@ -91,6 +95,9 @@ async def _bench(cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
     from hero.bench.figures import compute
     from hero.bench.run import run_bench
 
+    task = asyncio.current_task()
+    if task is not None:  # SIGTERM stops the run as Ctrl-C does: the node it started is stopped, not orphaned
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     record = await run_bench(cfg)
     summary = compute(record)
     command = "hero " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "hero bench node …"

@@ -128,11 +128,12 @@ class EventWatch:
         self.ready = asyncio.Event()
         self.changed = asyncio.Event()
         self.error: str | None = None
+        self.closed = False  # set before cancelling: a cancellation may surface as a transport error
 
     async def run(self) -> None:
         """Read the stream until cancelled; reconnect (from the last seen event) if it drops."""
         last = 0
-        while True:
+        while not self.closed:
             headers = auth(self.token)
             if last:
                 headers["Last-Event-ID"] = str(last)
@@ -154,6 +155,8 @@ class EventWatch:
                             elif event == "message":
                                 self._message(json.loads(line[5:]))
             except (httpx.HTTPError, ValueError) as exc:
+                if self.closed:
+                    return
                 self.error = f"events: {type(exc).__name__}"
             await asyncio.sleep(1.0)  # the stream dropped: reconnect after the server's retry delay
 

@@ -96,6 +96,9 @@ class LoadRun:
         self.samples = Samples()
         self.watch_errors: list[str] = []
         self.t0 = 0.0
+        # Set before the users are cancelled: httpx can turn a cancellation inside a stream into a
+        # transport error (which a user records and goes on from), so each user also checks this flag.
+        self.stopping = False
         self._tasks = Nursery("bench-users")
         self._side = Nursery("bench-side")  # event streams and the monitor
 
@@ -117,12 +120,15 @@ class LoadRun:
             self._tasks.spawn(self._user(plan, self.users[plan.user]), name=f"user:{plan.user}")
         limit = duration + self.drain_s + max((r.reminder_s or 0.0 for u in self.workload.users for s in u.sessions
                                                for r in s.messages), default=0.0) + REMINDER_GRACE_S
-        try:
-            await asyncio.wait_for(self._tasks.join(), max(1.0, limit - self.now()))
+        try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a Ctrl-C that lands as the join ends
+            async with asyncio.timeout(max(1.0, limit - self.now())):
+                await self._tasks.join()
+                await asyncio.sleep(max(0.0, duration - self.now()))  # the run lasts its duration, busy or not
         except TimeoutError:
-            pass  # messages still without an answer stay `failed` with the reason below
+            pass  # messages still in flight become `unfinished` below
         finally:
             elapsed = self.now()
+            self.stopping = True
             await self._tasks.aclose()
             monitor.cancel()
             await self._side.aclose()
@@ -147,7 +153,7 @@ class LoadRun:
                 for i, message in enumerate(session.messages):
                     if i:
                         await asyncio.sleep(message.think_s)
-                    if self.now() >= duration:
+                    if self.now() >= duration or self.stopping:
                         break
                     if message.kind == REMINDER and watch is None:
                         watch = EventWatch(self.client, self.url, user.token, self.now)
@@ -158,6 +164,8 @@ class LoadRun:
                                            request_text=message.text)
                     self.results.append(result)
                     await chat(self.client, self.url, user.token, result)
+                    if self.stopping:
+                        return
                     if message.kind == REMINDER and result.status == ANSWERED and message.reminder_text:
                         set_s = result.sent_s + (result.accept_s or 0.0)
                         reminder = Reminder(plan.user, message.reminder_text, set_s, set_s + (message.reminder_s or 0))
@@ -166,7 +174,8 @@ class LoadRun:
             if watch is not None:
                 await self._await_reminders(watch, mine)
         finally:
-            if watching is not None:
+            if watch is not None and watching is not None:
+                watch.closed = True
                 watching.cancel()  # the user closes the stream once their reminders are in
             if watch is not None:
                 for r in mine:
@@ -186,7 +195,7 @@ class LoadRun:
         due = loop.time()
         next_power = 0.0
         headers = auth(self.operator)
-        while True:
+        while not self.stopping:
             now = self.now()
             try:
                 response = await self.client.get(f"{self.url}/api/node/status", headers=headers)

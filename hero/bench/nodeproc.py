@@ -69,6 +69,7 @@ class NodeProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.output: list[str] = []  # everything the node printed (kept for the report)
         self.proc: asyncio.subprocess.Process | None = None
+        self.ready = False
         self._tasks = Nursery("bench-node")
 
     @property
@@ -101,6 +102,7 @@ class NodeProcess:
             line = raw.decode(errors="replace").rstrip()
             self.output.append(line)
             if line.startswith(READY_PREFIX) and not ready.done():
+                self.ready = True
                 ready.set_result(None)
         if not ready.done():
             tail = "\n".join(self.output[-20:])
@@ -112,8 +114,9 @@ class NodeProcess:
         if proc is None:
             return None
         if proc.returncode is None:
+            # A node still starting has accepted nothing and stops on SIGTERM only once it serves: kill it.
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM if self.ready else signal.SIGKILL)
             try:
                 await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
             except TimeoutError:
