@@ -101,3 +101,20 @@ def test_bench_node_short_run_keeps_the_reports_invariants(tmp_path: Path) -> No
     assert (report / "power.duckdb").stat().st_size > 0
     assert json.loads((report / "summary.json").read_text())["messages_sent"] == s["messages_sent"]
     assert elapsed < 240
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--agents", "0"], "--agents must be >= 1"),
+        (["--agents", "10", "--registered", "5"], "--registered must be >= --agents"),
+        (["--duration", "-3"], "--duration must be > 0"),
+        (["--rate", "nan"], "--rate must be >= 0"),
+        (["--profile", "nope"], "unknown hardware profile 'nope'"),
+    ],
+)
+def test_misuse_is_one_line_and_exit_2(args: list[str], says: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "hero.cli", "bench", "node", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and says in done.stderr and "Traceback" not in done.stderr
