@@ -23,10 +23,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.errors import BadRequest, Conflict, HeroError, NotFound
-from hero.net.address import in_overlay
+from hero.net.address import address_of, in_overlay
 from hero.net.inbox import InboundMessage
 from hero.net.messages import MAX_MESSAGE_BYTES
 from hero.net.node import OverlayNode
+from hero.net.overlay import FIND_AGENT_S
 from hero.net.peers import Endpoint
 from hero.web.bodies import THREAD_ABOVE_BYTES, read_json
 
@@ -92,8 +93,10 @@ def _pk(text: Any, field: str) -> bytes:
         raise BadRequest(f"{field} must be a 64-character hex public key", field=field) from None
 
 
-def resolve_dst(node: OverlayNode, dst: Any) -> tuple[bytes, bytes | None]:
-    """(node public key, agent id or None) for a `dst` of `{"ip"}` or `{"pk"}`."""
+async def resolve_dst(node: OverlayNode, dst: Any) -> tuple[bytes, bytes | None]:
+    """(node public key, agent id or None) for a `dst` of `{"ip"}` or `{"pk"}`. A key that is neither a
+    routed node nor a known agent is looked for as an agent (briefly); failing that it is taken as a node's
+    key and the message waits for a route, as Mycelium queues it."""
     if not isinstance(dst, dict) or len(dst) != 1 or not ({"ip", "pk"} & dst.keys()):
         raise BadRequest('dst must be {"ip": ADDRESS} or {"pk": HEX}', field="dst")
     if "ip" in dst:
@@ -108,7 +111,9 @@ def resolve_dst(node: OverlayNode, dst: Any) -> tuple[bytes, bytes | None]:
             raise NotFound(f"no route to {ip}", field="dst.ip")
         return pk, None
     pk = _pk(dst["pk"], "dst.pk")
-    host = node.agents.resolve(pk)
+    if node.router.public_key_of(address_of(pk).packed) is not None:
+        return pk, None
+    host = await node.agents.find(pk, FIND_AGENT_S)
     if host is not None:
         return host, pk
     return pk, None
@@ -131,7 +136,7 @@ async def push_message(request: Request) -> Response:
     reply_timeout = request.query_params.get("reply_timeout")
     wait = _int_query(request, "reply_timeout", 0) if reply_timeout is not None else None
     body = await read_json(request, MAX_BODY)
-    pk, agent = resolve_dst(node, body.get("dst"))
+    pk, agent = await resolve_dst(node, body.get("dst"))
     topic = _b64(body.get("topic"), "topic", required=False)
     if len(topic) > 255:
         raise BadRequest("topic is at most 255 bytes", field="topic")
@@ -158,7 +163,7 @@ async def reply_message(request: Request) -> Response:
     body = await read_json(request, MAX_BODY)
     origin = node.messages.inbox.sender_of(mid.lower())
     if body.get("dst") is not None:
-        pk, _ = resolve_dst(node, body["dst"])
+        pk, _ = await resolve_dst(node, body["dst"])
     elif origin is not None:
         pk = origin
     else:

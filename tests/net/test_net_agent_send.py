@@ -4,10 +4,13 @@ overlay address, B's agent wakes from hibernation to answer, and a user added wh
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+
+import httpx
 
 from hero.identity import NodeKeys
 from hero.net.address import Identity
@@ -28,8 +31,8 @@ def overlay_key(data_dir: Path) -> str:
 
 
 async def test_an_agent_on_a_asks_a_hibernated_agent_on_b_and_gets_its_answer(tmp_path: Path) -> None:
-    a_port = free_port()
-    config_a = make_config(tmp_path / "a", overlay="on", overlay_port=a_port, overlay_api="", overlay_tun="off")
+    a_port, a_api = free_port(), f"127.0.0.1:{free_port()}"
+    config_a = make_config(tmp_path / "a", overlay="on", overlay_port=a_port, overlay_api=a_api, overlay_tun="off")
     config_b = make_config(tmp_path / "b", overlay="on", overlay_port=free_port(), overlay_api="", overlay_tun="off",
                            overlay_peers=f"tcp://127.0.0.1:{a_port}", idle_after_s=0.3)
     for config in (config_a, config_b):
@@ -51,11 +54,17 @@ async def test_an_agent_on_a_asks_a_hibernated_agent_on_b_and_gets_its_answer(tm
         b_ip = str(b.overlay.node.identity.address)
         assert await ask(a.node, alice, b_ip, "again", agent=bob) == f"{bob[:8]} got 'again' from {alice[:8]}"
 
-        # a user added while B runs is found on demand (no restart): B answers A's query with a record
+        # a user added while B runs is found on demand (no restart): B answers A's query with a record,
+        # whether A's Mycelium API or one of A's agents asks
         carol = add_user(config_b.data_dir, "carol")["agent_id"]
         allow.write_text(json.dumps({bob: [overlay_key(config_a.data_dir)], carol: ["*"]}))
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(f"http://{a_api}/api/v1/messages", params={"reply_timeout": 10}, json={
+                "dst": {"pk": carol}, "payload": base64.b64encode(b"hi from the API").decode()})
+        assert r.status_code == 200, r.text
+        assert base64.b64decode(r.json()["payload"]).decode() == f"{carol[:8]} got 'hi from the API' from a node"
+        assert b.overlay.node.agents.queries_answered == 1
         assert await ask(a.node, alice, carol, "hi carol") == f"{carol[:8]} got 'hi carol' from {alice[:8]}"
-        assert b.overlay.node.agents.queries_answered >= 1
 
         # nobody hosts this agent: a clear error, after a bounded wait; and the agent can still send after
         stranger = Identity.generate().public.hex()
