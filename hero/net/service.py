@@ -91,7 +91,7 @@ class OverlayService:
                    wait_s: float | None) -> InboundMessage | None:
         node = self.node
         assert target.key is not None
-        if target.key == self.public_key and target.agent is not None:
+        if target.key == self.public_key:  # to ourselves: one of our agents, or our API's inbox
             message = node.local_message(target.agent, topic, payload, src_agent=sender)
             node.deliver_local(message)
             mid = message.id
