@@ -229,8 +229,31 @@ async def _serve(config: NodeConfig, sock: socket.socket, announce: Any) -> None
             f"hero: model {model_name} · profile {config.profile} · data {config.data_dir} · "
             f"{base_url} · idle_after_s {config.idle_after_s:g}"
         )
+        sockets = [sock]
+        overlay_sock = overlay_listener(parts.overlay, config)
+        if overlay_sock is not None:
+            sockets.append(overlay_sock)
+            announce(f"hero: also on the overlay at http://[{overlay_sock.getsockname()[0]}]:{config.port}")
         server = uvicorn.Server(
             uvicorn.Config(parts.app, host=config.host, port=config.port, log_level="warning", lifespan="off")
         )
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=sockets)
         announce("hero: stopping; hibernating agents")
+
+
+def overlay_listener(overlay: Any, config: NodeConfig) -> socket.socket | None:
+    """The web app on the node's overlay address too (where a TUN holds it), so overlay peers reach it while
+    `--host` stays loopback; None when there is no such address here, or `--host ::` already covers it."""
+    address = overlay.l3_address() if overlay is not None else None
+    if address is None or config.host == "::":
+        return None
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, config.port))
+    except OSError as exc:
+        log.warning("the web app is not on the overlay address %s: %s", address, exc.strerror or exc)
+        return None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock

@@ -113,6 +113,11 @@ class ExternalOverlay:
     def publish(self, agent_id: str) -> None:
         """A Mycelium daemon keeps no agent records: agents here are reached by this node's key plus `agent`."""
 
+    def l3_address(self) -> str | None:
+        """The daemon's address: its TUN holds it when the daemon runs on this host (binding it tells)."""
+        address = self.info.get("nodeIp")
+        return address if isinstance(address, str) else None
+
     async def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.info, "mode": "external", "daemon": self.base_url, "connected": self.connected,
                                "lastError": self.last_error, "received": self.received, "sent": self.sent,

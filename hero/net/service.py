@@ -114,6 +114,9 @@ class OverlayService:
     def publish(self, agent_id: str) -> None:
         self.node.agents.publish(bytes.fromhex(agent_id))
 
+    def l3_address(self) -> str | None:
+        return str(self.node.identity.address) if self.tun is not None else None
+
     async def start(self) -> None:
         sock = None
         if self.settings.api_addr:

@@ -1,5 +1,6 @@
 """The L3 overlay for real: three network namespaces chained A–B–C (no A–C link), a TUN device in each,
-and A fetches the Hero web app's /healthz from `hero up` in C at C's overlay address."""
+and A fetches the Hero web app's /healthz from `hero up` in C at C's overlay address (C's web app keeps
+its default loopback `--host`: it listens on the overlay address as well)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def test_a_fetches_the_hero_web_app_in_c_over_the_overlay(tmp_path: Path) -> Non
         wait_for(chain, 1, "http://127.0.0.1:8989/api/v1/admin")
         chain.overlay_node(0, keys[0], peers=[f"tcp://{chain.left_ip(1)}:9651"])
         data = tmp_path / "c-data"
-        chain.spawn(2, sys.executable, "-m", "hero.cli", "up", "--data", str(data), "--host", "::", "--port", "8080",
+        # the web app listens on loopback (the default) and, because the TUN holds it, on the overlay address
+        chain.spawn(2, sys.executable, "-m", "hero.cli", "up", "--data", str(data), "--port", "8080",
                     "--tcp-listen-port", "9651", "--api-addr", "127.0.0.1:8989",
                     "--peers", f"tcp://{chain.right_ip(1)}:9651")
         c_address = json.loads(wait_for(chain, 2, "http://127.0.0.1:8989/api/v1/admin"))["nodeIp"]
