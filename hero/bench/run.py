@@ -170,6 +170,18 @@ async def snapshot(node: NodeProcess, client: httpx.AsyncClient, operator: str) 
                     busy + machine.idle + getattr(machine, "iowait", 0.0), os.getloadavg(), rss, peak)
 
 
+async def settle_timers(node: NodeProcess, client: httpx.AsyncClient, operator: str, start: Snapshot,
+                        end: Snapshot, expected: int, tries: int = 5) -> None:
+    """A reminder reaches its user during its turn; the node counts it fired when the turn ends, a moment
+    later. Re-read the status (at most `tries` seconds) until the count has caught up with what arrived."""
+    for _ in range(tries):
+        fired = end.status["runtime"]["timers_fired"] - start.status["runtime"]["timers_fired"]
+        if fired >= expected:
+            return
+        await asyncio.sleep(1.0)
+        end.status = (await client.get(f"{node.url}/api/node/status", headers=auth(operator))).json()
+
+
 def _peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -221,6 +233,7 @@ async def _run(cfg: BenchConfig, data: Path, host_speed: float, measured: bool) 
                           on_sample=progress.update)
             load = await run.run()
             end = await snapshot(node, client, operator)
+            await settle_timers(node, client, operator, start, end, len(load.reminders))
             lap("load_and_drain")
             metrics = (await client.get(f"{node.url}/metrics", headers=auth(operator))).text
             histories = await audit_histories(client, node.url, users[: cfg.agents], load.results)
