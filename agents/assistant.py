@@ -53,11 +53,14 @@ class Assistant(ChatAgent):
             await ctx.persist()
 
     async def overlay(self, event: OverlayMessage, reply: Reply) -> None:
-        """A message from an allowed overlay sender: kept apart in history, answered by the LLM (no skills run)."""
+        """A message from an allowed overlay sender: kept apart in history, answered by the LLM (no skills run).
+        The answer to a message this agent sent is kept and not answered."""
         ctx, history = self.ctx, self.history
         history.add("user", f"[overlay {event.src_ip}] {event.text}", kind="overlay")
         await ctx.persist()
         reply.accept()
+        if event.reply:
+            return
         parts: list[str] = []
         prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": event.text}]
         async for delta in ctx.stream_llm(prompt, reply):

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import httpx
 
+from agents import assistant
 from hero.runtime.agent import Agent
 from hero.runtime.events import Event, OverlayMessage, Reply
-from tests.conftest import add_user, free_port, make_config, operator_token, serving
+from hero.store.qss import QSS
+from tests.conftest import add_user, free_port, history, make_config, make_node, new_agent, operator_token, serving
+from tests.doubles import ScriptedLLM
 from tests.net.helpers import start_node, wait_api
 
 
@@ -62,3 +65,17 @@ async def test_agent_on_a_answers_a_message_from_b(tmp_path: Path) -> None:
                                          headers={"Authorization": f"Bearer {alice['token']}"})).status_code == 403
     finally:
         b.stop()
+
+
+async def test_the_assistant_keeps_an_answer_to_its_own_message_and_does_not_answer_it(store: QSS) -> None:
+    llm = ScriptedLLM(["an answer"])
+    node = make_node(store, assistant.create, llm=llm, idle_after_s=60)
+    agent = new_agent()
+    answer = OverlayMessage("m1", "ab" * 32, "400::1", b"", b"bob says hi back", src_agent="cd" * 32, reply=True)
+    reply = await node.deliver(agent, answer)
+    assert await reply.text() == "" and not llm.prompts  # nothing goes back, the model is not asked
+    asked = await node.deliver(agent, OverlayMessage("m2", "ab" * 32, "400::1", b"", b"a question"))
+    assert await asked.text() == "an answer"
+    entries = await history(node, agent)
+    await node.aclose()
+    assert [(e.kind, e.role) for e in entries] == [("overlay", "user"), ("overlay", "user"), ("overlay", "assistant")]
