@@ -6,23 +6,30 @@ flood to every node that has not seen them. An agent added while the node
 runs (a user created with `hero user add`) is found on demand: the node that
 wants it floods a query (deduplicated by nonce, at most `QUERY_HOPS` far) and
 the host, which checks its own registry (`is_local`) at that moment, answers
-with a fresh record. Nothing here polls.
+with a fresh record. A node sends at most `QUERIES_PER_S` queries (a burst of
+twice that) and, for `NOT_FOUND_S` after a query found nothing, answers "not
+found" at once: an agent sending to made-up ids cannot flood the overlay.
+Nothing here polls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from hero.net.address import Identity
+from hero.net.link import TokenBucket
 from hero.net.records import AgentDirectory, AgentRecord
 from hero.net.wire import AgentQuery, AgentRecordTlv, Tlv
 
 RECORD_TTL_S = 600.0
 QUERY_HOPS = 16
 SEEN_QUERIES = 4096
+QUERIES_PER_S = 10.0
+NOT_FOUND_S = 5.0
 
 Flood = Callable[[Tlv, object | None], None]  # (TLV, the link not to send it back on)
 
@@ -36,7 +43,10 @@ class AgentLocator:
         self.is_local: Callable[[bytes], bool] = lambda agent: agent in self.published
         self._seen: OrderedDict[bytes, None] = OrderedDict()  # query nonces
         self._finding: dict[bytes, asyncio.Future[bytes]] = {}
+        self._missing: dict[bytes, float] = {}  # agent -> until when a find answers None at once
+        self._queries = TokenBucket(QUERIES_PER_S, 2 * QUERIES_PER_S)
         self.queries_answered = 0
+        self.queries_refused = 0
 
     def publish(self, agent: bytes) -> None:
         self.published.add(agent)
@@ -64,8 +74,14 @@ class AgentLocator:
         known = self.resolve(agent)
         if known is not None:
             return known
+        now = time.monotonic()
+        if self._missing.get(agent, 0.0) > now:
+            return None
         waiter = self._finding.get(agent)
         if waiter is None:
+            if not self._queries.take():
+                self.queries_refused += 1
+                return None
             waiter = self._finding[agent] = asyncio.get_running_loop().create_future()
             nonce = secrets.token_bytes(8)
             self._remember(nonce)
@@ -74,6 +90,9 @@ class AgentLocator:
             async with asyncio.timeout(timeout_s):
                 return await asyncio.shield(waiter)
         except TimeoutError:
+            if len(self._missing) >= SEEN_QUERIES:
+                self._missing = {a: t for a, t in self._missing.items() if t > now}
+            self._missing[agent] = time.monotonic() + NOT_FOUND_S
             return None
         finally:
             if self._finding.get(agent) is waiter and not waiter.done():
@@ -99,6 +118,7 @@ class AgentLocator:
             self._flood(AgentQuery(query.agent, query.nonce, query.hops - 1), link)
 
     def _learnt(self, record: AgentRecord) -> None:
+        self._missing.pop(record.agent, None)
         waiter = self._finding.pop(record.agent, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(record.node)

@@ -7,6 +7,9 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
+
+from hero.net import locator
 from hero.net.address import Identity
 from hero.net.handshake import CipherState, Handshake
 from hero.net.link import PROLOGUE, Link, LinkProtocol
@@ -207,3 +210,16 @@ async def test_links_encrypt_heads_and_authenticate_sealed_parts() -> None:
     protocol, link, got = receiver()
     feed(protocol, bytes(tampered), 1 << 16)
     assert got == frames[:5] and link.transport.is_closing()  # the forged frame closes the link
+
+
+async def test_an_agent_sending_to_made_up_ids_cannot_flood_the_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(locator, "NOT_FOUND_S", 60.0)
+    flooded: list[object] = []
+    finder = locator.AgentLocator(Identity.generate(), lambda tlv, link: flooded.append(tlv))
+    nobody = bytes(32)
+    assert await finder.find(nobody, 0.05) is None
+    assert await finder.find(nobody, 0.05) is None  # asked again at once: known missing, no second query
+    assert len(flooded) == 1
+    found = await asyncio.gather(*(finder.find(os.urandom(32), 0.05) for _ in range(200)))
+    assert found == [None] * 200
+    assert len(flooded) <= 1 + 2 * locator.QUERIES_PER_S + 2 and finder.queries_refused >= 150
