@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from hero.errors import Overloaded
-from hero.power.governor import CONSTRAINED, NORMAL, CpuMaxBackstop, Governor, GovernorConfig, max_min_shares
+from hero.power.backstop import CpuMaxBackstop
+from hero.power.fairshare import max_min_shares, over_share
+from hero.power.governor import CONSTRAINED, NORMAL, Governor, GovernorConfig
 from hero.power.ledger import Ledger, TickReport
 from hero.power.meter import PowerSample
 from hero.power.profiles import load_profile
@@ -116,6 +118,13 @@ def test_max_min_shares() -> None:
     assert shares == {"light": 2.0, "mid": 10.0, "heavy": pytest.approx(18.0)}
     assert max_min_shares({"a": 9.0, "b": 9.0, "c": 9.0}, 12.0) == pytest.approx({"a": 4.0, "b": 4.0, "c": 4.0})
     assert max_min_shares({}, 5.0) == {}
+
+
+def test_only_agents_above_their_share_are_over_and_nobody_when_all_fit() -> None:
+    assert over_share({"light": 2.0, "mid": 10.0, "heavy": 40.0}, 30.0) == {"heavy": pytest.approx(18.0)}
+    assert over_share({"a": 9.0, "b": 9.0, "c": 9.0}, 12.0) == pytest.approx({"a": 4.0, "b": 4.0, "c": 4.0})
+    assert over_share({"a": 10.0, "b": 20.0}, 30.0) == {}  # fits exactly: nobody is gated
+    assert over_share({}, 0.0) == {}
 
 
 async def test_over_budget_the_heavy_agent_is_gated_and_the_light_one_is_not() -> None:

@@ -34,10 +34,11 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from hero.errors import Overloaded
+from hero.power.backstop import CpuMaxBackstop, cpus_within_target
+from hero.power.fairshare import over_share
 from hero.power.ledger import TickReport
 from hero.power.profiles import HardwareProfile
 
@@ -82,97 +83,6 @@ class GovernorConfig:
     daily_quota_wh: float | None = None  # per agent, dynamic energy; None = no quota
     release_after_ticks: int = 5  # normal ticks before the cgroup cap is lifted
     agents_floor: float = 0.5  # agents together may always use this share of the dynamic budget
-
-
-def max_min_shares(demands: dict[str, float], capacity: float) -> dict[str, float]:
-    """Max-min fair allocation (water-filling): small demands are met in full, the rest split equally."""
-    shares: dict[str, float] = {}
-    remaining = max(0.0, capacity)
-    items = sorted(demands.items(), key=lambda kv: kv[1])
-    n = len(items)
-    for i, (agent, demand) in enumerate(items):
-        fair = remaining / (n - i)
-        if demand <= fair:
-            shares[agent] = demand
-            remaining -= demand
-        else:
-            for other, _ in items[i:]:
-                shares[other] = fair
-            break
-    return shares
-
-
-class CpuMaxBackstop:
-    """A hard CPU cap on this process's cgroup (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), if delegated to us.
-
-    Probing writes the current value back: permission bits say little for
-    root and nothing for cgroupfs semantics, so only a real write is proof.
-    """
-
-    def __init__(
-        self,
-        cgroup_fs: Path = Path("/sys/fs/cgroup"),
-        proc_self_cgroup: Path = Path("/proc/self/cgroup"),
-        period_us: int = 100_000,
-    ) -> None:
-        self.period_us = period_us
-        self.path: Path | None = None
-        self.kind = ""
-        self.available = False
-        self.reason = ""
-        self.limit_cpus: float | None = None
-        self._probe(cgroup_fs, proc_self_cgroup)
-
-    def _probe(self, fs: Path, self_cgroup: Path) -> None:
-        try:
-            lines = self_cgroup.read_text().splitlines()
-        except OSError as e:
-            self.reason = f"cannot read {self_cgroup}: {e}"
-            return
-        reasons: list[str] = []
-        for line in lines:
-            hier, controllers, rel = line.split(":", 2)
-            rel = rel.lstrip("/")
-            if hier == "0" and controllers == "":
-                candidates = [fs / rel / "cpu.max", fs / "unified" / rel / "cpu.max"]
-                kind = "v2"
-            elif "cpu" in controllers.split(","):
-                candidates = [fs / controllers / rel / "cpu.cfs_quota_us", fs / "cpu" / rel / "cpu.cfs_quota_us"]
-                kind = "v1"
-            else:
-                continue
-            if not rel:
-                reasons.append(f"{kind}: the process is in the root cgroup (capping it would cap the machine)")
-                continue
-            for f in candidates:
-                if not f.exists():
-                    continue
-                try:
-                    current = f.read_text()
-                    f.write_text(current.strip() + "\n")
-                except OSError as e:
-                    reasons.append(f"{kind}: {f} not writable ({e.strerror or e})")
-                    break
-                self.path, self.kind, self.available = f, kind, True
-                self.reason = f"ok: {f}"
-                return
-            else:
-                reasons.append(f"{kind}: no cpu controller file for /{rel} (controller not delegated)")
-        self.reason = "; ".join(reasons) or "no cgroup with a cpu controller"
-
-    def limit(self, cpus: float | None) -> None:
-        """Cap the process at `cpus` CPUs (None lifts the cap)."""
-        if not self.available or self.path is None:
-            return
-        if cpus is None:
-            value = "max" if self.kind == "v2" else "-1"
-        else:
-            quota = max(1000, int(cpus * self.period_us))
-            value = f"{quota} {self.period_us}" if self.kind == "v2" else str(quota)
-        if self.kind == "v1" and cpus is not None:
-            (self.path.parent / "cpu.cfs_period_us").write_text(f"{self.period_us}\n")
-        self.path.write_text(value + "\n")
-        self.limit_cpus = cpus
 
 
 @dataclass
@@ -372,10 +282,8 @@ class Governor:
         st.gated = {}
         if st.level != CONSTRAINED:
             return
-        demand = self._demand(report.t) if self._demand is not None else dict(report.agents_w)
-        if demand and sum(demand.values()) > st.agents_allowed_w:
-            shares = max_min_shares(demand, st.agents_allowed_w)
-            st.gated = {agent: shares[agent] for agent, d in demand.items() if d > shares[agent] * 1.0001}
+        demand = self._demand(report.t) if self._demand is not None else report.agents_w
+        st.gated = over_share(demand, st.agents_allowed_w)
 
     def _backstop(self, report: TickReport) -> None:
         st = self.status
@@ -383,7 +291,7 @@ class Governor:
         assert backstop is not None
         if st.level == CONSTRAINED and st.avg_w > self.target_w:
             self._normal_ticks = 0
-            cpus = self._cpus_within_target(report)
+            cpus = cpus_within_target(report, self.profile, self.u_per_cpu, self.target_w)
             if backstop.limit_cpus is None or abs(backstop.limit_cpus - cpus) > 0.05:
                 try:
                     backstop.limit(cpus)
@@ -396,18 +304,6 @@ class Governor:
             if self._normal_ticks >= self.config.release_after_ticks:
                 backstop.limit(None)
         st.backstop_cpus = backstop.limit_cpus
-
-    def _cpus_within_target(self, report: TickReport) -> float:
-        """How many of this machine's CPUs this process may keep busy for the node to stay at the target."""
-        dt = report.dt if report.dt > 0 else 1.0
-        others = max(0.0, report.busy_cpu_s - report.process_cpu_s) / dt  # other processes keep running
-        u_others = others * self.u_per_cpu
-        p = self.profile
-        offset = report.node_w - p.watts(report.utilisation)
-        cpus = 0.1
-        while cpus < report.host_cpus and offset + p.watts(u_others + (cpus + 0.1) * self.u_per_cpu) <= self.target_w:
-            cpus += 0.1
-        return round(cpus, 1)
 
     async def _maybe_unload(self, llm: GovernedLLM, now: float) -> None:
         if not llm.loaded:

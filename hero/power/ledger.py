@@ -1,20 +1,9 @@
-"""Per-agent energy ledger: CPU time per step, LLM time per request, and a 1 Hz split of node power.
+"""Per-agent energy ledger: what each agent was charged (loop steps, LLM inference, storage) and a 1 Hz split of
+node power.
 
-Why per step: agents share one event loop, so a clock around a whole handler
-also counts every other agent that ran while it was suspended (measured: B/A
-1.4 instead of 3, Σ agents 142 % of the loop). The coroutine returned by
-`run_turn` reads the clock around each `send`/`throw` into the agent's
-coroutine, i.e. only while the agent's own code runs.
-
-Clocks: "adaptive" (default) reads `perf_counter_ns` (~50 ns) around short
-steps, reconciled each tick by the loop thread's CPU time, and
-`thread_time_ns` (~0.6 µs, a real syscall, exact under preemption) for an
-agent whose last step took ≥ 250 µs, where two reads cost < 0.5 %. A
-preemption inside a short wall-timed step would be charged to it, so while
-the kernel says the loop thread is waiting for CPUs (schedstat run delay
-≥ 2 % of the last tick) every step is timed exactly. "thread" reads thread CPU time
-around every step: exact, about 3 % at 100 µs turns. Both are tested
-against a CPU-time oracle.
+Loop steps are charged by the step driver `run_turn` returns (`hero.power.metering`, which
+says why per step and which clocks); inference and storage are charged by the threads that
+did the work.
 
 Each tick the node's dynamic power (node − profile idle) is shared by
 CPU-seconds: W_i = P_dyn · c_i / D with D = max(machine busy CPU-s, process
@@ -28,121 +17,17 @@ from __future__ import annotations
 import math
 import threading
 import time
-import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hero.power.account import TAU_1H, TAU_10S, AgentAccount, utc_day
 from hero.power.meter import PowerSample
+from hero.power.metering import CONTENDED_WAIT, EXACT_AFTER_NS, loop_run_delay_ns, metered_turn
 
 T = TypeVar("T")
 
 CONSERVATION_TOLERANCE = 0.05
-TAU_10S = 10.0
-TAU_1H = 3600.0
-EXACT_AFTER_NS = {"adaptive": 250_000, "thread": 0}  # step length after which thread CPU time is read
-CONTENDED_WAIT = 0.02  # loop thread waited for a CPU ≥ 2 % of a tick: time every step exactly next tick
-SCHEDSTAT = "/proc/thread-self/schedstat"
-
-
-def loop_run_delay_ns() -> int | None:
-    """Nanoseconds the calling thread has spent runnable but waiting for a CPU (None if not exposed)."""
-    try:
-        with open(SCHEDSTAT) as f:
-            return int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def utc_day(unix: float) -> int:
-    return int(unix // 86400)
-
-
-@dataclass(slots=True, eq=False)
-class AgentAccount:
-    """Everything charged to one agent. Fields marked `tick` are zeroed every tick."""
-
-    agent_id: str
-    cpu_ns: int = 0  # tick; thread CPU time; loop thread only
-    wall_ns: int = 0  # tick; wall time of short steps, reconciled at the tick; loop thread only
-    exact: bool = False  # time the next step with thread CPU time (the last one was long)
-    steps: int = 0  # tick; loop thread only
-    open_turns: int = 0  # loop thread only
-    llm_ns: int = 0  # tick; under the ledger lock
-    llm_tokens: int = 0  # tick; under the ledger lock
-    storage_bytes: int = 0  # tick; under the ledger lock
-    cpu_s_total: float = 0.0  # attributed CPU-seconds, loop + LLM
-    llm_s_total: float = 0.0
-    tokens_total: int = 0
-    storage_total: int = 0
-    steps_total: int = 0
-    turns_total: int = 0
-    joules: float = 0.0
-    day: int = 0  # UTC day of `day_base`
-    day_base: float = 0.0  # `joules` when that day began here; joules today = joules - day_base
-    ew10: float = 0.0  # EWMAs, decayed lazily from ew_t so idle agents cost nothing per tick
-    ew1h: float = 0.0
-    ew_t: float = 0.0
-
-    def averages(self, now: float) -> tuple[float, float]:
-        """(10 s, 1 h) average watts at monotonic time `now`."""
-        gap = max(0.0, now - self.ew_t)
-        return self.ew10 * math.exp(-gap / TAU_10S), self.ew1h * math.exp(-gap / TAU_1H)
-
-
-@types.coroutine
-def _metered_steps(coro: Coroutine[Any, Any, T], acct: AgentAccount, ledger: Ledger) -> Generator[Any, Any, T]:
-    """Drive `coro` one step at a time, charging each step's time to `acct`.
-
-    A generator (not a class with Python-level `send`) so the event loop
-    resumes it natively: about half the cost per step. The clock is chosen
-    per step: after a step of at least `ledger.exact_after_ns`, the agent's
-    next steps read thread CPU time (exact under preemption, 0.6 µs a read,
-    negligible against a long step); short steps read the wall clock (50 ns)
-    and are reconciled each tick. While the kernel reports the loop thread
-    waiting for a CPU, the threshold is 0: every step is timed exactly. Time spent in a metered turn nested inside
-    this one is in `ledger.charged_ns` and is subtracted, so nothing is
-    counted twice. Steps that raise, including cancellation, are charged too.
-    """
-    wall = time.perf_counter_ns
-    cpu = time.thread_time_ns
-    send = coro.send
-    value: Any = None
-    exc: BaseException | None = None
-    try:
-        while True:
-            before = ledger.charged_ns
-            exact = acct.exact
-            t0 = cpu() if exact else wall()
-            try:
-                if exc is None:
-                    fut = send(value)
-                else:
-                    fut = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                own = (cpu() if exact else wall()) - t0 - (ledger.charged_ns - before)
-                if exact:
-                    acct.cpu_ns += own
-                else:
-                    acct.wall_ns += own
-                acct.exact = own >= ledger.exact_after_ns
-                acct.steps += 1
-                ledger.charged_ns += own
-            try:
-                value = yield fut
-                exc = None
-            except BaseException as e:  # thrown in by the task (cancellation) or the awaiting coroutine
-                exc = e
-                value = None
-    finally:
-        acct.open_turns -= 1
-
-
-async def _metered_turn(coro: Coroutine[Any, Any, T], acct: AgentAccount, ledger: Ledger) -> T:
-    """A real coroutine around the step driver, so `create_task` and TaskGroups accept it on 3.12+."""
-    return await _metered_steps(coro, acct, ledger)
 
 
 @dataclass(frozen=True)
@@ -244,7 +129,7 @@ class Ledger:
         acct.open_turns += 1
         acct.turns_total += 1
         self._dirty.add(acct)
-        return _metered_turn(coro, acct, self)
+        return metered_turn(coro, acct, self)
 
     def charge_cpu(self, agent_id: str, cpu_ns: int) -> None:
         """Charge loop-thread CPU measured elsewhere (e.g. a synchronous callback run for the agent)."""

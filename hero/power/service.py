@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from hero.power.governor import CpuMaxBackstop, Governor, GovernorConfig
+from hero.power.account import utc_day
+from hero.power.backstop import CpuMaxBackstop
+from hero.power.governor import Governor, GovernorConfig
 from hero.power.history import HistoryRetention, PowerHistory
-from hero.power.ledger import CONSERVATION_TOLERANCE, Ledger, TickReport, utc_day
+from hero.power.ledger import CONSERVATION_TOLERANCE, Ledger, TickReport
 from hero.power.meter import POWERCAP_ROOT, PROC_STAT, NodeMeter
 from hero.power.metrics import make_registry
 from hero.power.parts import PartSampler
