@@ -6,7 +6,7 @@ prompt into one `llama_decode`, then samples one token per generating slot
 with that slot's own sampler chain. Newcomers join between steps, finished
 or cancelled requests leave at once, and a prompt is fed in chunks while
 others generate, so no stream stalls for more than one step. Decoding is
-memory-bound, so eight sequences per step cost little more than one.
+memory-bound, so a step of eight sequences costs far less than eight steps.
 
 A step's CPU time is split among its requests by the tokens each put in the
 batch (sampling is timed per request), and charged to their agents.
@@ -49,6 +49,7 @@ class Job:
     out: asyncio.Queue[object]
     should_stop: Callable[[], bool] | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF the reply must match (constrained decoding)
     cancelled: bool = False
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float = 0.0
@@ -140,7 +141,7 @@ class Batcher:
         self.ctx.keep(slot.seq, reuse)
         del slot.tokens[reuse:]
         slot.job, slot.fed, slot.generated, slot.next_token = job, reuse, 0, None
-        slot.sampler = Sampler(self.model, job.sampling)
+        slot.sampler = Sampler(self.model, job.sampling, job.grammar)
         slot.sampler.prime(prompt)
         slot.text = ReplyText(self.stops)
         slot.cpu_ns = slot.spent_ns = slot.charged_tokens = 0
