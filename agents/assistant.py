@@ -1,24 +1,56 @@
-"""The default personal agent: skills first, then the node's LLM, with its own memory.
+"""The default personal agent: its skills first, then the node's LLM, which may call the skills' tools.
 
-Turn shape for a chat message: append the user's message and persist it (the
-event is now accepted: it survives a crash), try each skill, else stream an LLM
-reply built from the agent's own history, then append and persist the reply.
+Turn shape for a chat message: find the agent's skills (its spec, verified: a
+refused spec refuses the message, nothing is kept), append the user's message
+and persist it (the event is now accepted: it survives a crash), then a slash
+command (`/help`, `/call`, a skill's own), else the phrasings the skills
+understand, else a reply from the model, whose output is constrained to a valid
+call of one of the skills' tools or a plain answer; then append and persist the
+reply. A skill that fails or is refused costs that answer only: the user reads a
+one-line error, the operator the log.
 """
 
 from __future__ import annotations
 
-from agents.skills import memory, reminders
-from hero.chat.agent import ChatAgent
-from hero.runtime.agent import AgentContext
-from hero.runtime.events import ChatMessage, Event, OverlayMessage, Ping, Reply, TimerFired
+import json
+import logging
+from typing import Any
 
+from hero.chat.agent import ChatAgent
+from hero.errors import HeroError
+from hero.runtime.agent import AgentContext
+from hero.runtime.events import ApiRequest, ChatMessage, Event, OverlayMessage, Ping, Reply, TimerFired
+from hero.skills.agent import AgentSkills
+from hero.skills.context import slot
+from hero.skills.grammar import gbnf, parse, tools_prompt
+from hero.skills.host import SkillHost, shipped_host
+from hero.skills.remote import RemoteTools
+
+log = logging.getLogger("hero.agents")
 SYSTEM = "You are a helpful personal assistant. Answer briefly and kindly."
-SKILLS = (reminders.handle, memory.handle)
 HISTORY_WINDOW = 40  # entries offered to the LLM; the LLM service trims further to fit its context
 PROMPT_KINDS = ("chat", "reminder", "stopped")  # what the model sees of the history (not errors, not overlay)
 
 
 class Assistant(ChatAgent):
+    def __init__(self, ctx: AgentContext) -> None:
+        super().__init__(ctx)
+        host = ctx.services.get("skills")
+        self.host = host if isinstance(host, SkillHost) else shipped_host()
+        self._skills: AgentSkills | None = None
+
+    async def skills(self) -> AgentSkills:
+        """The agent's skills: its spec is read and verified at the activation's first event."""
+        fresh = self._skills is None
+        resolved = await self.host.resolve(self.ctx.agent_id, fresh=fresh)
+        if self._skills is None:
+            _migrate(self.ctx.state)
+            self._skills = AgentSkills(self.ctx, resolved, self.host.services,
+                                       RemoteTools(self.ctx, self.host.services))
+        else:
+            self._skills.resolved = resolved  # a dev skill may have been reloaded
+        return self._skills
+
     async def handle(self, event: Event, reply: Reply) -> None:
         if isinstance(event, ChatMessage):
             await self.chat(event, reply)
@@ -26,36 +58,89 @@ class Assistant(ChatAgent):
             await self.timer(event, reply)
         elif isinstance(event, OverlayMessage):
             await self.overlay(event, reply)
+        elif isinstance(event, ApiRequest):
+            await self.api(event, reply)
         elif isinstance(event, Ping):
             reply.accept()
 
     async def chat(self, event: ChatMessage, reply: Reply) -> None:
+        skills = await self.skills()
         ctx, history = self.ctx, self.history
         history.add("user", event.text)
         await ctx.persist()
         reply.accept()
-        for skill in SKILLS:
-            answer = await skill(ctx, event.text)
-            if answer is not None:
-                reply.write(answer)
-                history.add("assistant", answer)
-                await ctx.persist()
-                return
+        try:
+            if event.text.lstrip().startswith("/"):
+                answer: str | None = await skills.command(event.text)
+            else:
+                answer = await skills.message(event.text)
+        except HeroError as exc:
+            answer = f"⚠ {exc.message}"
+        if answer is not None:
+            await self._say(reply, answer)
+            return
+        await self.model_reply(event, reply, skills)
+
+    async def _say(self, reply: Reply, text: str, *, kind: str = "chat") -> None:
+        reply.write(text)
+        self.history.add("assistant", text, kind=kind)
+        await self.ctx.persist()
+
+    async def model_reply(self, event: ChatMessage, reply: Reply, skills: AgentSkills) -> None:
+        """Stream the model's reply; if it is a tool call (constrained to a valid one), run the tool instead."""
+        tools = skills.tools() if skills.resolved.spec.limits.get("tool_calls", "grammar") != "off" else []
+        options: dict[str, Any] = {"max_tokens": event.max_tokens, "temperature": event.temperature,
+                                   "interactive": event.interactive}
+        if tools:
+            options["grammar"] = gbnf(tools)
         parts: list[str] = []
-        options = {"max_tokens": event.max_tokens, "temperature": event.temperature, "interactive": event.interactive}
-        async for delta in ctx.stream_llm(self.prompt(), reply, **options):
+        call = False
+        async for delta in self.ctx.stream_llm(await self.prompt(skills, tools), reply, **options):
+            if not parts and not call and delta.lstrip().startswith("{") and tools:
+                call = True
             parts.append(delta)
-            reply.write(delta)
+            if not call:
+                reply.write(delta)
         reply.finish_reason = str(reply.usage.pop("finish_reason", "stop"))
         text = "".join(parts).strip()
+        if call:
+            await self._say(reply, await self._run_call(skills, text))
+            return
         if text:  # a reply stopped before its first token leaves no entry, never an empty one
-            history.add("assistant", text, kind="stopped" if reply.cancelled else "chat")
-            await ctx.persist()
+            self.history.add("assistant", text, kind="stopped" if reply.cancelled else "chat")
+            await self.ctx.persist()
+
+    async def _run_call(self, skills: AgentSkills, text: str) -> str:
+        try:
+            call = parse(text)
+            assert call is not None  # the text opens a JSON object
+            result = await skills.call_tool(call.tool, call.arguments, interactive=True)
+        except HeroError as exc:
+            log.info("agent %s: the model's tool call failed: %s", self.ctx.agent_id[:12], exc.message)
+            return f"⚠ {exc.message}"
+        return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
 
     async def overlay(self, event: OverlayMessage, reply: Reply) -> None:
-        """A message from an allowed overlay sender: kept apart in history, answered by the LLM (no skills run).
-        The answer to a message this agent sent is kept and not answered."""
+        """A message from an allowed overlay sender: a skill's topic goes to that skill (the ask skill: questions
+        and answers); any other is kept apart in history and answered by the LLM. The answer to a message this
+        agent sent is kept and not answered."""
+        skills = await self.skills()
         ctx, history = self.ctx, self.history
+        if skills.overlay_skill(event) is not None:
+            reply.accept()
+            try:
+                answer = await skills.overlay(event)
+            except HeroError as exc:
+                answer = f"⚠ {exc.message}"
+            if not event.reply:
+                sender = (event.src_agent or event.src_pk)[:12]
+                history.add("user", f"[agent {sender}… asked] {event.text}", kind="overlay")
+            if answer:
+                if not event.reply:
+                    reply.write(answer)
+                history.add("assistant", answer, kind="overlay")
+            await ctx.persist()
+            return
         history.add("user", f"[overlay {event.src_ip}] {event.text}", kind="overlay")
         await ctx.persist()
         reply.accept()
@@ -72,23 +157,63 @@ class Assistant(ChatAgent):
             await ctx.persist()
 
     async def timer(self, event: TimerFired, reply: Reply) -> None:
-        if event.name == reminders.TIMER:
-            text = reminders.fired_message(event.payload)
-            self.history.add("assistant", text, kind="reminder")
+        skills = await self.skills()
+        try:
+            text = await skills.timer(event)
+        except HeroError as exc:
+            self.history.add("assistant", f"⚠ {exc.message}", kind="error")
             await self.ctx.persist()
-            reply.write(text)
+            return
+        if text is None:
+            log.warning("agent %s: timer %s (%s) belongs to no enabled skill; dropped", self.ctx.agent_id[:12],
+                        event.name, event.timer_id)
+            return
+        await self._say(reply, text, kind="reminder")
 
-    def prompt(self) -> list[dict[str, str]]:
+    async def api(self, event: ApiRequest, reply: Reply) -> None:
+        """MCP (and other API) requests from the agent's own user: list the skills' tools, call one."""
+        skills = await self.skills()
+        reply.accept()
+        if event.method == "tools/list":
+            reply.write(json.dumps({"tools": [tool.describe() for tool in skills.tools()]}))
+            return
+        if event.method != "tools/call":
+            reply.write(json.dumps({"error": {"message": f"unknown method {event.method!r}", "type": "not_found"}}))
+            return
+        try:
+            result = await skills.call_tool(str(event.params.get("name", "")), event.params.get("arguments", {}),
+                                            interactive=event.interactive)
+        except HeroError as exc:
+            reply.write(json.dumps({"error": {"message": exc.message, "type": exc.code}}))
+            return
+        finally:
+            await self.ctx.persist()
+        reply.write(json.dumps({"result": result}))
+
+    async def prompt(self, skills: AgentSkills | None = None, tools: list[Any] | None = None) -> list[dict[str, str]]:
         system = SYSTEM
-        known = memory.facts(self.ctx)
-        if known:
-            system += " Facts about the user: " + "; ".join(known)
+        if skills is not None:
+            lines = await skills.prompt()
+            if lines:
+                system += " " + " ".join(lines)
+        if tools:
+            system += "\n" + tools_prompt(tools)
         history = [
             {"role": entry.role, "content": entry.content}
             for entry in self.history.recent(HISTORY_WINDOW)
             if entry.kind in PROMPT_KINDS and entry.content
         ]
         return [{"role": "system", "content": system}, *history]
+
+
+def _migrate(state: dict[str, Any]) -> None:
+    """Facts kept by the memory handler before skills (`state["memory"]`) become notes of the notes skill."""
+    memory = state.pop("memory", None)
+    facts = memory.get("facts", []) if isinstance(memory, dict) else []
+    if facts:
+        notes = slot(state, "notes").setdefault("notes", [])
+        start = (notes[-1]["id"] + 1) if notes else 1
+        notes.extend({"id": start + i, "text": str(fact), "ts": 0.0} for i, fact in enumerate(facts))
 
 
 def create(ctx: AgentContext) -> Assistant:

@@ -90,9 +90,13 @@ class StaleEpoch(Conflict):
 
 
 class LeaseHeld(Conflict):
-    """Another owner holds a live lease on this agent."""
+    """Another owner holds a live lease on this agent; `owner` names that node when known (to route to it)."""
 
     code = "lease_held"
+
+    def __init__(self, message: str, *, owner: str | None = None) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 class AgentDamaged(Unavailable):
@@ -129,3 +133,33 @@ class UsageError(HeroError):
 
     status = 400
     code = "usage_error"
+
+
+class SkillRefused(Forbidden):
+    """A skill bundle is not loaded: unsigned, tampered, signed by an untrusted key, or a bad manifest."""
+
+    code = "skill_refused"
+
+
+class PermissionDenied(Forbidden):
+    """A skill asked for something outside the permissions its manifest declares."""
+
+    code = "permission_denied"
+
+
+class InvalidArguments(InvalidField):
+    """A tool was called with arguments its schema does not allow; `field` names the argument."""
+
+    code = "invalid_arguments"
+
+
+class SkillFailed(AgentError):
+    """A skill raised, ran past its time limit or returned what is not JSON; the agent goes on."""
+
+    code = "skill_failed"
+
+
+class SpecRefused(Forbidden):
+    """An agent's spec is not signed as the node's policy requires (or names skills the node does not have)."""
+
+    code = "spec_refused"

@@ -252,7 +252,8 @@ async def test_a_lone_surrogate_in_a_stored_history_is_repaired_on_read_and_on_a
     reply = await node.deliver(agent, ChatMessage("Say hello"))  # the LLM sees the repaired history
     assert (await asyncio.wait_for(reply.text(), 60)).strip()
     stored = json.loads(await store.get(state_key(agent)))
-    assert stored["history"][0]["content"] == "hi \ufffd" and stored["memory"]["facts"] == ["likes \ufffd tea"]
+    assert stored["history"][0]["content"] == "hi \ufffd"
+    assert [n["text"] for n in stored["skills"]["notes"]["notes"]] == ["likes \ufffd tea"]  # facts became notes
     json.dumps(stored, ensure_ascii=False).encode()
     await node.aclose()
 

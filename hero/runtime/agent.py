@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from hero.errors import Unavailable
@@ -34,8 +34,10 @@ class AgentContext:
         unschedule: Callable[[str], Awaitable[None]],
         publish: Callable[[object], None],
         messenger: Messenger | None = None,
+        services: Mapping[str, object] | None = None,
     ) -> None:
         self.agent_id = agent_id
+        self.services: Mapping[str, object] = services or {}  # node-wide services for agents (e.g. "skills")
         self.state = state
         self.llm = llm
         self._persist = persist

@@ -61,7 +61,18 @@ class OverlayMessage:
         return self.payload.decode("utf-8", errors="replace")
 
 
-Event = ChatMessage | TimerFired | Ping | OverlayMessage
+@dataclass(frozen=True)
+class ApiRequest:
+    """A request from the agent's own user through an API other than chat (an MCP client's `tools/list`,
+    `tools/call`): the agent answers in the reply, as JSON text. It runs as a turn like any event (the same
+    permissions, the same ledger)."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    interactive: bool = True
+
+
+Event = ChatMessage | TimerFired | Ping | OverlayMessage | ApiRequest
 
 class Reply:
     """What the agent says back to one event: text deltas, then the end or an error.

@@ -50,8 +50,10 @@ class LLM(Protocol):
         should_stop: Callable[[], bool] | None = None,
         usage: dict[str, Any] | None = None,
         interactive: bool = True,
+        grammar: str | None = None,
     ) -> AsyncIterator[str]:
-        """Stream a completion of `messages` (OpenAI-style role/content dicts) for `agent_id`, token by token."""
+        """Stream a completion of `messages` (OpenAI-style role/content dicts) for `agent_id`, token by token;
+        with a `grammar` (GBNF), only text it allows (constrained decoding: tool calls)."""
         ...
 
 

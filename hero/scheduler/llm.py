@@ -22,14 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hero.errors import ModelError, Overloaded, Unavailable
+from hero.errors import BadRequest, ModelError, Overloaded, Unavailable
 from hero.runtime.seams import Metering
 from hero.scheduler.batch import END, Batcher, BatchStats, Job
 from hero.scheduler.contention import Contention
 from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
 from hero.scheduler.llamacpp import Context, Model
 from hero.scheduler.prompt import Prompt, PromptBuilder
-from hero.scheduler.sampling import Sampling
+from hero.scheduler.sampling import Sampling, check_grammar
 from hero.scheduler.template import ChatTemplate
 
 log = logging.getLogger("hero.llm")
@@ -201,15 +201,18 @@ class LLMService:
         usage: dict[str, Any] | None = None,
         interactive: bool = True,
         sampling: Sampling | None = None,
+        grammar: str | None = None,
     ) -> AsyncIterator[str]:
         """Queue a chat completion for `agent_id` and yield its text as it is generated.
 
         If given, `usage` is filled with prompt_tokens, completion_tokens and
         finish_reason ("stop", or "length" for a reply cut by the token limit)
         by the time the stream ends; a `max_tokens` over the cap is clamped and
-        reported as max_tokens_requested / max_tokens. Raises `Overloaded`
-        when the queue is full, `BadRequest` (naming `messages`) when the
-        messages cannot fit the context.
+        reported as max_tokens_requested / max_tokens. With a `grammar`
+        (GBNF, root rule `root`) every token is one it allows (constrained
+        decoding). Raises `Overloaded` when the queue is full, `BadRequest`
+        (naming `messages`) when the messages cannot fit the context, or
+        (naming `grammar`) when llama.cpp cannot parse the grammar.
         """
         if self._thread is None:
             raise Unavailable("the LLM service is not running")
@@ -223,14 +226,14 @@ class LLMService:
         usage = usage if usage is not None else {}
         if limit < requested:
             usage.update(max_tokens_requested=requested, max_tokens=limit)
-        prompt = await asyncio.to_thread(self._prepare, agent_id, messages, limit)
+        prompt = await asyncio.to_thread(self._prepare, agent_id, messages, limit, grammar)
         if prompt.dropped or prompt.cut:
             usage.update(messages_dropped=prompt.dropped, newest_message_cut=prompt.cut)
         settings = sampling or self.sampling
         if temperature is not None:
             settings = replace(settings, temperature=temperature)
         loop = asyncio.get_running_loop()
-        job = Job(agent_id, prompt.tokens, limit, settings, loop, asyncio.Queue(), should_stop, usage)
+        job = Job(agent_id, prompt.tokens, limit, settings, loop, asyncio.Queue(), should_stop, usage, grammar)
         try:
             self._queue.put(agent_id, job, priority=priority)
         except QueueFull:
@@ -259,11 +262,14 @@ class LLMService:
             retry_after=self.retry_after_s(),
         )
 
-    def _prepare(self, agent_id: str, messages: list[dict[str, str]], max_tokens: int) -> Prompt:
-        """Build the prompt in a worker thread; its CPU time is the asking agent's."""
+    def _prepare(self, agent_id: str, messages: list[dict[str, str]], max_tokens: int,
+                 grammar: str | None = None) -> Prompt:
+        """Build the prompt (and check the grammar) in a worker thread; its CPU time is the asking agent's."""
         started = time.thread_time_ns()
         loaded = self._acquire()
         try:
+            if grammar is not None and not check_grammar(loaded.model, grammar):
+                raise BadRequest("the grammar does not parse (GBNF with a root rule)", field="grammar")
             prompt = loaded.builder.build(messages, max_tokens=max_tokens, start=self._starts.get(agent_id))
         finally:
             self._release(loaded)

@@ -42,15 +42,37 @@ class Sampling:
     seed: int | None = None  # None: a fresh seed per request
 
 
-class Sampler:
-    """A sampler chain for one sequence; freed with `close`. Inference thread only."""
+def grammar_sampler(model: Model, grammar: str) -> Any:
+    """llama.cpp's GBNF sampler for `grammar` (root rule `root`); None if llama.cpp cannot parse it."""
+    return C.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root") or None
 
-    def __init__(self, model: Model, settings: Sampling) -> None:
+
+def check_grammar(model: Model, grammar: str) -> bool:
+    """Whether llama.cpp parses `grammar` (called before a request is queued, so a bad one is the caller's 400)."""
+    sampler = grammar_sampler(model, grammar)
+    if sampler is None:
+        return False
+    C.llama_sampler_free(sampler)
+    return True
+
+
+class Sampler:
+    """A sampler chain for one sequence; freed with `close`. Inference thread only.
+
+    With a `grammar` (GBNF), the grammar sampler comes first: every token is one the
+    grammar allows, and the end of generation only once the grammar is complete.
+    """
+
+    def __init__(self, model: Model, settings: Sampling, grammar: str | None = None) -> None:
         self.settings = s = settings
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         self.ptr: Any = chain
         self._dry: Any = None
         add = C.llama_sampler_chain_add
+        if grammar is not None:
+            constrained = grammar_sampler(model, grammar)
+            if constrained is not None:  # checked before queueing; None only if llama.cpp changed its mind
+                add(chain, constrained)
         if s.top_k > 0:
             add(chain, C.llama_sampler_init_top_k(s.top_k))
         if s.penalty_last_n != 0 and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty):
