@@ -70,6 +70,8 @@ def build_parser() -> Parser:
     up.add_argument("--no-tun", action="store_true", help="overlay without a TUN device")
     up.add_argument("--overlay-daemon", metavar="URL",
                     help="ride a Mycelium daemon instead of running an overlay: its REST API, e.g. http://127.0.0.1:8989")
+    up.add_argument("--dev-skills", nargs="+", type=Path, metavar="PATH",
+                    help="dev mode: load these skill folders unsigned and reload them when they change")
     up.set_defaults(func=cmd_up)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(
@@ -113,13 +115,16 @@ def build_parser() -> Parser:
 
 
 def _extensions() -> list[Callable[[Any], None]]:
-    """Sub-commands contributed by parts (storage, power, net, bench)."""
+    """Sub-commands contributed by parts (storage, power, net, cluster, bench)."""
     from hero.bench.cli import add_bench_parser
+    from hero.cluster.cli import add_cluster_parser
     from hero.net.cli import add_net_parser
     from hero.power.cli import add_power_parser
+    from hero.skills.cli import add_skill_parser
     from hero.store.cli import add_storage_parser
 
-    return [add_storage_parser, add_power_parser, add_net_parser, add_bench_parser]
+    return [add_storage_parser, add_power_parser, add_net_parser, add_cluster_parser, add_bench_parser,
+            add_skill_parser]
 
 
 def data_arg(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
@@ -152,6 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         overlay_api=args.api_addr,
         overlay_peers=" ".join(args.peers) if args.peers is not None else None,
         overlay_tun="off" if args.no_tun else None,
+        dev_skills=" ".join(str(p) for p in args.dev_skills) if args.dev_skills else None,
     )
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"

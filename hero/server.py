@@ -14,7 +14,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,17 @@ from hero.net.agents import AgentBridge, AllowList
 from hero.net.embed import start_overlay
 from hero.nodelock import NodeLock
 from hero.power.profiles import load_profile
-from hero.power.service import PowerConfig, PowerService
+from hero.power.service import PowerService
 from hero.runtime.agent import AgentFactory
 from hero.runtime.factory import load_factory
 from hero.runtime.node import Node
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
+from hero.skills.host import node_host
 from hero.store.qss import QSS, open_qss
 from hero.users import Users
 from hero.web.app import create_app
+from hero.web.parts import app_parts
 
 log = logging.getLogger("hero")
 
@@ -72,7 +74,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
     power = PowerService(
         config.profile,
         config.data_dir,
-        PowerConfig(host_speed=config.host_speed, cpu_parts_hz=config.cpu_parts_hz),
+        replace(config.power, host_speed=config.host_speed, cpu_parts_hz=config.cpu_parts_hz),
     )
     store = await open_store(config, keys)
     llm = LLMService(
@@ -84,6 +86,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         queue_max=config.llm_queue_max,
         metering=power,
     )
+    skills = node_host(config, keys, store, power)  # the skills agents run, their specs, what skills may use
     # overlay messages become agent events and agents send through it; the overlay itself starts last
     allow = AllowList(config.data_dir / "overlay-allow.json")
     bridge = AgentBridge(allow, is_local=lambda agent_id: _hosts(users, agent_id))
@@ -96,11 +99,12 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         metering=power,
         admission=power,
         messenger=bridge,
+        services={"skills": skills},
     )
     chat = Histories(node)
     power.attach(node, llm)
     app = create_app(config=config, node=node, chat=chat, users=users, llm=llm, store=store, power=power)
-    app.state.overlay = None
+    overlay = None
     try:
         await store.start()
         await llm.start()
@@ -108,14 +112,16 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         await power.start()
         agents = [u.agent_id for u in users.list() if not u.revoked]
         overlay = await start_overlay(config, keys, bridge, node.deliver, agents)
-        app.state.overlay = overlay
+        app_parts(app).overlay = overlay
         yield Parts(config, keys, users, store, llm, node, chat, power, app, overlay)
     finally:
-        if app.state.overlay is not None:
-            await app.state.overlay.aclose()
+        if overlay is not None:
+            await overlay.aclose()
         await bridge.aclose()
         await power.aclose()  # first, so the governor does not hibernate or unload mid-shutdown
+        await app.state.mcp.aclose()
         await node.aclose()
+        await skills.aclose()
         await llm.aclose()
         await store.aclose()
         users.close()

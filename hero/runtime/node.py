@@ -61,10 +61,12 @@ class Node:
         shutdown_grace_s: float = 10.0,
         retries: Retries | None = None,
         messenger: Messenger | None = None,  # how agents send over the overlay (the server hands one in)
+        services: Mapping[str, object] | None = None,  # node-wide services agents find in their context
     ) -> None:
         self.store = store
         self.llm = llm
         self.messenger = messenger
+        self.services: Mapping[str, object] = services or {}
         self.agent_factory = agent_factory
         self.node_id = node_id
         self.directory = directory or Directory()
@@ -93,11 +95,12 @@ class Node:
             spawn=lambda coro, name: self._tasks.spawn(coro, name=name),
         )
         self._active = self._activations.active  # the hot path's table
+        self._idle_after_s = idle_after_s
         self._closing = False
 
     @property
     def idle_after_s(self) -> float:
-        return self._activations.idle_after_s
+        return self._idle_after_s
 
     # lifecycle
 
@@ -178,6 +181,7 @@ class Node:
             unschedule=lambda timer_id: self._timers.remove(act.lease, timer_id),
             publish=lambda item: self._subscriptions.publish(agent_id, item),
             messenger=self.messenger,
+            services=self.services,
         )
         act = Activation(agent_id, lease, ctx)
         act.agent = self.agent_factory(ctx)
@@ -195,8 +199,12 @@ class Node:
                     reply.fail(Unavailable("node is shutting down"))
             act.mailbox.clear()  # refused, never accepted: nothing of them is kept
             raise
-        finally:
-            self._activations.idle(act)
+        finally:  # the agent is idle from now: the idle loop timer must cover its deadline (inline: the hot path)
+            act.busy = False
+            act.last_event = now = time.monotonic()
+            deadline = now + self._idle_after_s
+            if deadline < self._activations.idle_at:
+                self._activations.arm_idle(deadline)
 
     async def _run(self, act: Activation, event: Event, reply: Reply) -> None:
         self.stats.turns += 1

@@ -15,15 +15,21 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import httpx
 import nacl.signing
 
-from hero.errors import SpecRefused
+from hero.config import NodeConfig
+from hero.errors import SpecRefused, UsageError
+from hero.identity import NodeKeys
 from hero.skills.context import SkillServices
 from hero.skills.registry import SkillRegistry, shipped_dir
 from hero.skills.skill import Skill
-from hero.skills.spec import AgentSpec, SkillRef, SpecLog, new_spec
-from hero.skills.trust import HERO_KEY
+from hero.skills.spec import AgentSpec, SkillRef, SpecLog, SpecPolicy, new_spec
+from hero.skills.trust import HERO_KEY, TrustStore
+from hero.store.base import StateStore
 
 log = logging.getLogger("hero.skills")
 AUTO = "node_default"  # the limits flag of a spec the node made on its own
@@ -80,6 +86,10 @@ class SkillHost:
             log.info("agent %s: node default spec %d recorded (%d skills)", agent_id[:12], spec.seq, len(refs))
         return spec
 
+    async def aclose(self) -> None:
+        if self.services.http is not None:
+            await self.services.http.aclose()
+
     def forget(self, agent_id: str) -> None:
         """Read the agent's spec from the store again next time (a new one was accepted)."""
         self._cache.pop(agent_id, None)
@@ -115,3 +125,19 @@ def shipped_host() -> SkillHost:
     registry = SkillRegistry(trusted=lambda: {HERO_KEY}, shipped=shipped_dir(), entry_points=False)
     registry.load()
     return SkillHost(registry, None, SkillServices())
+
+
+def node_host(config: NodeConfig, keys: NodeKeys, store: StateStore, power: Any) -> SkillHost:
+    """The node's skill host: the skills it loads (shipped, installed packages, `DATA/skills/`, dev folders), its
+    agents' spec log in the store, and the services skills may use (power reports, the ledger, outbound HTTP)."""
+    dev = [Path(p) for p in config.dev_skills.split()]
+    for path in dev:
+        if not path.is_dir():
+            raise UsageError(f"--dev-skills {path}: not a folder")
+    trust = TrustStore(config.data_dir)
+    registry = SkillRegistry(trusted=trust.keys, shipped=shipped_dir(), folders=[config.data_dir / "skills"], dev=dev)
+    registry.load()
+    policy = SpecPolicy(keys.node_id, frozenset(config.spec_signers.split()), config.spec_threshold)
+    services = SkillServices(power=power, metering=power,
+                             http=httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(10.0)))
+    return SkillHost(registry, SpecLog(store, policy), services, node_key=keys.signing)

@@ -17,9 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from hero.config import NodeConfig
-from hero.power.charts import WINDOWS
+from hero.seams.power import CHART_WINDOWS
 from hero.web.events_api import MAX_STREAMS_PER_USER
 from hero.web.node_api import MAX_PAGE
+from hero.web.parts import parts
 
 Auth = Literal["public", "token", "user", "operator"]
 JSON = "application/json"
@@ -63,6 +64,7 @@ class Operation:
     body: dict[str, Any] | None = None  # JSON schema of the request body
     errors: tuple[int, ...] = ()  # beyond 401/403 (from auth) and 400/413/422 (from a body)
     example: dict[str, Any] | None = None  # a request body that succeeds
+    accepted: str | None = None  # when the operation may also answer 202 with no body: what that means
 
 
 def _object(required: tuple[str, ...] = (), **properties: dict[str, Any]) -> dict[str, Any]:
@@ -252,11 +254,32 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
             "Node watts and the top-10 agents by energy, bucketed for a chart.",
             "operator",
             {JSON: ANY_OBJECT},
-            params=(Param("window", "query", {"type": "string", "enum": sorted(WINDOWS)}, "Span (default 1h)."),),
+            params=(Param("window", "query", {"type": "string", "enum": sorted(CHART_WINDOWS)}, "Span (default 1h)."),),
             errors=(422, 503),
         ),
         ("GET", "/api/node/storage"): Operation(
             "QSS backends, fragments, scrubs and repairs.", "operator", {JSON: ANY_OBJECT}, errors=(503,)
+        ),
+        ("GET", "/api/node/net"): Operation(
+            "The overlay: address, peers, routes, per-link traffic, TUN, agent messages (404 when none runs).",
+            "operator",
+            {JSON: ANY_OBJECT},
+            errors=(404,),
+        ),
+        ("POST", "/mcp"): Operation(
+            "MCP (streamable HTTP, JSON answers) for your own agent: `tools/list` lists its skills' tools, "
+            "`tools/call` calls one as your agent (its permissions, its ledger).",
+            "user",
+            {JSON: ANY_OBJECT},
+            body=_object(
+                ("jsonrpc", "id", "method"),
+                jsonrpc={"const": "2.0"},
+                id={"type": ["integer", "string"]},
+                method={"type": "string", "enum": ["initialize", "ping", "tools/list", "tools/call"]},
+                params=ANY_OBJECT,
+            ),
+            accepted="A JSON-RPC notification (no `id`) was taken; there is nothing to answer.",
+            example={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
         ),
         ("GET", "/metrics"): Operation(
             "Prometheus text (node and per-agent watts, ...).", "operator", {"text/plain": STRING}, errors=(503,)
@@ -332,6 +355,8 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
     if op.ok:
         success["content"] = {kind: {"schema": schema} for kind, schema in op.ok.items()}
     responses: dict[str, Any] = {str(op.ok_status): success}
+    if op.accepted is not None:
+        responses["202"] = {"description": op.accepted}
     for code in sorted(status_codes):
         responses[str(code)] = _error(code)
     out: dict[str, Any] = {
@@ -370,4 +395,4 @@ def _error(code: int) -> dict[str, Any]:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document(request.app.state.config))
+    return JSONResponse(document(parts(request).config))
