@@ -1,0 +1,152 @@
+"""Signed deployment: bundles hashed and signed, refused when tampered, unsigned or signed by a key the node does
+not trust (naming the skill and why); the shipped skills signed by Hero's key; agents' specs signed k-of-n,
+recorded append-only in QSS; the developer's commands (`hero skill new/test/sign/trust/list`, `hero agent spec`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from hero.errors import SkillRefused, SpecRefused
+from hero.identity import NodeKeys, UserKey
+from hero.skills.bundle import SIGNATURE, sign, verify
+from hero.skills.registry import SkillRegistry, bundles_in, shipped_dir
+from hero.skills.spec import SkillRef, SpecLog, SpecPolicy, new_spec
+from hero.skills.trust import HERO_KEY
+from tests.conftest import add_user, hero_cli
+from tests.skillkit import write_skill
+
+CODE = '@command("hi")\nasync def hi(ctx: SkillContext, text: str) -> str:\n    return "hi"\n'
+
+
+def test_every_shipped_skill_is_signed_by_heros_key_and_unchanged() -> None:
+    """Fails after a shipped skill is edited: re-sign with scripts/sign-shipped-skills.py and Hero's release key."""
+    folders = bundles_in(shipped_dir())  # type: ignore[arg-type]
+    assert {f.name for f in folders} == {"reminders", "notes", "ask", "energy", "calc"}
+    for folder in folders:
+        _, sig = verify(folder, {HERO_KEY})
+        assert sig.key == HERO_KEY
+
+
+def test_tampered_unsigned_and_untrusted_bundles_are_refused_naming_skill_and_reason(tmp_path: Path) -> None:
+    dev = nacl.signing.SigningKey.generate()
+    trusted = {dev.verify_key.encode().hex()}
+    folder = write_skill(tmp_path, "greeter", CODE)
+    with pytest.raises(SkillRefused, match=r"skill greeter: unsigned"):
+        verify(folder, trusted)
+    sign(folder, dev)
+    assert verify(folder, trusted)[0].name == "greeter"
+    with pytest.raises(SkillRefused, match=r"skill greeter: signed by key [0-9a-f]{64}, which this node does not"):
+        verify(folder, {HERO_KEY})
+    original = (folder / "greeter.py").read_text()
+    (folder / "greeter.py").write_text(original.replace('"hi"', '"pwned"'))
+    with pytest.raises(SkillRefused, match=r"skill greeter: tampered: the bundle changed since it was signed"):
+        verify(folder, trusted)
+    (folder / "greeter.py").write_text(original)
+    (folder / "extra.py").write_text("import os\n")
+    with pytest.raises(SkillRefused, match="tampered"):
+        verify(folder, trusted)
+    (folder / "extra.py").unlink()
+    sig = json.loads((folder / SIGNATURE).read_text())
+    other = nacl.signing.SigningKey.generate()
+    (folder / SIGNATURE).write_text(json.dumps({**sig, "key": other.verify_key.encode().hex()}))
+    with pytest.raises(SkillRefused, match="bad signature"):
+        verify(folder, trusted | {other.verify_key.encode().hex()})
+
+
+def test_a_node_loads_trusted_bundles_and_lists_the_refused_ones_without_running_them(tmp_path: Path) -> None:
+    dev = nacl.signing.SigningKey.generate()
+    good = sign(write_skill(tmp_path / "skills", "good", CODE), dev)
+    bad = write_skill(tmp_path / "skills", "bad", "raise SystemExit('ran unverified code')\n" + CODE)
+    assert good.name == "good" and bad.exists()
+    shutil.copytree(shipped_dir() / "calc", tmp_path / "skills" / "calc")  # type: ignore[operator]
+    registry = SkillRegistry(trusted=lambda: {HERO_KEY, dev.verify_key.encode().hex()}, shipped=shipped_dir(),
+                             folders=[tmp_path / "skills"], entry_points=False)
+    registry.load()
+    names = set(registry.skills())
+    assert {"good", "calc", "notes"} <= names and "bad" not in names
+    reasons = registry.describe()["refused"]
+    assert any("skill bad: unsigned" in r["reason"] for r in reasons)
+    assert any("skill calc: the name is taken by the shipped skill" in r["reason"] for r in reasons)
+
+
+async def test_an_agent_spec_needs_k_of_n_signatures_and_its_history_is_append_only(store) -> None:  # type: ignore[no-untyped-def]
+    node = NodeKeys.load_or_create(store.data_dir)
+    owner, third, stranger = UserKey.generate(), nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    policy = SpecPolicy(node.node_id, frozenset({third.verify_key.encode().hex()}), threshold=2)
+    log = SpecLog(store, policy)
+    refs = [SkillRef("calc", "1.0.0", "ab" * 32)]
+    first = new_spec(owner.agent_id, refs)
+    with pytest.raises(SpecRefused, match="1 valid signature"):
+        await log.accept(first.signed(node.signing))
+    with pytest.raises(SpecRefused, match="1 valid signature"):
+        await log.accept(first.signed(node.signing).signed(stranger))  # not an allowed signer
+    accepted = await log.accept(first.signed(node.signing).signed(owner.signing))
+    second = new_spec(owner.agent_id, [], previous=accepted).signed(owner.signing).signed(third)
+    await log.accept(second)
+    forged = new_spec(owner.agent_id, refs, previous=accepted).signed(owner.signing).signed(third)
+    with pytest.raises(SpecRefused, match="does not follow"):
+        await log.accept(forged)  # a fork of spec 1: the history only grows
+    changed = second.__class__(**{**second.__dict__, "skills": tuple(refs)})  # same signatures, other skills
+    with pytest.raises(SpecRefused, match="0 valid signature"):
+        policy.check(changed)
+    history = await log.history(owner.agent_id)
+    assert [s.seq for s in history] == [1, 2] and history[1].previous == history[0].digest()
+    assert (await log.current(owner.agent_id)) == second
+
+
+def test_skill_new_then_test_pass_on_a_fresh_scaffold_in_under_10_seconds(tmp_path: Path) -> None:
+    started = time.monotonic()
+    hero_cli("skill", "new", "hello", "--dir", str(tmp_path))
+    result = hero_cli("skill", "test", str(tmp_path / "hello"))
+    elapsed = time.monotonic() - started
+    assert "2 passed" in result.stdout, result.stdout + result.stderr
+    assert elapsed < 10, elapsed
+    bad = hero_cli("skill", "new", "Hello!", "--dir", str(tmp_path), check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("hero: skill name 'Hello!'")
+
+
+def test_sign_trust_install_and_list_from_the_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    key_file = tmp_path / "dev.key"
+    public = hero_cli("skill", "keygen", "--out", str(key_file)).stdout.strip()
+    folder = write_skill(tmp_path / "src", "greeter", CODE)
+    refused = hero_cli("skill", "install", str(folder), "--data", str(data), check=False)
+    assert refused.returncode == 2 and "skill greeter: unsigned" in refused.stderr
+    hero_cli("skill", "sign", str(folder), "--key", str(key_file))
+    untrusted = hero_cli("skill", "install", str(folder), "--data", str(data), check=False)
+    assert untrusted.returncode == 2 and "which this node does not trust" in untrusted.stderr
+    hero_cli("skill", "trust", public, "--name", "me", "--data", str(data))
+    hero_cli("skill", "install", str(folder), "--data", str(data))
+    listed = json.loads(hero_cli("skill", "list", "--data", str(data), "--json").stdout)
+    by_name = {s["name"]: s for s in listed["skills"]}
+    assert by_name["greeter"]["key"] == public and by_name["greeter"]["source"] == "folder"
+    assert by_name["calc"]["key"] == HERO_KEY and listed["refused"] == []
+    (data / "skills" / "greeter" / "greeter.py").write_text("print('changed')\n" + CODE)
+    listed = json.loads(hero_cli("skill", "list", "--data", str(data), "--json").stdout)
+    assert "greeter" not in {s["name"] for s in listed["skills"]}
+    assert any("skill greeter: tampered" in r["reason"] for r in listed["refused"])
+    bad_key = hero_cli("skill", "trust", "nothex", "--data", str(data), check=False)
+    assert bad_key.returncode == 2 and "not a public key" in bad_key.stderr
+
+
+def test_agent_spec_propose_sign_apply_and_history(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    alice = add_user(data, "alice")
+    assert "no spec yet" in hero_cli("agent", "spec", "alice", "--data", str(data)).stdout
+    proposal = tmp_path / "spec.json"
+    hero_cli("agent", "spec", "alice", "--propose", str(proposal), "--skills", "calc,notes", "--data", str(data))
+    unsigned = hero_cli("agent", "spec", "alice", "--apply", str(proposal), "--data", str(data), check=False)
+    assert unsigned.returncode == 2 and "0 valid signature(s)" in unsigned.stderr
+    hero_cli("agent", "spec", "alice", "--sign", str(proposal), "--key", "node", "--data", str(data))
+    hero_cli("agent", "spec", "alice", "--apply", str(proposal), "--data", str(data))
+    history = json.loads(hero_cli("agent", "spec", "alice", "--history", "--json", "--data", str(data)).stdout)
+    assert [(s["seq"], [k["name"] for k in s["skills"]]) for s in history] == [(1, ["calc", "notes"])]
+    assert history[0]["agent_id"] == alice["agent_id"]
+    text = hero_cli("agent", "spec", "alice", "--history", "--data", str(data)).stdout
+    assert text.startswith("spec 1 ") and "signed by node" in text
