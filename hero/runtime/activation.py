@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -103,7 +104,7 @@ class Activations:
         self._activating: dict[str, asyncio.Future[Activation]] = {}
         self._hibernating: dict[str, asyncio.Future[None]] = {}
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._idle_at = 0.0
+        self.idle_at = math.inf  # monotonic time the idle loop timer is armed for; inf: none is armed
 
     @property
     def armed(self) -> bool:
@@ -260,30 +261,29 @@ class Activations:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
+        self.idle_at = math.inf
 
-    def idle(self, act: Activation) -> None:
-        """The agent's drain ended: it is idle from now; make sure the loop timer covers its deadline."""
-        act.busy = False
-        act.last_event = now = time.monotonic()
-        deadline = now + self.idle_after_s
-        if self._idle_handle is None or deadline < self._idle_at:
-            self._arm_idle(deadline)
+    def arm_idle(self, deadline: float | None = None) -> None:
+        """One loop timer for the earliest idle deadline or hibernation retry: idle agents cost the loop nothing.
 
-    def _arm_idle(self, deadline: float | None = None) -> None:
-        """One loop timer for the earliest idle deadline or hibernation retry: idle agents cost the loop nothing."""
-        if self.closing or (self._idle_handle is not None and (deadline is None or deadline >= self._idle_at)):
+        With a `deadline` (an agent just became idle) the timer is re-armed only if it comes later than that
+        (the caller checks `deadline < idle_at` first: the drain's hot path); with None, only if none is armed.
+        """
+        if self.closing or (self._idle_handle is not None and (deadline is None or deadline >= self.idle_at)):
             return
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         deadlines = [max(a.last_event + self.idle_after_s, a.retry_at) for a in self.active.values() if not a.busy]
         self._idle_handle = None
+        self.idle_at = math.inf
         if deadlines:
-            self._idle_at = min(deadlines)
+            self.idle_at = min(deadlines)
             loop = asyncio.get_running_loop()
-            self._idle_handle = loop.call_at(loop.time() + max(0.0, self._idle_at - time.monotonic()), self._idle_due)
+            self._idle_handle = loop.call_at(loop.time() + max(0.0, self.idle_at - time.monotonic()), self._idle_due)
 
     def _idle_due(self) -> None:
         self._idle_handle = None
+        self.idle_at = math.inf
         if not self.closing:
             self._spawn(self._sweep(), "idle-sweep")
 
@@ -291,4 +291,4 @@ class Activations:
         try:
             await self.hibernate_idle(self.idle_after_s)
         finally:
-            self._arm_idle()
+            self.arm_idle()

@@ -95,11 +95,12 @@ class Node:
             spawn=lambda coro, name: self._tasks.spawn(coro, name=name),
         )
         self._active = self._activations.active  # the hot path's table
+        self._idle_after_s = idle_after_s
         self._closing = False
 
     @property
     def idle_after_s(self) -> float:
-        return self._activations.idle_after_s
+        return self._idle_after_s
 
     # lifecycle
 
@@ -198,8 +199,12 @@ class Node:
                     reply.fail(Unavailable("node is shutting down"))
             act.mailbox.clear()  # refused, never accepted: nothing of them is kept
             raise
-        finally:
-            self._activations.idle(act)
+        finally:  # the agent is idle from now: the idle loop timer must cover its deadline (inline: the hot path)
+            act.busy = False
+            act.last_event = now = time.monotonic()
+            deadline = now + self._idle_after_s
+            if deadline < self._activations.idle_at:
+                self._activations.arm_idle(deadline)
 
     async def _run(self, act: Activation, event: Event, reply: Reply) -> None:
         self.stats.turns += 1
