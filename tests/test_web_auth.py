@@ -103,6 +103,8 @@ def request_for(method: str, path: str) -> dict[str, Any]:
     """What the matrix sends to each route: a body where one is needed, a real file for the static mount."""
     if path == "/v1/chat/completions":
         return {"json": {"messages": [{"role": "user", "content": "remember that the matrix ran"}]}}
+    if path == "/mcp":
+        return {"json": {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}}
     if method == "POST":
         return {"json": {}}
     if path == "/api/node/power/stream":

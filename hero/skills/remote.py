@@ -142,17 +142,23 @@ async def _session(url: str, token: str | None, timeout_s: float, act: Callable[
         raise
     except TimeoutError:
         raise SkillFailed(f"MCP server {url} did not answer within {timeout_s:g} s") from None
-    except (OSError, httpx2.HTTPError) as exc:
-        raise SkillFailed(f"MCP server {url} cannot be reached: {_why(exc)}") from None
-    except Exception as exc:  # garbage, a refusal, a protocol error: the server's fault, said in one line
-        raise SkillFailed(f"MCP server {url} did not answer as an MCP server: {_why(exc)}") from None
+    except Exception as exc:  # down, garbage, a refusal, a protocol error: the server's fault, said in one line
+        cause = _leaf(exc)
+        if isinstance(cause, OSError | httpx2.TransportError):
+            raise SkillFailed(f"MCP server {url} cannot be reached: {_why(cause)}") from None
+        raise SkillFailed(f"MCP server {url} did not answer as an MCP server: {_why(cause)}") from None
     finally:
         await http.aclose()
 
 
-def _why(exc: BaseException) -> str:
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside the task groups' exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _why(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
