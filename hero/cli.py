@@ -115,14 +115,16 @@ def build_parser() -> Parser:
 
 
 def _extensions() -> list[Callable[[Any], None]]:
-    """Sub-commands contributed by parts (storage, power, net, bench)."""
+    """Sub-commands contributed by parts (storage, power, net, cluster, bench)."""
     from hero.bench.cli import add_bench_parser
+    from hero.cluster.cli import add_cluster_parser
     from hero.net.cli import add_net_parser
     from hero.power.cli import add_power_parser
     from hero.skills.cli import add_skill_parser
     from hero.store.cli import add_storage_parser
 
-    return [add_storage_parser, add_power_parser, add_net_parser, add_bench_parser, add_skill_parser]
+    return [add_storage_parser, add_power_parser, add_net_parser, add_cluster_parser, add_bench_parser,
+            add_skill_parser]
 
 
 def data_arg(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:

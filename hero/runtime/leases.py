@@ -1,0 +1,129 @@
+"""The lease table: who holds which agent, under which epoch, until when. The rules every directory keeps.
+
+A lease is granted to one owner (a node id) at a time, with an epoch higher than
+any granted before for that agent and than any already written to the store
+(`floor`), so the store can refuse a stale owner's writes (fencing). A lease
+lapses `ttl_s` after it was granted or last renewed, by the directory's own
+clock; owners renew all of theirs in one batch every `ttl_s / 3`. Lapsed leases
+are forgotten lazily, when their agent is next asked about, and their epoch is
+kept, so a later owner still goes higher.
+
+This module is only the table: the embedded directory keeps one in the node's
+process, the cluster directory one in a Ray actor that every node calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from hero.errors import LeaseHeld
+
+
+@dataclass
+class Grant:
+    """One live lease as the directory keeps it."""
+
+    owner: str
+    epoch: int
+    until: float  # the directory's clock
+    timers: bool = False  # the owner holds it for the agent's durable timers (the agent may be asleep there)
+
+
+class LeaseTable:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, epoch_base: int = 0) -> None:
+        self.clock = clock
+        self.epoch_base = epoch_base  # every epoch granted by this table is above it (a restarted directory)
+        self._grants: dict[str, Grant] = {}
+        self._epochs: dict[str, int] = {}
+        self._by_owner: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    def live(self, agent_id: str) -> Grant | None:
+        """The agent's live lease, or None (a lapsed one is dropped here)."""
+        grant = self._grants.get(agent_id)
+        if grant is not None and grant.until <= self.clock():
+            self._drop(agent_id, grant)
+            return None
+        return grant
+
+    def acquire(self, agent_id: str, owner: str, *, floor: int, ttl_s: float, timers: bool = False) -> int:
+        """Grant the lease to `owner` and return its epoch; LeaseHeld (naming the holder) if another holds it.
+
+        An owner asking again for a lease it holds gets a new, higher epoch: it has read the state
+        again (`floor`), so anything it wrote under the old epoch is behind it.
+        """
+        held = self.live(agent_id)
+        if held is not None and held.owner != owner:
+            raise LeaseHeld(f"agent {agent_id[:12]}… is hosted by node {held.owner[:12]}… (epoch {held.epoch})",
+                            owner=held.owner)
+        epoch = max(self._epochs.get(agent_id, 0), floor, self.epoch_base) + 1
+        self._epochs[agent_id] = epoch
+        if held is not None:
+            self._drop(agent_id, held)
+        grant = Grant(owner, epoch, self.clock() + ttl_s, timers)
+        self._grants[agent_id] = grant
+        self._by_owner.setdefault(owner, set()).add(agent_id)
+        return epoch
+
+    def renew(self, owner: str, held: Mapping[str, int], *, ttl_s: float, timers: Iterable[str] = ()) -> list[str]:
+        """Extend `owner`'s leases (agent id -> epoch); returns the agents whose lease it no longer holds.
+
+        A lease this table does not know but nobody else holds is taken back at its epoch: that is how a
+        restarted directory learns who holds what (its epochs start above every earlier one, so the owner
+        keeps the lower epoch and anyone granted the agent later goes higher).
+        """
+        until = self.clock() + ttl_s
+        with_timers = set(timers)
+        lost = []
+        for agent_id, epoch in held.items():
+            grant = self.live(agent_id)
+            if grant is None and self._epochs.get(agent_id, 0) <= epoch:
+                grant = self._grants[agent_id] = Grant(owner, epoch, until)
+                self._epochs[agent_id] = epoch
+                self._by_owner.setdefault(owner, set()).add(agent_id)
+            if grant is None or grant.owner != owner or grant.epoch != epoch:
+                lost.append(agent_id)
+                continue
+            grant.until = until
+            grant.timers = agent_id in with_timers
+        return lost
+
+    def release(self, agent_id: str, owner: str, epoch: int) -> bool:
+        """Drop the lease if `owner` holds it at `epoch`; False if it did not (it lapsed or moved on)."""
+        grant = self._grants.get(agent_id)
+        if grant is None or grant.owner != owner or grant.epoch != epoch:
+            return False
+        self._drop(agent_id, grant)
+        return True
+
+    def held_by(self, owner: str) -> dict[str, Grant]:
+        """`owner`'s live leases."""
+        out = {}
+        for agent_id in list(self._by_owner.get(owner, ())):
+            grant = self.live(agent_id)
+            if grant is not None and grant.owner == owner:
+                out[agent_id] = grant
+        return out
+
+    def evict(self, owner: str) -> dict[str, Grant]:
+        """Drop every lease of `owner` now (its node is gone) and return them."""
+        grants = {a: g for a in self._by_owner.pop(owner, set()) if (g := self._grants.get(a)) and g.owner == owner}
+        for agent_id in grants:
+            del self._grants[agent_id]
+        return grants
+
+    def epoch(self, agent_id: str) -> int:
+        """The highest epoch granted for the agent (0 if none)."""
+        return self._epochs.get(agent_id, 0)
+
+    def _drop(self, agent_id: str, grant: Grant) -> None:
+        del self._grants[agent_id]
+        owned = self._by_owner.get(grant.owner)
+        if owned is not None:
+            owned.discard(agent_id)
+            if not owned:
+                del self._by_owner[grant.owner]
