@@ -39,6 +39,8 @@ async def chat(base: str, token: str, text: str) -> str:
 async def test_the_mcp_client_lists_and_calls_its_users_tools_and_no_one_elses(node) -> None:  # type: ignore[no-untyped-def]
     url = f"{node.base_url}/mcp"
     await chat(node.base_url, node.alice["token"], "/note the gate code is 4711")
+    energy = await chat(node.base_url, node.alice["token"], "how much energy do you use?")
+    assert energy.startswith("I draw ") and " Wh today" in energy  # the energy skill, from the power part
     async with client(url, node.alice["token"]) as alice:
         names = {t.name for t in (await alice.list_tools()).tools}
         assert {"notes.search", "reminders.remind", "calc.evaluate", "ask.ask_agent", "energy.energy"} <= names

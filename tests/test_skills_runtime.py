@@ -144,3 +144,25 @@ async def test_a_dev_skill_reloads_when_it_changes(tmp_path: Path) -> None:
         assert await agent.chat("/v") == "two"
         specs = await agent.node.services["skills"].specs.history(agent.agent_id)  # type: ignore[attr-defined]
     assert [s.seq for s in specs] == [1, 2] and specs[0].skills[0].hash != specs[1].skills[0].hash
+
+
+async def test_a_reminder_fires_after_the_node_restarts(store) -> None:  # type: ignore[no-untyped-def]
+    from agents import assistant
+    from hero.chat.entry import HistoryEntry
+    from hero.runtime.events import ChatMessage
+    from tests.conftest import make_node, new_agent
+
+    agent = new_agent()
+    first = make_node(store, assistant.create)
+    await first.start()
+    reply = await first.deliver(agent, ChatMessage("remind me in 2 seconds to drink water"))
+    assert (await reply.text()).startswith("OK, I will remind you to drink water")
+    await first.aclose()  # the node stops before the reminder is due
+    again = make_node(store, assistant.create)
+    await again.start()
+    try:
+        with again.subscribe(agent, HistoryEntry) as live:
+            entry = await asyncio.wait_for(live.get(), 15)
+        assert (entry.content, entry.kind) == ("⏰ Reminder: drink water", "reminder")
+    finally:
+        await again.aclose()
