@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,7 +51,6 @@ def test_the_short_runs_plan_sets_reminders_that_fire_during_the_run() -> None:
 def test_bench_node_short_run_keeps_the_reports_invariants(tmp_path: Path) -> None:
     report = tmp_path / "report"
     env = {**os.environ, "HERO_MAX_TOKENS": "12", "HERO_N_CTX": "1024", "NO_PROXY": "127.0.0.1,localhost"}
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "hero.cli", "bench", "node", "--agents", "20", "--registered", "30",
          "--duration", "30", "--rate", str(RATE), "--seed", str(SEED), "--idle-after", "5", "--drain", "60",
@@ -61,7 +59,6 @@ def test_bench_node_short_run_keeps_the_reports_invariants(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     s = json.loads(done.stdout)
-    elapsed = time.monotonic() - started
 
     for name in NAMED_FIELDS:
         assert name in s, name
@@ -100,7 +97,6 @@ def test_bench_node_short_run_keeps_the_reports_invariants(tmp_path: Path) -> No
             assert image.format == "PNG"
     assert (report / "power.duckdb").stat().st_size > 0
     assert json.loads((report / "summary.json").read_text())["messages_sent"] == s["messages_sent"]
-    assert elapsed < 240
 
 
 @pytest.mark.parametrize(
