@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from hero.errors import Conflict, NotFound, Unauthorized, UsageError
 from hero.identity import NodeKeys, TokenClaims, check_agent_id
+from hero.seams.users import User
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 USER_TTL = 30 * 86400.0
@@ -31,18 +31,9 @@ CREATE TABLE IF NOT EXISTS used_nonces (nonce TEXT PRIMARY KEY, expires REAL NOT
 """
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    agent_id: str
-    created: float
-    revoked: bool
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "agent_id": self.agent_id, "created": self.created, "revoked": self.revoked}
-
-
 class Users:
+    """The registry in `DATA/users.db` (the `UserRegistry` seam the web reads)."""
+
     def __init__(self, data_dir: Path, keys: NodeKeys) -> None:
         self.keys = keys
         path = Path(data_dir) / "users.db"

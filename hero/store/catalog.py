@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from hero.errors import IntegrityError, NotFound, StorageError
 from hero.identity import NodeKeys
+from hero.seams.store import Version
 from hero.store import crypto, damage, erasure, manifest, pipeline
 from hero.store.backends.calls import GetMeta, ListMeta
-from hero.store.base import Version, check_key
+from hero.store.base import check_key
 from hero.store.damage import Identity
 from hero.store.manifest import Manifest, Patch
 from hero.store.pool import BackendPool

@@ -26,12 +26,12 @@ from typing import Any
 
 from hero.identity import NodeKeys
 from hero.nursery import Nursery
+from hero.seams.store import Version
 from hero.store import config as config_mod
 from hero.store import erasure
 from hero.store.backends.directory import DirBackend
 from hero.store.backends.protocol import Backend
 from hero.store.backends.remote import RemoteBackend
-from hero.store.base import Version
 from hero.store.catalog import Catalog, ObjectIndex, Resolved, codec_of
 from hero.store.config import QSSConfig
 from hero.store.gc import ORPHAN_GRACE_S, Collector, VersionRetention

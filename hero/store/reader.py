@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from functools import partial
 
 from hero.errors import BadRequest, IntegrityError, NotFound, StorageError
+from hero.seams.store import Version
 from hero.store import pipeline
-from hero.store.base import Version, check_key
+from hero.store.base import check_key
 from hero.store.catalog import Catalog, Resolved, codec_of
 from hero.store.fetch import Fetcher
 from hero.store.repairs import RepairQueue

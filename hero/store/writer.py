@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hero.errors import BadRequest, Conflict, StaleEpoch, StorageError
+from hero.seams.store import Version
 from hero.store import erasure, manifest, pipeline
 from hero.store.backends.calls import DeleteFragments, DeleteMeta, GetMeta, PutFragments, PutMeta
-from hero.store.base import Version, check_key
+from hero.store.base import check_key
 from hero.store.catalog import Catalog, Head, MetaRead
 from hero.store.config import QSSConfig
 from hero.store.manifest import Manifest

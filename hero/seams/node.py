@@ -1,0 +1,74 @@
+"""The runtime seams: what the web asks of the node's agents (deliver an event, who is awake, the counters),
+and what the power governor may do to them (hibernate idle agents early). `hero.runtime.node.Node` is both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sized
+from typing import Protocol
+
+from hero.runtime.events import Event, Reply
+from hero.runtime.report import AgentInfo, AgentStatus
+
+
+class NodeCounters(Protocol):
+    """The node's counters since it started (`hero.runtime.report.NodeStats`)."""
+
+    @property
+    def activations(self) -> int: ...
+
+    @property
+    def hibernations(self) -> int: ...
+
+    @property
+    def turns(self) -> int: ...
+
+    @property
+    def turn_errors(self) -> int: ...
+
+    @property
+    def timers_fired(self) -> int: ...
+
+
+class AgentStatuses(Protocol):
+    """Which agents this node knows and their status, from memory alone (no store I/O)."""
+
+    def agent_status(self, agent_id: str) -> AgentStatus | None:
+        """ "active", "hibernated", "damaged", or None for an agent this node has never seen."""
+        ...
+
+    def agent_statuses(self) -> Mapping[str, AgentStatus]: ...
+
+
+class AgentRuntime(AgentStatuses, Protocol):
+    """What the web asks of the runtime: deliver a user's event to their agent, and what the operator sees."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def stats(self) -> NodeCounters: ...
+
+    @property
+    def timers(self) -> Sized:
+        """The durable timers pending on this node."""
+        ...
+
+    async def deliver(self, agent_id: str, event: Event) -> Reply:
+        """Post `event` to the agent (activating it if it sleeps); its reply channel streams what it says back."""
+        ...
+
+    async def agents(self) -> list[AgentInfo]:
+        """Every agent this node knows, with its status and last event (a damaged one says why)."""
+        ...
+
+
+class GovernedNode(AgentStatuses, Protocol):
+    """What the power part reads of the runtime (who is hosted) and its lever (hibernating idle agents early)."""
+
+    @property
+    def active_count(self) -> int: ...
+
+    async def hibernate_idle(self, min_idle_s: float) -> int:
+        """Hibernate agents idle for at least `min_idle_s`; returns how many."""
+        ...

@@ -1,0 +1,64 @@
+"""The runtime ↔ store seam: a small async, versioned, fenced object store (QSS implements it).
+
+Every put makes a new version; nothing is overwritten. A put carries the
+writer's lease epoch and is refused with `StaleEpoch` when the object's head was
+written with a higher epoch, so two owners of one agent can never both move its
+state (fencing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version of an object."""
+
+    key: str
+    version: int
+    size: int
+    epoch: int
+    created: float
+
+
+class StateStore(Protocol):
+    async def put(self, key: str, data: bytes, *, epoch: int) -> Version:
+        """Store `data` as the next version of `key`. Raises StaleEpoch if `epoch` is older than the head's."""
+        ...
+
+    async def get(self, key: str, version: int | None = None) -> bytes:
+        """The latest (or the given) version's bytes. Raises NotFound."""
+        ...
+
+    async def head(self, key: str) -> Version | None:
+        """The newest version's record without its data, or None if the key does not exist."""
+        ...
+
+    async def latest(self, key: str) -> tuple[Version, bytes] | None:
+        """The head version and its bytes in one read, or None if the key does not exist.
+
+        Activation needs both (the head's epoch fences the new owner), and reading
+        them together costs one lookup instead of a scan of every version.
+        """
+        ...
+
+    async def versions(self, key: str) -> list[Version]:
+        """Every stored version of `key`, oldest first; empty if the key does not exist."""
+        ...
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Keys that have at least one version and start with `prefix`, sorted."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish background work and release resources."""
+        ...
+
+
+@runtime_checkable
+class StoreStatus(Protocol):
+    """A store that reports its health to the operator (QSS: backends, fragments, scrubs, repairs)."""
+
+    async def status(self) -> dict[str, Any]: ...
