@@ -21,12 +21,13 @@ from typing import Any
 
 from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
+from hero.power.config import PowerConfig
 from hero.power.governor import Governor
 from hero.power.ledger import Ledger
 from hero.power.meter import PowerSample
 from hero.power.oracle import interleaved
 from hero.power.profiles import load_profile
-from hero.power.service import PowerConfig, PowerService
+from hero.power.service import PowerService
 from hero.runtime.agent import Agent
 from hero.runtime.events import Event, Ping, Reply
 from hero.runtime.node import Node

@@ -10,11 +10,12 @@ import logging
 import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from hero.errors import UsageError
+from hero.power.config import PowerConfig, parse_power_table
 
 log = logging.getLogger("hero")
 
@@ -51,6 +52,11 @@ class NodeConfig:
     dev_skills: str = ""  # dev mode: skill folders (space-separated), loaded unsigned and reloaded when changed
     spec_signers: str = ""  # keys (hex, space-separated) that may sign agents' specs besides the node's and owner's
     spec_threshold: int = 1  # how many of those must sign an agent's spec (k of n)
+    power: PowerConfig = field(default_factory=PowerConfig, hash=False)  # hero.toml's [power] table only
+
+
+# The [node] settings (also HERO_* variables and flags); [power] is a table of its own (hero.power.config).
+_SETTINGS: dict[str, str] = {f.name: str(f.type) for f in fields(NodeConfig) if f.name != "power"}
 
 
 def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
@@ -58,11 +64,13 @@ def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
     toml_path = config.data_dir / "hero.toml"
     if toml_path.is_file():
         try:
-            section = tomllib.loads(toml_path.read_text()).get("node", {})
+            document = tomllib.loads(toml_path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{toml_path}: {exc}") from None
-        config = _apply(config, _renamed(section, str(toml_path), str), str(toml_path))
-    names = {_env_name(name): name for name in [f.name for f in fields(NodeConfig)] + list(RENAMED)}
+        config = _apply(config, _renamed(document.get("node", {}), str(toml_path), str), str(toml_path))
+        if "power" in document:
+            config = replace(config, power=parse_power_table(document["power"], str(toml_path)))
+    names = {_env_name(name): name for name in [*_SETTINGS, *RENAMED]}
     env = {name: os.environ[var] for var, name in names.items() if var in os.environ}
     config = _apply(config, _renamed(env, "environment", _env_name), "environment")
     return _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
@@ -83,7 +91,7 @@ def _renamed(values: dict[str, Any], origin: str, spelled: Callable[[str], str])
 
 
 def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfig:
-    types = {f.name: f.type for f in fields(NodeConfig)}
+    types = _SETTINGS
     parsed: dict[str, Any] = {}
     for name, value in values.items():
         if name not in types:

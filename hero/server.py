@@ -14,7 +14,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from hero.net.agents import AgentBridge, AllowList
 from hero.net.embed import start_overlay
 from hero.nodelock import NodeLock
 from hero.power.profiles import load_profile
-from hero.power.service import PowerConfig, PowerService
+from hero.power.service import PowerService
 from hero.runtime.agent import AgentFactory
 from hero.runtime.factory import load_factory
 from hero.runtime.node import Node
@@ -39,6 +39,7 @@ from hero.skills.host import node_host
 from hero.store.qss import QSS, open_qss
 from hero.users import Users
 from hero.web.app import create_app
+from hero.web.parts import app_parts
 
 log = logging.getLogger("hero")
 
@@ -73,7 +74,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
     power = PowerService(
         config.profile,
         config.data_dir,
-        PowerConfig(host_speed=config.host_speed, cpu_parts_hz=config.cpu_parts_hz),
+        replace(config.power, host_speed=config.host_speed, cpu_parts_hz=config.cpu_parts_hz),
     )
     store = await open_store(config, keys)
     llm = LLMService(
@@ -103,7 +104,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
     chat = Histories(node)
     power.attach(node, llm)
     app = create_app(config=config, node=node, chat=chat, users=users, llm=llm, store=store, power=power)
-    app.state.overlay = None
+    overlay = None
     try:
         await store.start()
         await llm.start()
@@ -111,11 +112,11 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         await power.start()
         agents = [u.agent_id for u in users.list() if not u.revoked]
         overlay = await start_overlay(config, keys, bridge, node.deliver, agents)
-        app.state.overlay = overlay
+        app_parts(app).overlay = overlay
         yield Parts(config, keys, users, store, llm, node, chat, power, app, overlay)
     finally:
-        if app.state.overlay is not None:
-            await app.state.overlay.aclose()
+        if overlay is not None:
+            await overlay.aclose()
         await bridge.aclose()
         await power.aclose()  # first, so the governor does not hibernate or unload mid-shutdown
         await app.state.mcp.aclose()

@@ -11,8 +11,10 @@ import httpx
 import pytest
 
 from hero.power.charts import power_history
-from hero.power.history import HistoryRetention, PowerHistory
+from hero.power.config import HistoryRetention
+from hero.power.history import PowerHistory
 from hero.runtime.events import ChatMessage
+from hero.seams.power import CHART_WINDOWS
 from tests.conftest import auth
 
 OPERATOR_PATHS = (
@@ -128,6 +130,7 @@ def test_power_history_buckets_mixed_resolutions_and_sparse_agents(tmp_path):
     history = _history(tmp_path, node_rows, agents)
     try:
         out = power_history(history, "1h", now=now)
+        every = {window: power_history(history, window, now=now) for window in CHART_WINDOWS}  # the seam's windows
     finally:
         history.close()
     ts = out["ts"]
@@ -143,6 +146,7 @@ def test_power_history_buckets_mixed_resolutions_and_sparse_agents(tmp_path):
     assert b[minute - 60] == pytest.approx(0.1)  # 6 J over 60 s
     assert b[minute] == pytest.approx(0.1)  # 3 J over the 30 s of this minute so far
     assert out["agents"][0]["wh"] == pytest.approx(30 / 3600)
+    assert {w: (c["window"], c["ts"][-1] <= now) for w, c in every.items()} == {w: (w, True) for w in CHART_WINDOWS}
 
 
 async def test_operator_agent_lists_name_each_agents_user(node):

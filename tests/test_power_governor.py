@@ -10,8 +10,9 @@ import pytest
 
 from hero.errors import Overloaded
 from hero.power.backstop import CpuMaxBackstop
+from hero.power.config import GovernorConfig
 from hero.power.fairshare import max_min_shares, over_share
-from hero.power.governor import CONSTRAINED, NORMAL, Governor, GovernorConfig
+from hero.power.governor import CONSTRAINED, NORMAL, Governor
 from hero.power.ledger import Ledger, TickReport
 from hero.power.meter import PowerSample
 from hero.power.profiles import load_profile

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hero.power.history import HistoryRetention, PowerHistory
+from hero.power.config import HistoryRetention
+from hero.power.history import PowerHistory
 from hero.power.ledger import TickReport
 
 NOW = 1_999_998_000.0  # a fixed "now" on an hour boundary (unix), so buckets are whole

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from hero.power.config import PowerConfig
 from hero.power.parts import PARTS, PartSampler, part_of_file
-from hero.power.service import PowerConfig, PowerService
+from hero.power.service import PowerService
 
 
 def test_part_rules_pick_the_innermost_known_package() -> None:

@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from hero.chat.histories import Histories
 from hero.errors import Overloaded
 from hero.identity import NodeKeys, UserKey
-from hero.power.governor import GovernorConfig
+from hero.power.config import GovernorConfig, PowerConfig
 from hero.power.oracle import burn_ms
 from hero.power.profiles import HardwareProfile
-from hero.power.service import PowerConfig, PowerService
+from hero.power.service import PowerService
 from hero.runtime.agent import Agent
 from hero.runtime.events import Event, Ping, Reply, TimerFired
 from hero.runtime.node import Node

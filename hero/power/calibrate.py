@@ -21,7 +21,8 @@ from typing import Any
 import psutil
 
 from hero.errors import UsageError
-from hero.power.meter import POWERCAP_ROOT, PROC_STAT, ProcStat, Rapl
+from hero.power.config import POWERCAP_ROOT, PROC_STAT
+from hero.power.meter import ProcStat, Rapl
 from hero.power.profiles import HardwareProfile
 
 # `cpu_score()` on the calibration reference machine (Hero's 2-vCPU dev VM, best of repeats).

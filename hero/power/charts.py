@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-WINDOWS: dict[str, tuple[float, float]] = {  # name -> (span, bucket) in seconds
+from hero.seams.power import ChartWindow
+
+WINDOWS: dict[ChartWindow, tuple[float, float]] = {  # name -> (span, bucket) in seconds
     "1h": (3600.0, 60.0),
     "1d": (86400.0, 600.0),
 }
@@ -25,7 +27,9 @@ class HistorySource(Protocol):
     def top_agents(self, since: float, limit: int = 10) -> list[dict[str, Any]]: ...
 
 
-def power_history(history: HistorySource, window: str, *, now: float | None = None, top: int = TOP_N) -> dict[str, Any]:
+def power_history(
+    history: HistorySource, window: ChartWindow, *, now: float | None = None, top: int = TOP_N
+) -> dict[str, Any]:
     """Node watts and the `top` agents by energy over `window` ("1h" or "1d"), one point per bucket."""
     span, bucket = WINDOWS[window]
     now = time.time() if now is None else now

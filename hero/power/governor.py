@@ -34,55 +34,20 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from hero.errors import Overloaded
 from hero.power.backstop import CpuMaxBackstop, cpus_within_target
+from hero.power.config import GovernorConfig
 from hero.power.fairshare import over_share
 from hero.power.ledger import TickReport
 from hero.power.profiles import HardwareProfile
+from hero.seams.llm import GovernedLLM
+from hero.seams.node import GovernedNode
 
 log = logging.getLogger("hero.power")
 
 NORMAL, BUSY, CONSTRAINED = "normal", "busy", "constrained"
-
-
-class GovernedLLM(Protocol):
-    """What the governor needs from the node's LLM service (hero.scheduler.llm.LLMService)."""
-
-    queue_depth: int
-    loaded: bool
-    last_request_at: float | None
-    last_load_seconds: float | None
-    threads: int
-    parallel: int
-    max_parallel: int
-
-    def set_threads(self, n: int) -> None: ...
-
-    def set_parallel(self, n: int) -> None: ...
-
-    def refusal(self, interactive: bool = True) -> Overloaded | None: ...
-
-    async def unload(self) -> None: ...
-
-
-class GovernedNode(Protocol):
-    async def hibernate_idle(self, min_idle_s: float) -> int: ...
-
-
-@dataclass
-class GovernorConfig:
-    headroom: float = 0.10  # target = budget × (1 − headroom)
-    window_s: float = 5.0  # the average the budget applies to
-    busy_fraction: float = 0.8  # above this share of the target, over-quota agents wait
-    retry_after_s: float = 5.0  # for deferred background work: one averaging window
-    gate_retry_after_s: float = 1.0  # gates last one tick
-    unload_after_s: float | None = 600.0  # unload the model after this long with no request; None = never
-    early_hibernate_after_s: float = 30.0  # idle time after which agents are hibernated when constrained
-    daily_quota_wh: float | None = None  # per agent, dynamic energy; None = no quota
-    release_after_ticks: int = 5  # normal ticks before the cgroup cap is lifted
-    agents_floor: float = 0.5  # agents together may always use this share of the dynamic budget
 
 
 @dataclass

@@ -10,12 +10,12 @@ Resolutions: 1 s for `raw_keep_s`, then 1 min until `minute_keep_s`, then
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from hero.power.config import HistoryRetention
 from hero.power.ledger import TickReport
 
 _SCHEMA = """
@@ -50,13 +50,6 @@ _AGENT_TYPES = ("DOUBLE", "INTEGER", "VARCHAR", "DOUBLE", "DOUBLE", "DOUBLE")
 def _insert_sql(table: str, cols: tuple[str, ...], types: tuple[str, ...]) -> str:
     unnests = ", ".join(f"unnest(?::{t}[])" for t in types)
     return f"INSERT INTO {table} ({', '.join(cols)}) SELECT {unnests}"
-
-
-@dataclass(frozen=True)
-class HistoryRetention:
-    raw_keep_s: float = 3600.0  # 1 s rows for an hour
-    minute_keep_s: float = 7 * 86400.0  # 1 min rows for a week
-    retention_s: float = 90 * 86400.0  # 1 h rows until then
 
 
 class PowerHistory:

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import psutil
 
+from hero.power.config import POWERCAP_ROOT, PROC_STAT
 from hero.power.profiles import HardwareProfile
 
-POWERCAP_ROOT = Path("/sys/class/powercap")
-PROC_STAT = Path("/proc/stat")
 _TOP_LEVEL_ZONE = re.compile(r"^[a-z][a-z-]*:\d+$")  # intel-rapl:0, not the subzone intel-rapl:0:0
 
 

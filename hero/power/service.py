@@ -1,8 +1,10 @@
-"""PowerService: the node's meter, ledger, governor and history behind the Metering and Admission seams.
+"""PowerService: the node's meter, ledger, governor and history behind the power seams (`hero.seams.power`).
 
-The runtime calls `run_turn`, `charge_llm`, `charge_storage` and `admit`;
-the web layer calls `node_report`, `agent_report`, `stream` and `registry`.
-Everything periodic happens in one 1 Hz tick task owned by this service.
+The runtime calls `run_turn`, `charge_llm`, `charge_storage` and `admit`
+(Metering, Admission); the web calls `node_report`, `agent_report`, `stream`,
+`snapshot`, `history` and `chart` (PowerReports). Everything periodic happens in
+one 1 Hz tick task owned by this service. The reports' shapes are
+`hero.power.reports`; the settings `hero.power.config`.
 """
 
 from __future__ import annotations
@@ -12,52 +14,28 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry
-
+from hero.errors import Unavailable
 from hero.power.account import utc_day
 from hero.power.backstop import CpuMaxBackstop
-from hero.power.governor import Governor, GovernorConfig
-from hero.power.history import HistoryRetention, PowerHistory
-from hero.power.ledger import CONSERVATION_TOLERANCE, Ledger, TickReport
-from hero.power.meter import POWERCAP_ROOT, PROC_STAT, NodeMeter
-from hero.power.metrics import make_registry
+from hero.power.charts import power_history
+from hero.power.config import PowerConfig
+from hero.power.governor import Governor
+from hero.power.history import PowerHistory
+from hero.power.ledger import Ledger, TickReport
+from hero.power.meter import NodeMeter
 from hero.power.parts import PartSampler
 from hero.power.profiles import HardwareProfile, load_profile
+from hero.power.reports import Reports
 from hero.power.window import PowerWindow
+from hero.seams.llm import GovernedLLM
+from hero.seams.node import GovernedNode
+from hero.seams.power import ChartWindow, PowerSnapshot
 
 log = logging.getLogger("hero.power")
 T = TypeVar("T")
-
-NOTE = (
-    "Per-agent watts are an allocation: node power above idle is split by measured CPU time "
-    "(event-loop steps and LLM inference); idle power is shown separately and as an equal share. "
-    "Every watts figure is a mean over the same last window_s seconds, so idle + agents + runtime + other = node."
-)
-
-
-@dataclass
-class PowerConfig:
-    clock: str = "adaptive"  # per-step clock: "adaptive" (wall for short steps, CPU for long) or "thread"
-    tick_s: float = 1.0
-    quiet_tick_s: float = 10.0  # tick period while no agent is awake, no model work waits and nobody watches
-    quiet_after_s: float = 5.0  # ... and no work was admitted for this long (the governor's averaging window)
-    flush_every_s: float = 10.0
-    compact_every_s: float = 600.0
-    governor: GovernorConfig = field(default_factory=GovernorConfig)
-    retention: HistoryRetention = field(default_factory=HistoryRetention)
-    host_speed: float | None = None  # this machine's cpu_speed, to emulate a profile on other hardware
-    use_rapl: bool = True
-    powercap_root: Path = POWERCAP_ROOT
-    proc_stat: Path = PROC_STAT
-    cgroup_backstop: bool = True
-    cgroup_fs: Path = Path("/sys/fs/cgroup")
-    proc_self_cgroup: Path = Path("/proc/self/cgroup")
-    history: bool = True
-    cpu_parts_hz: float = 0.0  # > 0: sample where the process's CPU goes by part (hero.power.parts); off by default
 
 
 class PowerService:
@@ -99,8 +77,8 @@ class PowerService:
             if cfg.history
             else None
         )
-        self.registry: CollectorRegistry = make_registry(self)
         self.parts = PartSampler(cfg.cpu_parts_hz) if cfg.cpu_parts_hz > 0 else None
+        self.reports = Reports(self.profile, self.meter, self.ledger, self.governor, self.window, self.parts)
         # The seams' hot paths, called once per turn: instance attributes bound to the parts that do the
         # work, so a turn pays for no extra Python frame (the methods below document the same calls).
         self.run_turn = self.ledger.run_turn  # type: ignore[method-assign]
@@ -109,8 +87,8 @@ class PowerService:
         self._quiet: asyncio.Event | None = None  # set by the first admission after a quiet spell
         self._listeners = 0
         self._last_admit = 0.0  # monotonic time of the last admission
-        self.node: Any = None
-        self.llm: Any = None
+        self.node: GovernedNode | None = None
+        self.llm: GovernedLLM | None = None
         self.last_tick_seconds = 0.0
         self._task: asyncio.Task[None] | None = None
         self._updated: asyncio.Event | None = None
@@ -120,7 +98,7 @@ class PowerService:
 
     # ---- wiring and lifecycle ----
 
-    def attach(self, node: Any, llm: Any) -> None:
+    def attach(self, node: GovernedNode | None, llm: GovernedLLM | None) -> None:
         """Give the governor its levers (`node.hibernate_idle`, the LLM service) and the reports their agents."""
         self.node = node
         self.llm = llm
@@ -280,7 +258,7 @@ class PowerService:
     def set_quota(self, agent_id: str, wh: float | None) -> None:
         self.governor.set_quota(agent_id, wh)
 
-    # ---- reports ----
+    # ---- reports (the PowerReports seam; their shapes are hero.power.reports) ----
 
     def now(self) -> float:
         return self.meter.clock()
@@ -309,137 +287,37 @@ class PowerService:
 
     def node_report(self) -> dict[str, Any]:
         """The node's power split, every watts figure a mean over the same last `window_s` seconds."""
-        last = self.ledger.last
-        win = self.window.figures()
         statuses = {agent_id: self.agent_status(agent_id) for agent_id in self._hosted_ids()}
-        agents: list[dict[str, Any]] = []
-        for agent_id, status in statuses.items():
-            acct = self.ledger.get(agent_id)
-            agents.append(
-                {
-                    "agent_id": agent_id,
-                    "watts": win.agents_w.get(agent_id, 0.0),
-                    "joules": acct.joules if acct else 0.0,
-                    "wh_today": self.ledger.joules_today(agent_id) / 3600.0,
-                    "cpu_seconds": acct.cpu_s_total if acct else 0.0,
-                    "status": status,
-                }
-            )
-        agents.sort(key=lambda a: a["watts"], reverse=True)
-        hosted = len(statuses)
-        out: dict[str, Any] = {
-            "ts": win.end_unix if last else time.time(),
-            "window_s": win.seconds,
-            "ticks": self.ledger.ticks,
-            "source": self.meter.source,
-            "rapl": self.meter.rapl_reason,
-            "node_watts": win.node_w,
-            "idle_watts": win.idle_w,
-            "agents_watts": win.agents_total_w,
-            "runtime_watts": win.runtime_w,
-            "other_watts": win.other_w,
-            "budget_watts": self.profile.budget_w,
-            "target_watts": self.governor.target_w,
-            "headroom_watts": self.profile.budget_w - win.node_w,
-            "utilisation": win.utilisation,
-            "idle_share_watts": win.idle_w / hosted if hosted else 0.0,
-            "conservation": {
-                "error": win.conservation_error,
-                "ok": win.conservation_error <= CONSERVATION_TOLERANCE,
-                "violations": self.ledger.conservation_violations,  # ticks whose own split missed
-            },
-            "energy_joules": {
-                "node": self.ledger.node_joules,
-                "idle": self.ledger.idle_joules,
-                "agents": sum(a.joules for a in self.ledger.accounts()),
-                "runtime": self.ledger.runtime_joules,
-                "other": self.ledger.other_joules,
-            },
-            "agents_by_status": self.agents_by_status(),
-            "agents": agents,
-            "governor": self.governor.describe(),
-            "profile": {
-                "name": self.profile.name,
-                "cores": self.profile.cores,
-                "idle_w": self.profile.idle_w,
-                "max_w": self.profile.max_w,
-                "budget_w": self.profile.budget_w,
-                "source": self.profile.source,
-            },
-            "clock": self.ledger.clock_name + (" (every step exact: loop contended)" if self.ledger.contended else ""),
-            "loop_wait_ratio": self.ledger.loop_wait_ratio,
-            "tick_seconds": self.last_tick_seconds,
-            "note": NOTE,
-            "cpu": self.cpu_report(),
-        }
-        llm = self.llm
-        if llm is not None:
-            out["llm"] = {
-                "loaded": bool(llm.loaded),
-                "threads": llm.threads,
-                "queue_depth": llm.queue_depth,
-                "tokens_total": getattr(llm, "tokens_total", None),
-                "last_load_seconds": llm.last_load_seconds,
-                "unload_after_s": self.config.governor.unload_after_s,
-            }
-        return out
+        return self.reports.node(statuses, self.agents_by_status(), self.llm, self.last_tick_seconds)
 
     def cpu_report(self) -> dict[str, Any]:
         """CPU-seconds since start: the ledger's exact buckets, and the sampled split by part when enabled."""
-        accounts = self.ledger.accounts()
-        out: dict[str, Any] = {
-            "agents_seconds": sum(a.cpu_s_total for a in accounts),  # loop steps + inference, charged per agent
-            "llm_seconds": sum(a.llm_s_total for a in accounts),  # of which inference
-            "runtime_seconds": self.ledger.runtime_cpu_s,  # process CPU no agent caused (web, ticks, threads)
-            "storage_bytes": sum(a.storage_total for a in accounts),  # state bytes written and read for agents
-            "parts": None,
-        }
-        if self.parts is not None:
-            out["parts"] = {"sample_hz": 1.0 / self.parts.period_s, "samples": self.parts.samples,
-                            "seconds": self.parts.totals()}
-        return out
+        return self.reports.cpu()
 
     def agent_report(self, agent_id: str) -> dict[str, Any]:
         """One agent's figures: `watts` over the node report's window, `watts_1h` an hour's average."""
-        acct = self.ledger.get(agent_id)
-        last = self.ledger.last
-        win = self.window.figures()
-        w1h = acct.averages(self.now())[1] if acct else 0.0
-        joules_today = self.ledger.joules_today(agent_id)
-        gated = self.governor.status.gated.get(agent_id)
-        return {
-            "agent_id": agent_id,
-            "status": self.agent_status(agent_id),
-            "window_s": win.seconds,
-            "watts": win.agents_w.get(agent_id, 0.0),
-            "watts_1h": w1h,
-            "joules": acct.joules if acct else 0.0,
-            "wh_today": joules_today / 3600.0,
-            "day": time.strftime("%Y-%m-%d", time.gmtime()) + " UTC",
-            "idle_share_watts": last.idle_share_w if last else 0.0,
-            "cpu_seconds": acct.cpu_s_total if acct else 0.0,
-            "llm_cpu_seconds": acct.llm_s_total if acct else 0.0,
-            "llm_tokens": acct.tokens_total if acct else 0,
-            "storage_bytes": acct.storage_total if acct else 0,
-            "turns": acct.turns_total if acct else 0,
-            "quota": self.governor.quota_status(agent_id),
-            "throttled": gated is not None,
-            "throttle_reason": (
-                f"the node is at its power budget and your agent is above its fair share ({gated:.2f} W)"
-                if gated is not None
-                else None
-            ),
-            "source": self.meter.source,
-            "note": NOTE,
-            "node_average": self.agent_average(),
-        }
+        return self.reports.agent(agent_id, self.agent_status(agent_id), self._hosted_ids())
 
     def agent_average(self) -> dict[str, Any]:
-        """Mean watts (same window) and Wh today over hosted agents, awake or asleep: all a user may see of others."""
-        hosted = self._hosted_ids()
-        watts = self.window.figures().agents_total_w
-        wh = 0.0
-        for agent_id in hosted:
-            wh += self.ledger.joules_today(agent_id) / 3600.0
-        count = len(hosted)
-        return {"agents": count, "watts": watts / count if count else 0.0, "wh_today": wh / count if count else 0.0}
+        """Mean watts and Wh today over hosted agents, awake or asleep: all a user may see of others."""
+        return self.reports.average(self._hosted_ids())
+
+    def snapshot(self) -> PowerSnapshot:
+        """What `/metrics` exposes, read at once."""
+        return self.reports.snapshot(self.agents_by_status())
+
+    def _stored(self) -> PowerHistory:
+        if self.history is None:
+            raise Unavailable("power history is off on this node")
+        return self.history
+
+    async def history_rows(self, since: float, *, top: int) -> dict[str, Any]:
+        """Stored node rows since `since` (unix) and the `top` agents by energy (DuckDB, off the event loop)."""
+        history = self._stored()
+        series = await asyncio.to_thread(history.node_series, since)
+        agents = await asyncio.to_thread(history.top_agents, since, top)
+        return {"since": since, "node": series, "top_agents": agents}
+
+    async def chart(self, window: ChartWindow) -> dict[str, Any]:
+        """Node watts and the top agents over `window`, one point per bucket (DuckDB, off the event loop)."""
+        return await asyncio.to_thread(power_history, self._stored(), window)

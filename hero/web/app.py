@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,22 +20,29 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hero.chat.histories import Histories
 from hero.config import NodeConfig
 from hero.errors import HeroError, Overloaded
+from hero.seams.chat import ChatHistories
+from hero.seams.llm import LLMStatus
+from hero.seams.node import AgentRuntime
+from hero.seams.power import PowerReports
+from hero.seams.store import StateStore
+from hero.seams.users import UserRegistry
 from hero.web import (
     chat_api,
     events_api,
-    history_api,
     login_api,
     mcp_api,
     net_api,
     node_api,
     openapi,
     power_api,
+    power_history_api,
     status_api,
     storage_api,
 )
+from hero.web.metrics import make_registry
+from hero.web.parts import Parts
 
 log = logging.getLogger("hero.web")
 STATIC = Path(__file__).parent / "static"
@@ -45,21 +51,22 @@ STATIC = Path(__file__).parent / "static"
 def create_app(
     *,
     config: NodeConfig,
-    node: Any,
-    chat: Histories,
-    users: Any,
-    llm: Any,
-    store: Any,
-    power: Any = None,
+    node: AgentRuntime,
+    chat: ChatHistories,
+    users: UserRegistry,
+    llm: LLMStatus,
+    store: StateStore,
+    power: PowerReports | None = None,
 ) -> Starlette:
+    """The node's web app over its parts; the overlay, which starts later, is set on `parts(app).overlay`."""
     routes = [
         *chat_api.routes(),
         *node_api.routes(),
         *login_api.routes(),
         *events_api.routes(),
         *status_api.routes(),
-        *history_api.routes(),
         *power_api.routes(),
+        *power_history_api.routes(),
         *storage_api.routes(),
         *net_api.routes(),
         *mcp_api.routes(),
@@ -75,14 +82,8 @@ def create_app(
         middleware=[Middleware(ContainServerErrors)],
         exception_handlers={HeroError: hero_error, HTTPException: http_error, Exception: server_error},
     )
-    app.state.config = config
-    app.state.node = node
-    app.state.chat = chat
-    app.state.users = users
-    app.state.llm = llm
-    app.state.store = store
-    app.state.power = power
-    app.state.started = time.time()
+    metrics = make_registry(power, llm) if power is not None else None
+    app.state.parts = Parts(config, node, chat, users, llm, store, power, metrics, time.time())
     app.state.event_streams = events_api.StreamSlots(events_api.MAX_STREAMS_PER_USER)
     app.state.mcp = mcp_api.McpEndpoint(node)  # its sessions run from the first /mcp request; closed by the server
     return app

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from hero.errors import Forbidden, Unauthorized
 from hero.identity import TokenClaims
+from hero.web.parts import parts
 
 
 def bearer(request: Request) -> str:
@@ -21,7 +22,7 @@ def bearer(request: Request) -> str:
 
 
 def authenticate(request: Request) -> TokenClaims:
-    return request.app.state.users.authenticate(bearer(request))
+    return parts(request).users.authenticate(bearer(request))
 
 
 async def require_user(request: Request) -> TokenClaims:

@@ -27,6 +27,7 @@ from hero.runtime.events import ChatMessage, Reply
 from hero.web import shutdown
 from hero.web.auth import authenticate, require_user
 from hero.web.bodies import read_json
+from hero.web.parts import parts
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 MODEL_ID = "hero"
@@ -133,14 +134,14 @@ def _content_text(content: Any, field: str) -> str:
 
 async def chat_completions(request: Request) -> Response:
     claims = await require_user(request)
-    config = request.app.state.config
+    config = parts(request).config
     body = await read_json(request, config.max_body_bytes)
     interactive = request.headers.get("x-hero-priority", "interactive").lower() != "background"
     chat = parse_chat_request(
         body, n_ctx=config.n_ctx, interactive=interactive, max_message_chars=config.max_message_chars
     )
     event = ChatMessage(chat.text, interactive, chat.max_tokens, chat.temperature)
-    reply = await request.app.state.node.deliver(claims.sub, event)
+    reply = await parts(request).node.deliver(claims.sub, event)
     await reply.wait_accepted()  # 2xx only once the message is durable in the agent's history
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -243,8 +244,9 @@ def _usage(reply: Reply, text: str) -> dict[str, Any]:
 
 async def models(request: Request) -> Response:
     authenticate(request)
-    llm = request.app.state.llm
-    created = int(request.app.state.started)
+    edge = parts(request)
+    llm = edge.llm
+    created = int(edge.started)
     data = [
         {"id": MODEL_ID, "object": "model", "created": created, "owned_by": "hero"},
         {"id": llm.name, "object": "model", "created": created, "owned_by": "hero"},

@@ -31,12 +31,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from hero.chat.entry import HistoryEntry
-from hero.chat.histories import Histories
 from hero.errors import BadRequest, HeroError, TooManyStreams
 from hero.identity import TokenClaims
+from hero.seams.chat import Entry
 from hero.web import shutdown
 from hero.web.auth import bearer, require_user
+from hero.web.parts import parts
 
 RECHECK_S = 30.0  # how often a quiet stream re-checks its token (revocation reaches open streams too)
 RETRY_MS = 2000  # what the client should wait before reconnecting
@@ -112,14 +112,14 @@ async def my_events(request: Request) -> Response:
     return _HeldStream(_events(request, claims, since, stop), slots=slots, agent_id=claims.sub, stop=stop)
 
 
-def _event(entry: HistoryEntry) -> dict[str, Any]:
+def _event(entry: Entry) -> dict[str, Any]:
     return {"event": "message", "id": str(entry.seq), "data": json.dumps(entry.to_json(), separators=(",", ":"))}
 
 
 async def _events(
     request: Request, claims: TokenClaims, since: int, stop: anyio.Event
 ) -> AsyncIterator[dict[str, Any]]:
-    chat: Histories = request.app.state.chat
+    chat = parts(request).chat
     with chat.subscribe(claims.sub) as live:
         yield {"retry": RETRY_MS, "event": "ready", "data": json.dumps({"last_event_id": since})}
         sent = since
@@ -151,7 +151,7 @@ async def _events(
 def _still_valid(request: Request) -> str | None:
     """None if the stream's token still authenticates, else why not (expired, revoked)."""
     try:
-        request.app.state.users.authenticate(bearer(request))
+        parts(request).users.authenticate(bearer(request))
     except HeroError as exc:
         return exc.message
     return None

@@ -30,6 +30,7 @@ from hero.errors import InvalidField, Unauthorized
 from hero.identity import NodeKeys, check_agent_id, unb64u, verify_signature
 from hero.web.auth import authenticate
 from hero.web.bodies import read_json
+from hero.web.parts import parts
 
 CHALLENGE_PREFIX = "hero-login1"
 CHALLENGE_TTL = 120.0
@@ -71,7 +72,7 @@ async def challenge(request: Request) -> Response:
     if not isinstance(agent_id, str):
         raise InvalidField("agent_id must be a string (your Ed25519 public key, hex)", field="agent_id")
     check_agent_id(agent_id)
-    text, exp = make_challenge(request.app.state.users.keys, agent_id)
+    text, exp = make_challenge(parts(request).users.keys, agent_id)
     return JSONResponse({"challenge": text, "expires": exp})
 
 
@@ -81,7 +82,7 @@ async def login(request: Request) -> Response:
     if not isinstance(text, str):
         raise InvalidField("challenge must be the string from /api/auth/challenge", field="challenge")
     signature = decode_signature(body.get("signature"))
-    users = request.app.state.users
+    users = parts(request).users
     claims = open_challenge(users.keys, text)
     agent_id = claims["aid"]
     if not verify_signature(agent_id, text.encode(), signature):
@@ -98,7 +99,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """Sign-out revokes the token itself, so a copy left on a lost phone stops working too."""
     claims = authenticate(request)
-    request.app.state.users.revoke_token(claims.jti)
+    parts(request).users.revoke_token(claims.jti)
     return Response(status_code=204)
 
 

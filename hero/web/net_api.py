@@ -8,11 +8,12 @@ from starlette.routing import Route
 
 from hero.errors import NotFound
 from hero.web.auth import require_operator
+from hero.web.parts import parts
 
 
 async def net_status(request: Request) -> JSONResponse:
     await require_operator(request)
-    overlay = getattr(request.app.state, "overlay", None)
+    overlay = parts(request).overlay
     if overlay is None:
         raise NotFound("this node runs no overlay (started with --no-overlay, or its port or daemon failed)")
     return JSONResponse(await overlay.status())

@@ -9,17 +9,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hero.chat.histories import Histories
 from hero.runtime.report import AgentInfo
 from hero.web.auth import require_operator, require_user
 from hero.web.bodies import query_int
+from hero.web.parts import parts
 
 MAX_PAGE = 500
 
 
 async def me(request: Request) -> Response:
     claims = await require_user(request)
-    status = request.app.state.node.agent_status(claims.sub) or "hibernated"
+    status = parts(request).node.agent_status(claims.sub) or "hibernated"
     return JSONResponse(
         {"name": claims.name, "agent_id": claims.sub, "agent_status": status, "token_expires": claims.exp}
     )
@@ -30,8 +30,7 @@ async def my_messages(request: Request) -> Response:
     claims = await require_user(request)
     limit = query_int(request, "limit", 50, low=1, high=MAX_PAGE)
     before = query_int(request, "before", None, low=1, high=2**62)
-    chat: Histories = request.app.state.chat
-    page = await chat.page(claims.sub, limit=limit, before=before)
+    page = await parts(request).chat.page(claims.sub, limit=limit, before=before)
     return JSONResponse(
         {"messages": [e.to_json() for e in page.entries], "has_more": page.has_more, "next_before": page.next_before}
     )
@@ -39,7 +38,7 @@ async def my_messages(request: Request) -> Response:
 
 def user_names(request: Request) -> dict[str, str]:
     """Agent id → user name from the user registry: the operator knows users by name, not by key."""
-    return {user.agent_id: user.name for user in request.app.state.users.list()}
+    return {user.agent_id: user.name for user in parts(request).users.list()}
 
 
 def name_agents(request: Request, agents: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -52,7 +51,7 @@ def name_agents(request: Request, agents: list[dict[str, Any]]) -> list[dict[str
 
 async def node_agents(request: Request) -> Response:
     await require_operator(request)
-    agents = await request.app.state.node.agents()
+    agents = await parts(request).node.agents()
     return JSONResponse(
         {
             "agents": name_agents(request, [_agent_json(a) for a in agents]),
@@ -72,9 +71,9 @@ def _agent_json(info: AgentInfo) -> dict[str, Any]:
 
 
 async def healthz(request: Request) -> Response:
-    llm = request.app.state.llm
+    edge = parts(request)
     return JSONResponse(
-        {"status": "ok", "uptime": round(time.time() - request.app.state.started, 1), "model_loaded": llm.loaded}
+        {"status": "ok", "uptime": round(time.time() - edge.started, 1), "model_loaded": edge.llm.loaded}
     )
 
 

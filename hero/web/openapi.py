@@ -17,9 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from hero.config import NodeConfig
-from hero.power.charts import WINDOWS
+from hero.seams.power import CHART_WINDOWS
 from hero.web.events_api import MAX_STREAMS_PER_USER
 from hero.web.node_api import MAX_PAGE
+from hero.web.parts import parts
 
 Auth = Literal["public", "token", "user", "operator"]
 JSON = "application/json"
@@ -253,11 +254,17 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
             "Node watts and the top-10 agents by energy, bucketed for a chart.",
             "operator",
             {JSON: ANY_OBJECT},
-            params=(Param("window", "query", {"type": "string", "enum": sorted(WINDOWS)}, "Span (default 1h)."),),
+            params=(Param("window", "query", {"type": "string", "enum": sorted(CHART_WINDOWS)}, "Span (default 1h)."),),
             errors=(422, 503),
         ),
         ("GET", "/api/node/storage"): Operation(
             "QSS backends, fragments, scrubs and repairs.", "operator", {JSON: ANY_OBJECT}, errors=(503,)
+        ),
+        ("GET", "/api/node/net"): Operation(
+            "The overlay: address, peers, routes, per-link traffic, TUN, agent messages (404 when none runs).",
+            "operator",
+            {JSON: ANY_OBJECT},
+            errors=(404,),
         ),
         ("POST", "/mcp"): Operation(
             "MCP (streamable HTTP, JSON answers) for your own agent: `tools/list` lists its skills' tools, "
@@ -388,4 +395,4 @@ def _error(code: int) -> dict[str, Any]:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document(request.app.state.config))
+    return JSONResponse(document(parts(request).config))

@@ -4,14 +4,13 @@ Authorisation: `/metrics` and `/api/node/power*` need the operator token —
 per-agent watts reveal who is active when, so they are not public (point
 Prometheus at it with `authorization: {credentials: <operator token>}` in
 the scrape config). `/api/me/power` answers for the caller's own agent only:
-the agent id comes from the token, never from the request.
+the agent id comes from the token, never from the request. The stored history
+is `hero.web.power_history_api`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,13 +21,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.errors import Unavailable
+from hero.seams.power import PowerReports
 from hero.web.auth import require_operator, require_user
 from hero.web.bodies import query_int
 from hero.web.node_api import name_agents
+from hero.web.parts import parts
 
 
-def _power(request: Request) -> Any:
-    power = getattr(request.app.state, "power", None)
+def power_of(request: Request) -> PowerReports:
+    power = parts(request).power
     if power is None:
         raise Unavailable("power metering is not running on this node")
     return power
@@ -36,8 +37,10 @@ def _power(request: Request) -> Any:
 
 async def metrics(request: Request) -> Response:
     await require_operator(request)
-    power = _power(request)
-    return Response(generate_latest(power.registry), media_type=CONTENT_TYPE_LATEST)
+    registry = parts(request).metrics  # built over the power part when the node has one
+    if registry is None:
+        raise Unavailable("power metering is not running on this node")
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _named(request: Request, report: dict[str, Any]) -> dict[str, Any]:
@@ -47,13 +50,13 @@ def _named(request: Request, report: dict[str, Any]) -> dict[str, Any]:
 
 async def node_power(request: Request) -> Response:
     await require_operator(request)
-    return JSONResponse(_named(request, _power(request).node_report()))
+    return JSONResponse(_named(request, power_of(request).node_report()))
 
 
 async def node_power_stream(request: Request) -> Response:
     """1 Hz SSE of the node report: one event now, then one per tick. `?count=N` ends after N events."""
     await require_operator(request)
-    power = _power(request)
+    power = power_of(request)
     count = query_int(request, "count", None, low=1, high=1_000_000)
 
     async def events() -> AsyncIterator[dict[str, str]]:
@@ -71,23 +74,9 @@ async def node_power_stream(request: Request) -> Response:
     return EventSourceResponse(events(), ping=15)
 
 
-async def node_power_history(request: Request) -> Response:
-    """Node watts and the top agents by energy over the last `minutes` (default 60), from DuckDB."""
-    await require_operator(request)
-    power = _power(request)
-    minutes = query_int(request, "minutes", 60, low=1, high=90 * 24 * 60)
-    history = power.history
-    if history is None:
-        raise Unavailable("power history is off on this node")
-    since = time.time() - minutes * 60
-    series = await asyncio.to_thread(history.node_series, since)
-    top = await asyncio.to_thread(history.top_agents, since, 20)
-    return JSONResponse({"since": since, "node": series, "top_agents": top})
-
-
 async def my_power(request: Request) -> Response:
     claims = await require_user(request)
-    return JSONResponse(_power(request).agent_report(claims.sub))
+    return JSONResponse(power_of(request).agent_report(claims.sub))
 
 
 def routes() -> list[Route]:
@@ -95,6 +84,5 @@ def routes() -> list[Route]:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/api/node/power", node_power, methods=["GET"]),
         Route("/api/node/power/stream", node_power_stream, methods=["GET"]),
-        Route("/api/node/power/history", node_power_history, methods=["GET"]),
         Route("/api/me/power", my_power, methods=["GET"]),
     ]

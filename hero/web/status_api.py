@@ -21,13 +21,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.errors import HeroError
+from hero.seams.store import StoreStatus
 from hero.web.auth import require_operator
+from hero.web.parts import parts
 
 ACTIVATION_WINDOW_S = 60.0  # activation rate: activations per minute over the last minute
 TOKENS_WINDOW_S = 5.0  # tokens/s over the last few seconds: responsive, not jumpy
 STREAM_PERIOD_S = 1.0
-STORAGE_PATH = "/api/node/storage"  # QSS health, when the node runs QSS
-PEERS_PATH = "/api/node/net"  # the overlay's operator view (hero.net), when present
 
 
 class Rates:
@@ -65,8 +65,8 @@ def _rates(request: Request) -> Rates:
 
 async def node_status(request: Request) -> dict[str, Any]:
     """One snapshot of the node's runtime and LLM counters, with rates."""
-    state = request.app.state
-    node, llm = state.node, state.llm
+    edge = parts(request)
+    node, llm = edge.node, edge.llm
     statuses = list(node.agent_statuses().values())
     tokens = llm.tokens_total
     now = time.monotonic()
@@ -75,7 +75,7 @@ async def node_status(request: Request) -> dict[str, Any]:
     active = statuses.count("active")
     return {
         "ts": time.time(),
-        "uptime": round(time.time() - state.started, 1),
+        "uptime": round(time.time() - edge.started, 1),
         "node_id": node.node_id,
         "agents": {
             "active": active,
@@ -103,16 +103,11 @@ async def node_status(request: Request) -> dict[str, Any]:
             **llm.figures(),  # batch, KV cache, prompt reuse, parallel sequences (hero/scheduler/llm.py)
         },
         "parts": {
-            "power": state.power is not None,
-            "storage": _serves(request, STORAGE_PATH),
-            "network": _serves(request, PEERS_PATH),
+            "power": edge.power is not None,
+            "storage": isinstance(edge.store, StoreStatus),
+            "network": edge.overlay is not None,
         },
     }
-
-
-def _serves(request: Request, path: str) -> bool:
-    """Whether this app has a route for `path` (the storage and overlay APIs are optional parts)."""
-    return any(getattr(route, "path", None) == path for route in request.app.routes)
 
 
 async def status(request: Request) -> Response:

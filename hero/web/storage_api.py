@@ -11,16 +11,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from hero.seams.store import StoreStatus
 from hero.web.auth import require_operator
+from hero.web.parts import parts
 
 
 async def storage_status(request: Request) -> JSONResponse:
     await require_operator(request)
-    store = request.app.state.store
-    status = getattr(store, "status", None)
-    if status is None:
+    store = parts(request).store
+    if not isinstance(store, StoreStatus):
         return JSONResponse({"store": type(store).__name__, "backends": [], "detail": "this store reports no status"})
-    return JSONResponse(await status())
+    return JSONResponse(await store.status())
 
 
 def routes() -> list[Route]:
