@@ -135,6 +135,14 @@ def hero_cli(*args: str, check: bool = True, **kwargs: Any) -> subprocess.Comple
     return result
 
 
+def hero_up_on_a_taken_port(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`hero up` whose port is taken: what it refuses before it would bind (its settings are checked first)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        return hero_cli("up", "--data", str(data_dir), "--port", str(busy.getsockname()[1]), *args, check=False)
+
+
 def hero_json(*args: str) -> Any:
     return json.loads(hero_cli(*args, "--json").stdout)
 

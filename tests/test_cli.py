@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, hero_cli, hero_json
+from tests.conftest import ROOT, free_port, hero_cli, hero_json, hero_up_on_a_taken_port
 
 
 def test_user_add_list_revoke_and_operator_token(tmp_path):
@@ -274,11 +274,7 @@ def test_second_node_on_the_same_data_dir_says_who_holds_it(tmp_path):
     ],
 )
 def test_profile_and_model_are_checked_before_the_port(tmp_path, extra, line):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = busy.getsockname()[1]
-        result = hero_cli("up", "--data", str(tmp_path / "d"), "--port", str(port), *extra, check=False)
+    result = hero_up_on_a_taken_port(tmp_path / "d", *extra)
     assert result.returncode == 2
     assert result.stderr.strip() == line
 
@@ -299,10 +295,6 @@ def test_a_bad_agent_factory_is_one_line_before_the_port(tmp_path, agent, line):
     data = tmp_path / "d"
     data.mkdir()
     (data / "hero.toml").write_text(f"[node]\nagent = {agent!r}\n")
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = busy.getsockname()[1]
-        result = hero_cli("up", "--data", str(data), "--port", str(port), check=False)
+    result = hero_up_on_a_taken_port(data)
     assert result.returncode == 2
     assert result.stderr.strip() == line

@@ -4,49 +4,17 @@ split among its requests; contention drops llama.cpp to one thread."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hero.errors import Overloaded
 from hero.power.governor import Governor
 from hero.scheduler.contention import Contention
 from hero.scheduler.llm import LLMService
-from tests.test_power_governor import PROFILE, U_PER_CPU, report
-
-
-@dataclass
-class KnobsLLM:
-    """The LLM service's governor-facing surface; the governor is what is under test."""
-
-    threads: int = 8
-    parallel: int = 8
-    max_parallel: int = 8
-    queue: deque = field(default_factory=deque)
-    loaded: bool = True
-    last_request_at: float | None = None
-    last_load_seconds: float | None = 0.4
-    full: bool = False
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self.queue)
-
-    def refusal(self, interactive: bool = True) -> Overloaded | None:
-        return Overloaded("the model is busy", retry_after=7.0) if self.full else None
-
-    def set_threads(self, n: int) -> None:
-        self.threads = max(1, n)
-
-    def set_parallel(self, n: int) -> None:
-        self.parallel = max(1, min(self.max_parallel, n))
-
-    async def unload(self) -> None:
-        self.loaded = False
+from tests.test_power_governor import PROFILE, U_PER_CPU, FakeLLM, report
 
 
 async def test_over_budget_the_governor_lowers_parallel_sequences_with_threads_and_raises_them_slowly():
-    llm = KnobsLLM(threads=4)
+    llm = FakeLLM(threads=4)
     llm.queue.extend(["r1", "r2"])
     gov = Governor(PROFILE, u_per_cpu=U_PER_CPU)
     gov.attach(None, llm)
@@ -61,7 +29,7 @@ async def test_over_budget_the_governor_lowers_parallel_sequences_with_threads_a
 
 
 async def test_a_full_model_queue_refuses_new_work_at_admission_with_its_retry_after():
-    llm = KnobsLLM(full=True)
+    llm = FakeLLM(full=True)
     gov = Governor(PROFILE, u_per_cpu=U_PER_CPU)
     gov.attach(None, llm)
     try:

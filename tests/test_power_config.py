@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 from hero.config import load_config
 from hero.errors import UsageError
 from hero.power.config import TABLE_KEYS, GovernorConfig, HistoryRetention, PowerConfig, parse_power_table
-from tests.conftest import auth, free_port, hero_cli, operator_token, serving
+from tests.conftest import auth, free_port, hero_up_on_a_taken_port, operator_token, serving
 
 TABLE = """
 [node]
@@ -83,11 +82,7 @@ def test_hero_up_with_a_bad_power_table_is_one_line_before_the_port(tmp_path: Pa
     data = tmp_path / "d"
     data.mkdir()
     (data / "hero.toml").write_text("[power]\nunload_after_s = 'soon'\n")
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = busy.getsockname()[1]
-        result = hero_cli("up", "--data", str(data), "--port", str(port), check=False)
+    result = hero_up_on_a_taken_port(data)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"hero: {data / 'hero.toml'}: [power] unload_after_s must be a number of seconds > 0, or false "

@@ -75,7 +75,7 @@ def _u_for(watts: float) -> float:
 
 @dataclass
 class FakeLLM:
-    """The LLM service's governor-facing surface; the governor is what is under test."""
+    """The LLM service's governor-facing surface (`hero.seams.llm.GovernedLLM`); the governor is what is under test."""
 
     threads: int = 8
     queue: deque = field(default_factory=deque)
@@ -85,13 +85,14 @@ class FakeLLM:
     unloads: int = 0
     parallel: int = 8
     max_parallel: int = 8
+    full: bool = False  # the model's queue is full: new work is refused
 
     @property
     def queue_depth(self) -> int:
         return len(self.queue)
 
-    def refusal(self, interactive: bool = True) -> None:
-        return None
+    def refusal(self, interactive: bool = True) -> Overloaded | None:
+        return Overloaded("the model is busy", retry_after=7.0) if self.full else None
 
     def set_threads(self, n: int) -> None:
         self.threads = max(1, n)
@@ -224,13 +225,20 @@ async def test_constrained_node_hibernates_idle_agents_early() -> None:
 # ---- cgroup backstop ----
 
 
-def test_cgroup_v2_cpu_max_is_written_and_released(tmp_path: Path) -> None:
+def cgroup_tree(tmp_path: Path, group: str, files: dict[str, str], membership: str) -> tuple[Path, Path, Path]:
+    """A cgroup filesystem whose `group` holds `files`, and the process's `/proc/self/cgroup` (`membership`)."""
     fs = tmp_path / "cgroup"
-    group = fs / "hero.slice" / "node"
-    group.mkdir(parents=True)
-    (group / "cpu.max").write_text("max 100000\n")
+    (fs / group).mkdir(parents=True)
+    for name, text in files.items():
+        (fs / group / name).write_text(text)
     self_cgroup = tmp_path / "self_cgroup"
-    self_cgroup.write_text("0::/hero.slice/node\n")
+    self_cgroup.write_text(membership)
+    return fs, fs / group, self_cgroup
+
+
+def test_cgroup_v2_cpu_max_is_written_and_released(tmp_path: Path) -> None:
+    fs, group, self_cgroup = cgroup_tree(tmp_path, "hero.slice/node", {"cpu.max": "max 100000\n"},
+                                         "0::/hero.slice/node\n")
     b = CpuMaxBackstop(fs, self_cgroup)
     assert b.available and b.kind == "v2"
     b.limit(1.5)
@@ -240,13 +248,10 @@ def test_cgroup_v2_cpu_max_is_written_and_released(tmp_path: Path) -> None:
 
 
 def test_cgroup_v1_quota_is_written(tmp_path: Path) -> None:
-    fs = tmp_path / "cgroup"
-    group = fs / "cpu,cpuacct" / "hero"
-    group.mkdir(parents=True)
-    (group / "cpu.cfs_quota_us").write_text("-1\n")
-    (group / "cpu.cfs_period_us").write_text("100000\n")
-    self_cgroup = tmp_path / "self_cgroup"
-    self_cgroup.write_text("5:memory:/hero\n4:cpu,cpuacct:/hero\n1:name=systemd:/\n")
+    fs, group, self_cgroup = cgroup_tree(
+        tmp_path, "cpu,cpuacct/hero", {"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"},
+        "5:memory:/hero\n4:cpu,cpuacct:/hero\n1:name=systemd:/\n",
+    )
     b = CpuMaxBackstop(fs, self_cgroup)
     assert b.available and b.kind == "v1"
     b.limit(2.0)
@@ -273,22 +278,18 @@ def test_no_delegated_cgroup_is_reported_not_faked(tmp_path: Path) -> None:
 
 
 async def test_governor_caps_the_cgroup_when_soft_measures_are_not_enough(tmp_path: Path) -> None:
-    fs = tmp_path / "cgroup"
-    (fs / "hero").mkdir(parents=True)
-    (fs / "hero" / "cpu.max").write_text("max 100000\n")
-    self_cgroup = tmp_path / "self_cgroup"
-    self_cgroup.write_text("0::/hero\n")
+    fs, group, self_cgroup = cgroup_tree(tmp_path, "hero", {"cpu.max": "max 100000\n"}, "0::/hero\n")
     backstop = CpuMaxBackstop(fs, self_cgroup)
     gov = Governor(PROFILE, GovernorConfig(release_after_ticks=2), u_per_cpu=U_PER_CPU, backstop=backstop)
     for t in range(5):
         await gov.tick(report(float(t), 66.0, busy_cpu_s=7.5, process_cpu_s=7.5))
     assert backstop.limit_cpus is not None and 0 < backstop.limit_cpus < 8
     assert PROFILE.watts(backstop.limit_cpus * U_PER_CPU) <= gov.target_w
-    quota, period = (fs / "hero" / "cpu.max").read_text().split()
+    quota, period = (group / "cpu.max").read_text().split()
     assert int(quota) == int(backstop.limit_cpus * 100000) and period == "100000"
     for t in range(5, 20):
         await gov.tick(report(float(t), 20.0))
-    assert backstop.limit_cpus is None and (fs / "hero" / "cpu.max").read_text() == "max\n"
+    assert backstop.limit_cpus is None and (group / "cpu.max").read_text() == "max\n"
 
 
 # ---- a simulated 10× burst ----
