@@ -23,9 +23,9 @@ from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
 from hero.runtime.agent import AgentFactory
 from hero.runtime.node import Node
-from hero.runtime.seams import LLM
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import default_model_path
+from hero.seams.llm import LLM
 from hero.server import Parts, open_node, open_store
 from hero.store.qss import QSS
 from hero.users import Users
@@ -110,7 +110,7 @@ def add_user(data_dir: Path, name: str) -> dict[str, str]:
     users = Users(data_dir, NodeKeys.load_or_create(data_dir))
     try:
         key = UserKey.generate()
-        user = users.add(name, key.agent_id)
+        user = users.add(name, key.agent_id, key=key)  # their key signs the grant to host their agent
         token, _ = users.issue(user)
         return {"name": name, "agent_id": user.agent_id, "token": token}
     finally:

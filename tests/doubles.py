@@ -8,7 +8,7 @@ from typing import Any
 
 
 class ScriptedLLM:
-    """The LLM seam (`hero.runtime.seams.LLM`) without a model: streams `tokens`, then, if `hold`, nothing more
+    """The LLM seam (`hero.seams.llm.LLM`) without a model: streams `tokens`, then, if `hold`, nothing more
     until the listener goes away (as a long reply does). Keeps the prompts it was given."""
 
     def __init__(self, tokens: Sequence[str] = (), *, hold: bool = False) -> None:

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hero.errors import BadRequest, NotFound, StaleEpoch, UsageError
+from hero.seams.store import StateStore
 from hero.store import manifest
-from hero.store.base import StateStore
 from hero.store.packs import PackFiles
 from hero.store.pipeline import fragment_hash
 from hero.store.qss import QSS, open_qss

@@ -35,9 +35,9 @@ from hero.runtime.eager import AgentTask
 from hero.runtime.events import Event, Reply
 from hero.runtime.keys import STATE, TIMERS, state_key
 from hero.runtime.report import NodeStats
-from hero.runtime.seams import Metering
 from hero.runtime.state import decode_state, encode_state
-from hero.store.base import StateStore
+from hero.seams.power import Metering
+from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
 

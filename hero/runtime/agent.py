@@ -16,8 +16,9 @@ from typing import Any
 
 from hero.errors import Unavailable
 from hero.runtime.events import Event, OverlayMessage, Reply
-from hero.runtime.seams import LLM, Messenger
 from hero.runtime.timers import Timer
+from hero.seams.llm import LLM
+from hero.seams.net import Messenger
 
 
 class AgentContext:

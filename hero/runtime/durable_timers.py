@@ -29,7 +29,7 @@ from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.keys import TIMERS, timers_key
 from hero.runtime.report import NodeStats
 from hero.runtime.timers import Timer, TimerSchedule, decode_timers
-from hero.store.base import StateStore
+from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
 

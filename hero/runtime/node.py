@@ -35,11 +35,14 @@ from hero.runtime.durable_timers import DurableTimers
 from hero.runtime.eager import AgentTasks
 from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.keys import STATE, TIMERS, parse_key, state_key
-from hero.runtime.report import AgentInfo, AgentStatus, NodeStats
-from hero.runtime.seams import LLM, Admission, Messenger, Metering
+from hero.runtime.report import NodeStats
 from hero.runtime.subscriptions import Subscription, Subscriptions
 from hero.runtime.timers import Timer
-from hero.store.base import StateStore
+from hero.seams.llm import LLM
+from hero.seams.net import Messenger
+from hero.seams.node import AgentInfo, AgentStatus
+from hero.seams.power import Admission, Metering
+from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
 

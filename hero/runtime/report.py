@@ -1,21 +1,8 @@
-"""What the node reports about itself: its counters and the agents it knows (read by status, dashboard, CLI)."""
+"""The node's counters (read by status, dashboard, CLI); the agents it knows are `hero.seams.node.AgentInfo`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-# An agent's lifecycle (its *state* is its data): in memory, written to the store and dropped, or unreadable.
-AgentStatus = Literal["active", "hibernated", "damaged"]
-
-
-@dataclass(frozen=True)
-class AgentInfo:
-    agent_id: str
-    status: AgentStatus
-    last_event: float | None  # unix time
-    reason: str | None = None  # why a damaged agent is damaged (the store's error, for the operator)
-    since: float | None = None  # unix time it was first found damaged
 
 
 @dataclass

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hero.errors import ModelError
-from hero.runtime.seams import Metering
 from hero.scheduler.llamacpp import Context, Entry
 from hero.scheduler.prefix import MIN_SAVE_TOKENS, PrefixStore, Rates, common_prefix
 from hero.scheduler.sampling import Sampler, Sampling
 from hero.scheduler.text import ReplyText
+from hero.seams.power import Metering
 
 END = object()  # delivered after a job's last text
 STEP_TARGET_S = 0.25  # while others run, a step feeds at most this much prompt: their streams barely pause
@@ -257,7 +257,7 @@ class Batcher:
         job, sampler, text = slot.job, slot.sampler, slot.text
         assert job is not None and sampler is not None and text is not None
         started_ns = time.thread_time_ns()
-        token = self.ctx.sample(sampler.ptr, index)
+        token = sampler.sample(self.ctx.ptr, index)
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
             self.stats.ttft_s += 0.2 * (job.first_token_at - job.queued_at - self.stats.ttft_s)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from hero.errors import BadRequest, ModelError, Overloaded, Unavailable
-from hero.runtime.seams import Metering
 from hero.scheduler.batch import END, Batcher, BatchStats, Job
 from hero.scheduler.contention import Contention
 from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
@@ -31,6 +30,7 @@ from hero.scheduler.llamacpp import Context, Model
 from hero.scheduler.prompt import Prompt, PromptBuilder
 from hero.scheduler.sampling import Sampling, check_grammar
 from hero.scheduler.template import ChatTemplate
+from hero.seams.power import Metering
 
 log = logging.getLogger("hero.llm")
 

@@ -5,10 +5,22 @@ and what the power governor may do to them (hibernate idle agents early). `hero.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sized
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from hero.runtime.events import Event, Reply
-from hero.runtime.report import AgentInfo, AgentStatus
+
+# An agent's lifecycle (its *state* is its data): in memory, written to the store and dropped, or unreadable.
+AgentStatus = Literal["active", "hibernated", "damaged"]
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    agent_id: str
+    status: AgentStatus
+    last_event: float | None  # unix time
+    reason: str | None = None  # why a damaged agent is damaged (the store's error, for the operator)
+    since: float | None = None  # unix time it was first found damaged
 
 
 class NodeCounters(Protocol):

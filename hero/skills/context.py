@@ -26,7 +26,7 @@ import httpx
 from hero.errors import HeroError, PermissionDenied, SkillFailed
 from hero.runtime.agent import AgentContext
 from hero.runtime.events import OverlayMessage
-from hero.runtime.seams import Metering
+from hero.seams.power import Metering
 from hero.skills.manifest import AGENT, Manifest
 
 log = logging.getLogger("hero.skills")

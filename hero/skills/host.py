@@ -24,12 +24,12 @@ import nacl.signing
 from hero.config import NodeConfig
 from hero.errors import SpecRefused, UsageError
 from hero.identity import NodeKeys
+from hero.seams.store import StateStore
 from hero.skills.context import SkillServices
 from hero.skills.registry import SkillRegistry, shipped_dir
 from hero.skills.skill import Skill
 from hero.skills.spec import AgentSpec, SkillRef, SpecLog, SpecPolicy, new_spec
 from hero.skills.trust import HERO_KEY, TrustStore
-from hero.store.base import StateStore
 
 log = logging.getLogger("hero.skills")
 AUTO = "node_default"  # the limits flag of a spec the node made on its own

@@ -23,7 +23,7 @@ import nacl.signing
 
 from hero.errors import SpecRefused
 from hero.identity import verify_signature
-from hero.store.base import StateStore
+from hero.seams.store import StateStore
 
 DOMAIN = b"hero-agent-spec-v1\n"
 PREFIX = "spec/"

@@ -5,8 +5,6 @@ The store's seam (the `StateStore` protocol and its `Version` record) is `hero.s
 
 from __future__ import annotations
 
-from hero.seams.store import StateStore as StateStore  # the runtime's imports move to hero.seams (issue 10)
-
 
 def check_key(key: str) -> str:
     """Keys are path-like ASCII names; refuse anything that could escape a directory."""

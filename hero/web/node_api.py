@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hero.runtime.report import AgentInfo
+from hero.seams.node import AgentInfo
 from hero.web.auth import require_operator, require_user
 from hero.web.bodies import query_int
 from hero.web.parts import parts
