@@ -75,3 +75,25 @@ async def test_sampler_settings_reach_llama_cpp(llm: LLMService):
         return len(seen) - len(set(seen))
 
     assert repeats(penalised) < repeats(free), (free, penalised)
+
+
+async def test_a_grammar_holds_every_token_where_the_model_would_write_something_else(llm: LLMService):
+    """The model would tell a story; the grammar allows two words. Each token the chain picks is rejected and
+    sampled again under the grammar, greedy and at temperature 1 alike."""
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    for temperature in (0.0, 1.0, 1.0):
+        usage: dict[str, object] = {}
+        out = "".join([d async for d in llm.stream("g" * 64, story, max_tokens=16, temperature=temperature,
+                                                   grammar='root ::= ("yes" | "no") "."', usage=usage)])
+        assert out in ("yes.", "no."), out
+        assert usage["finish_reason"] == "stop"
+
+
+async def test_a_grammar_the_reply_already_satisfies_changes_nothing(llm: LLMService):
+    """The grammar checks the token the chain chose; the chain (penalties included) still sees every token."""
+    prompt = [{"role": "user", "content": "Repeat after me: la la la la la la la la"}]
+
+    async def reply(grammar: str | None) -> str:
+        return "".join([d async for d in llm.stream("h" * 64, prompt, max_tokens=24, grammar=grammar)])
+
+    assert await reply(r"root ::= [^\x00]*") == await reply(None)

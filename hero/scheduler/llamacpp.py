@@ -163,10 +163,6 @@ class Context:
         if status != 0:
             raise ModelError(f"llama_decode failed ({status})")
 
-    def sample(self, sampler: Any, index: int) -> int:
-        """Sample (and accept) a token from the logits of batch entry `index` with a sampler chain."""
-        return int(C.llama_sampler_sample(sampler, self.ptr, index))
-
     def keep(self, seq: int, n: int) -> None:
         """Keep the first `n` cells of `seq` (0 clears it)."""
         C.llama_memory_seq_rm(self.memory, seq, n, -1)
