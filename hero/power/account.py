@@ -26,8 +26,10 @@ class AgentAccount:
     llm_ns: int = 0  # tick; under the ledger lock
     llm_tokens: int = 0  # tick; under the ledger lock
     storage_bytes: int = 0  # tick; under the ledger lock
-    cpu_s_total: float = 0.0  # attributed CPU-seconds, loop + LLM
+    skills_ns: int = 0  # tick; skill workers' thread CPU time; under the ledger lock
+    cpu_s_total: float = 0.0  # attributed CPU-seconds, loop + LLM + skills
     llm_s_total: float = 0.0
+    skills_s_total: float = 0.0
     tokens_total: int = 0
     storage_total: int = 0
     steps_total: int = 0

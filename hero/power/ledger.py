@@ -1,9 +1,9 @@
-"""Per-agent energy ledger: what each agent was charged (loop steps, LLM inference, storage) and a 1 Hz split of
-node power.
+"""Per-agent energy ledger: what each agent was charged (loop steps, LLM inference, skill code, storage) and a 1 Hz
+split of node power.
 
 Loop steps are charged by the step driver `run_turn` returns (`hero.power.metering`, which
-says why per step and which clocks); inference and storage are charged by the threads that
-did the work.
+says why per step and which clocks); inference, skill calls (which run in skill workers,
+off the loop) and storage are charged by the threads that did the work.
 
 Each tick the node's dynamic power (node − profile idle) is shared by
 CPU-seconds: W_i = P_dyn · c_i / D with D = max(machine busy CPU-s, process
@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from hero.power.account import TAU_1H, TAU_10S, AgentAccount, utc_day
 from hero.power.meter import PowerSample
@@ -59,6 +59,7 @@ class TickReport:
     loop_wait_ratio: float = 0.0  # share of the tick the loop thread waited for a CPU (kernel schedstat)
     steps: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    skills_cpu_s: float = 0.0  # CPU-seconds of skill workers this tick (part of Σ agents_cpu_s)
 
     @property
     def conservation_ok(self) -> bool:
@@ -68,7 +69,7 @@ class TickReport:
 class Ledger:
     """Charges CPU, LLM and storage to agents; `tick()` turns a meter sample into per-agent watts.
 
-    Loop-thread only, except `charge_llm` and `charge_storage`, which take a lock.
+    Loop-thread only, except `charge_llm`, `charge_storage` and `charge_cpu(…, part="skills")`, which take a lock.
     """
 
     def __init__(
@@ -131,9 +132,15 @@ class Ledger:
         self._dirty.add(acct)
         return metered_turn(coro, acct, self)
 
-    def charge_cpu(self, agent_id: str, cpu_ns: int) -> None:
-        """Charge loop-thread CPU measured elsewhere (e.g. a synchronous callback run for the agent)."""
+    def charge_cpu(self, agent_id: str, cpu_ns: int, part: Literal["loop", "skills"] = "loop") -> None:
+        """Charge CPU measured elsewhere: "loop", on the loop thread (e.g. a synchronous callback run for the
+        agent); "skills", a skill call's thread CPU time, from the skill's worker thread (thread-safe)."""
         acct = self.account(agent_id)
+        if part == "skills":
+            with self._lock:
+                acct.skills_ns += cpu_ns
+                self._shared_dirty.add(acct)
+            return
         acct.cpu_ns += cpu_ns
         acct.steps += 1
         self._dirty.add(acct)
@@ -163,7 +170,7 @@ class Ledger:
             acct.steps = 0
         with self._lock:
             for acct in self._shared_dirty:
-                acct.llm_ns = acct.llm_tokens = acct.storage_bytes = 0
+                acct.llm_ns = acct.llm_tokens = acct.storage_bytes = acct.skills_ns = 0
             self._shared_dirty = set()
         self._dirty = {a for a in self._dirty if a.open_turns > 0}
 
@@ -188,13 +195,13 @@ class Ledger:
         with self._lock:
             shared = self._shared_dirty
             self._shared_dirty = set()
-            llm = {a: (a.llm_ns, a.llm_tokens, a.storage_bytes) for a in shared}
+            llm = {a: (a.llm_ns, a.llm_tokens, a.storage_bytes, a.skills_ns) for a in shared}
             for a in shared:
-                a.llm_ns = a.llm_tokens = a.storage_bytes = 0
+                a.llm_ns = a.llm_tokens = a.storage_bytes = a.skills_ns = 0
 
         dirty = self._dirty
         ran: list[AgentAccount] = []
-        cpu_ns = wall_ns = llm_ns_sum = steps = 0
+        cpu_ns = wall_ns = llm_ns_sum = skills_ns_sum = steps = 0
         for a in dirty:  # includes turns left open (parked on an await): they cost nothing unless they stepped
             if a.steps:
                 ran.append(a)
@@ -204,21 +211,23 @@ class Ledger:
                 a.steps_total += a.steps
                 a.steps = 0
         active = shared.union(ran)
-        for ns, _, _ in llm.values():
+        for ns, _, _, skill_ns in llm.values():
             llm_ns_sum += ns
+            skills_ns_sum += skill_ns
         loop_scale = 1.0  # wall-timed steps include time the loop thread was preempted: scale to its CPU
         if wall_ns > 0:
             loop_scale = min(1.0, max(0.0, d_loop * 1e9 - cpu_ns) / wall_ns)
         llm_scale = 1.0
         if llm_ns_sum > 0:
-            off_loop = max(0.0, d_proc - d_loop) * 1e9
+            off_loop = max(0.0, (d_proc - d_loop) * 1e9 - skills_ns_sum)  # skill workers are measured exactly
             llm_scale = min(float(max(1, self.llm_threads)), max(1.0, off_loop / llm_ns_sum))
 
         node_w = sample.watts
         dyn_w = max(0.0, node_w - self.idle_w)
         loop_c_sum = (cpu_ns + wall_ns * loop_scale) / 1e9
         llm_c_sum = llm_ns_sum * llm_scale / 1e9
-        c_sum = loop_c_sum + llm_c_sum
+        skills_c_sum = skills_ns_sum / 1e9
+        c_sum = loop_c_sum + llm_c_sum + skills_c_sum
         c_rt = max(0.0, d_proc - c_sum)
         denom = max(sample.busy_cpu_s, d_proc, c_sum)
         k = dyn_w / denom if denom > 0 else 0.0
@@ -230,11 +239,12 @@ class Ledger:
         agents_cpu: dict[str, float] = {}
         sum_w = 0.0
         llm_w_sum = 0.0
-        llm_c: dict[AgentAccount, float] = {}
-        for a, (ln, tok, sb) in llm.items():  # inference and storage: few agents per tick
+        llm_c: dict[AgentAccount, float] = {}  # off-loop CPU-seconds: inference and skill workers
+        for a, (ln, tok, sb, sk) in llm.items():  # inference, skills and storage: few agents per tick
             lc = ln * llm_scale * 1e-9
-            llm_c[a] = lc
             a.llm_s_total += lc
+            a.skills_s_total += sk * 1e-9
+            llm_c[a] = lc + sk * 1e-9
             a.tokens_total += tok
             a.storage_total += sb
             llm_w_sum += k * lc
@@ -298,6 +308,7 @@ class Ledger:
             loop_scale=loop_scale,
             loop_wait_ratio=self.loop_wait_ratio,
             steps=steps,
+            skills_cpu_s=skills_c_sum,
         )
         if not report.conservation_ok:
             self.conservation_violations += 1

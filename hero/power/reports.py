@@ -138,8 +138,9 @@ class Reports:
         """CPU-seconds since start: the ledger's exact buckets, and the sampled split by part when enabled."""
         accounts = self.ledger.accounts()
         out: dict[str, Any] = {
-            "agents_seconds": sum(a.cpu_s_total for a in accounts),  # loop steps + inference, charged per agent
+            "agents_seconds": sum(a.cpu_s_total for a in accounts),  # loop + inference + skills, per agent
             "llm_seconds": sum(a.llm_s_total for a in accounts),  # of which inference
+            "skills_seconds": sum(a.skills_s_total for a in accounts),  # of which skill code (skill workers)
             "runtime_seconds": self.ledger.runtime_cpu_s,  # process CPU no agent caused (web, ticks, threads)
             "storage_bytes": sum(a.storage_total for a in accounts),  # state bytes written and read for agents
             "parts": None,
@@ -169,6 +170,7 @@ class Reports:
             "idle_share_watts": last.idle_share_w if last else 0.0,
             "cpu_seconds": acct.cpu_s_total if acct else 0.0,
             "llm_cpu_seconds": acct.llm_s_total if acct else 0.0,
+            "skills_cpu_seconds": acct.skills_s_total if acct else 0.0,
             "llm_tokens": acct.tokens_total if acct else 0,
             "storage_bytes": acct.storage_total if acct else 0,
             "turns": acct.turns_total if acct else 0,

@@ -1,6 +1,6 @@
 """PowerService: the node's meter, ledger, governor and history behind the power seams (`hero.seams.power`).
 
-The runtime calls `run_turn`, `charge_llm`, `charge_storage` and `admit`
+The runtime calls `run_turn`, `charge_llm`, `charge_storage`, `charge_cpu` and `admit`
 (Metering, Admission); the web calls `node_report`, `agent_report`, `stream`,
 `snapshot`, `history` and `chart` (PowerReports). Everything periodic happens in
 one 1 Hz tick task owned by this service. The reports' shapes are
@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from hero.errors import Unavailable
 from hero.power.account import utc_day
@@ -84,6 +84,7 @@ class PowerService:
         self.run_turn = self.ledger.run_turn  # type: ignore[method-assign]
         self.charge_llm = self.ledger.charge_llm  # type: ignore[method-assign]
         self.charge_storage = self.ledger.charge_storage  # type: ignore[method-assign]
+        self.charge_cpu = self.ledger.charge_cpu  # type: ignore[method-assign]
         self._quiet: asyncio.Event | None = None  # set by the first admission after a quiet spell
         self._listeners = 0
         self._last_admit = 0.0  # monotonic time of the last admission
@@ -246,6 +247,9 @@ class PowerService:
 
     def charge_storage(self, agent_id: str, nbytes: int) -> None:
         self.ledger.charge_storage(agent_id, nbytes)
+
+    def charge_cpu(self, agent_id: str, cpu_ns: int, part: Literal["loop", "skills"] = "loop") -> None:
+        self.ledger.charge_cpu(agent_id, cpu_ns, part)
 
     def admit(self, agent_id: str, *, interactive: bool) -> None:
         """The governor decides; the first work after a quiet spell also brings the tick back to 1 Hz."""

@@ -31,6 +31,11 @@ class Metering(Protocol):
         """Charge bytes written to or read from the store for this agent."""
         ...
 
+    def charge_cpu(self, agent_id: str, cpu_ns: int, part: Literal["loop", "skills"] = "loop") -> None:
+        """Charge CPU time measured elsewhere: on the loop thread, or ("skills") a skill call's thread CPU time,
+        from the skill's worker thread (thread-safe); the ledger shows it as the agent's skill CPU."""
+        ...
+
 
 class Admission(Protocol):
     def admit(self, agent_id: str, *, interactive: bool) -> None:
