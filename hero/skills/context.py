@@ -1,24 +1,27 @@
-"""What a skill sees during a call (`SkillContext`), and how every call is run: within its permissions, its time
-limit and its storage quota, its failures contained, its CPU time charged to the agent.
+"""What a skill sees during a call (`SkillContext`), and how every call is run: off the node's event loop (in a
+skill worker, `runner.py`), within its permissions, its time limit and its storage quota, its failures contained,
+its CPU time charged to the agent as skill CPU.
 
 A skill's state is its own slot of the agent's state (`state["skills"][name]`),
 persisted with the agent (hibernation, QSS); it never sees another skill's slot
-or another agent's state. Anything outside the manifest's permissions raises
+or another agent's state. A call works on a copy of the slot, which replaces the
+slot when the call succeeds within the quota. What a skill asks of the node
+(timers, the model, other agents, the network) runs on the node's loop, awaited
+from the worker. Anything outside the manifest's permissions raises
 `PermissionDenied` naming the skill and what it asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import copy
 import inspect
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,6 +31,9 @@ from hero.runtime.agent import AgentContext
 from hero.runtime.events import OverlayMessage
 from hero.seams.power import Metering
 from hero.skills.manifest import AGENT, Manifest
+from hero.skills.runner import SkillRunner
+
+T = TypeVar("T")
 
 log = logging.getLogger("hero.skills")
 SLOT = "skills"  # the agent state's key for the skills' slots
@@ -46,6 +52,7 @@ class SkillServices:
     power: AgentPower | None = None
     metering: Metering | None = None
     http: httpx.AsyncClient | None = None
+    runner: SkillRunner = field(default_factory=SkillRunner)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,10 +64,6 @@ class FetchResult:
 
     def json(self) -> Any:
         return json.loads(self.text)
-
-
-class SkillTimeout(BaseException):
-    """Raised inside a plain function's worker thread that ran past its skill's time limit."""
 
 
 def slot(state: dict[str, Any], skill: str) -> dict[str, Any]:
@@ -88,6 +91,7 @@ class SkillContext:
         self.interactive = interactive
         self._agent = agent
         self._services = services
+        self._home: asyncio.AbstractEventLoop | None = None  # the node's loop, during a call
 
     def _deny(self, what: str, grant: str) -> PermissionDenied:
         return PermissionDenied(f"skill {self.skill} may not {what}: its manifest does not grant {grant}")
@@ -98,14 +102,14 @@ class SkillContext:
         """A durable timer: in `delay_s` seconds the skill's on_timer handler gets `payload`, even after a restart."""
         if not self.permissions.timers:
             raise self._deny("set timers", "timers")
-        timer = await self._agent.set_timer(delay_s, timer_name(self.skill), payload or {},
-                                            interactive=self.interactive)
+        timer = await self._at_home(self._agent.set_timer(delay_s, timer_name(self.skill), payload or {},
+                                                          interactive=self.interactive))
         return timer.timer_id
 
     async def cancel_timer(self, timer_id: str) -> None:
         if not self.permissions.timers:
             raise self._deny("cancel timers", "timers")
-        await self._agent.cancel_timer(timer_id)
+        await self._at_home(self._agent.cancel_timer(timer_id))
 
     # the model
 
@@ -119,6 +123,9 @@ class SkillContext:
         options: dict[str, Any] = {"max_tokens": max_tokens, "interactive": self.interactive}
         if grammar is not None:
             options["grammar"] = grammar
+        return await self._at_home(self._complete(messages, options))
+
+    async def _complete(self, messages: list[dict[str, str]], options: dict[str, Any]) -> str:
         parts = [delta async for delta in self._agent.llm.stream(self.agent_id, messages, **options)]
         return "".join(parts).strip()
 
@@ -132,8 +139,8 @@ class SkillContext:
         if not self.permissions.may_message(agent_id):
             raise self._deny(f"message agent {agent_id[:16]}…", "that agent (permission agents)")
         if node is None:
-            return await self._agent.send(agent_id, text, topic=topic, wait_s=wait_s)
-        return await self._agent.send(node, text, agent=agent_id, topic=topic, wait_s=wait_s)
+            return await self._at_home(self._agent.send(agent_id, text, topic=topic, wait_s=wait_s))
+        return await self._at_home(self._agent.send(node, text, agent=agent_id, topic=topic, wait_s=wait_s))
 
     # the network
 
@@ -151,9 +158,14 @@ class SkillContext:
                     headers: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> FetchResult:
         """An HTTP request to a host the manifest grants (redirects are not followed: each host must be granted)."""
         self.check_url(url)
-        client = self._services.http
-        if client is None:
+        if self._services.http is None:
             raise PermissionDenied(f"skill {self.skill}: this node gives skills no network")
+        return await self._at_home(self._fetch(url, method, json_body, headers, timeout_s))
+
+    async def _fetch(self, url: str, method: str, json_body: Any, headers: Mapping[str, str] | None,
+                     timeout_s: float) -> FetchResult:
+        client = self._services.http
+        assert client is not None
         request = client.build_request(method, url, json=json_body, headers=dict(headers or {}), timeout=timeout_s)
         response = await client.send(request, stream=True, follow_redirects=False)
         try:
@@ -171,7 +183,12 @@ class SkillContext:
     def power(self) -> dict[str, Any] | None:
         """This agent's power figures (watts, Wh today) from the node's power part; None if it runs none."""
         power = self._services.power
-        return power.agent_report(self.agent_id) if power is not None else None
+        if power is None:
+            return None
+        home = self._home
+        if home is None or _on_loop(home):
+            return power.agent_report(self.agent_id)
+        return asyncio.run_coroutine_threadsafe(_report(power, self.agent_id), home).result(timeout=10)
 
     def service(self, name: str) -> Any:
         return self._services.extra.get(name)
@@ -179,87 +196,83 @@ class SkillContext:
     # running a call
 
     async def call(self, fn: Callable[..., Any], *args: Any, what: str) -> Any:
-        """Run one of the skill's functions as `fn(self, *args)`: within the time limit, its state within the
-        quota (else rolled back), its failure a `SkillFailed` (logged) and never the agent's."""
-        before = json.dumps(self.state)
+        """Run one of the skill's functions as `fn(self, *args)` in a skill worker, never on the node's loop:
+        within the time limit, on a copy of its state that replaces the slot only if the call succeeds within
+        the quota, its failure a `SkillFailed` (logged) and never the agent's, its thread CPU charged to the agent."""
         limit_s = self.permissions.time_limit_s
+        slot_now = self.state
         started = time.perf_counter()
+        own = copy.copy(self)  # the call's own context: a call that is abandoned keeps only its copy of the state
+        own._home = asyncio.get_running_loop()
+
+        def body() -> Any:  # on the worker: the state is copied there, so its cost is the skill's
+            own.state = json.loads(json.dumps(slot_now))
+            result = fn(own, *args)
+            if inspect.iscoroutine(result):
+                return _sized(result, own)
+            return result, own.state, len(json.dumps(own.state))
+
         try:
-            if inspect.iscoroutinefunction(fn):
-                async with asyncio.timeout(limit_s) as deadline:
-                    try:
-                        result = await fn(self, *args)
-                    except TimeoutError:
-                        if deadline.expired():
-                            raise
-                        raise SkillFailed(f"skill {self.skill}: {what} timed out") from None
-            else:
-                result = await self._in_thread(fn, (self, *args), limit_s, what)
+            ok, value = await self._services.runner.run(body, limit_s=limit_s, name=f"skill {self.skill}: {what}",
+                                                        charge=self._charge)
         except TimeoutError:
-            self._restore(before)
             log.warning("agent %s: skill %s: %s ran past its time limit of %g s", self.agent_id[:12], self.skill,
                         what, limit_s)
             raise SkillFailed(f"skill {self.skill}: {what} ran past its time limit of {limit_s:g} s") from None
-        except HeroError:
-            self._restore(before)
-            raise
-        except Exception as exc:
-            self._restore(before)
-            log.exception("agent %s: skill %s: %s raised", self.agent_id[:12], self.skill, what)
-            raise SkillFailed(f"skill {self.skill}: {what} failed ({type(exc).__name__}: {_short(exc)})") from None
-        size = len(json.dumps(self.state))
-        if size > self.permissions.storage_bytes and self.state:  # an empty slot costs nothing
-            self._restore(before)
+        if not ok:
+            raise self._failure(value, what)
+        result, state, size = value
+        if size > self.permissions.storage_bytes and state:  # an empty slot costs nothing
             raise PermissionDenied(f"skill {self.skill}: its state would be {size} bytes, over its storage quota "
                                    f"of {self.permissions.storage_kb} KB; the change was undone")
+        slot_now.clear()
+        slot_now.update(state)
         log.debug("skill %s: %s took %.1f ms", self.skill, what, (time.perf_counter() - started) * 1e3)
         return result
 
-    def _restore(self, before: str) -> None:
-        self.state.clear()
-        self.state.update(json.loads(before))
+    def _failure(self, exc: BaseException, what: str) -> HeroError:
+        """What a call that raised means to the agent: its own error, or `SkillFailed` (logged for the operator)."""
+        if isinstance(exc, HeroError):
+            return exc
+        if isinstance(exc, TimeoutError | asyncio.CancelledError):
+            log.warning("agent %s: skill %s: %s %s", self.agent_id[:12], self.skill, what,
+                        "timed out" if isinstance(exc, TimeoutError) else "was cancelled")
+            return SkillFailed(f"skill {self.skill}: {what} timed out")
+        if not isinstance(exc, Exception):  # SystemExit and the like: the skill's failure, not the node's
+            log.error("agent %s: skill %s: %s raised %s", self.agent_id[:12], self.skill, what, type(exc).__name__)
+            return SkillFailed(f"skill {self.skill}: {what} raised {type(exc).__name__}")
+        log.error("agent %s: skill %s: %s raised", self.agent_id[:12], self.skill, what, exc_info=exc)
+        return SkillFailed(f"skill {self.skill}: {what} failed ({type(exc).__name__}: {_short(exc)})")
 
-    async def _in_thread(self, fn: Callable[..., Any], args: tuple[Any, ...], limit_s: float, what: str) -> Any:
-        """A plain function in a thread of its own, never on the loop; its CPU time is charged to the agent. Past
-        the limit it is interrupted (`SkillTimeout` raised in it at its next Python instruction)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[bool, Any]] = loop.create_future()
-        metering, agent_id = self._services.metering, self.agent_id
+    def _charge(self, cpu_ns: int) -> None:
+        """From the worker's thread: the call's CPU time, the agent's skill CPU in its power ledger."""
+        metering = self._services.metering
+        if metering is not None:
+            metering.charge_cpu(self.agent_id, cpu_ns, part="skills")
 
-        def settle(outcome: tuple[bool, Any], cpu_ns: int) -> None:
-            if metering is not None:
-                metering.charge_llm(agent_id, cpu_ns, 0)  # off-loop CPU, as inference is
-            if not done.done():
-                done.set_result(outcome)
+    async def _at_home(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the node's loop (the runtime, the model and the overlay live there) and await it from
+        the skill's worker; cancelling the skill's task cancels it too."""
+        home = self._home
+        if home is None or _on_loop(home):
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, home))
 
-        def target() -> None:
-            started = time.thread_time_ns()
-            outcome: tuple[bool, Any]
-            try:
-                outcome = (True, fn(*args))
-            except BaseException as exc:  # handed to the awaiting turn, which decides what it means
-                outcome = (False, exc)
-            try:
-                loop.call_soon_threadsafe(settle, outcome, time.thread_time_ns() - started)
-            except RuntimeError:  # the loop has closed: nobody waits for this any more
-                pass
 
-        thread = threading.Thread(target=target, name=f"skill:{self.skill}", daemon=True)
-        thread.start()
-        try:
-            async with asyncio.timeout(limit_s):
-                ok, value = await asyncio.shield(done)
-        except TimeoutError:
-            if thread.ident is not None:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SkillTimeout))
-            raise
-        if ok:
-            return value
-        if isinstance(value, SkillTimeout):
-            raise TimeoutError
-        if not isinstance(value, Exception):  # SystemExit and the like: the skill's failure, not the node's
-            raise SkillFailed(f"skill {self.skill}: {what} raised {type(value).__name__}")
-        raise value
+async def _sized(coro: Coroutine[Any, Any, Any], ctx: SkillContext) -> tuple[Any, dict[str, Any], int]:
+    result = await coro
+    return result, ctx.state, len(json.dumps(ctx.state))
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # a plain function in its worker: no loop runs here
+        return False
+
+
+async def _report(power: AgentPower, agent_id: str) -> dict[str, Any]:
+    return power.agent_report(agent_id)
 
 
 def _short(exc: BaseException) -> str:

@@ -87,6 +87,7 @@ class SkillHost:
         return spec
 
     async def aclose(self) -> None:
+        self.services.runner.close()
         if self.services.http is not None:
             await self.services.http.aclose()
 

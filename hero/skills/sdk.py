@@ -19,8 +19,8 @@ owner's MCP clients; its JSON schema comes from its type hints and docstring. A
 **on_message** handler may answer a chat message before the model sees it (the
 phrasings a skill understands), **on_timer** gets the timers the skill set,
 **on_overlay** the overlay messages of its topic, and **prompt** adds a line to
-the model's system prompt. A function may be async or plain; a plain one runs in a
-worker thread, never on the node's event loop.
+the model's system prompt. A function may be async or plain; either runs in a skill
+worker (`runner.py`), never on the node's event loop.
 """
 
 from __future__ import annotations

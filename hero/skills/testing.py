@@ -31,6 +31,7 @@ from hero.errors import HeroError
 from hero.identity import NodeKeys, UserKey
 from hero.runtime.agent import AgentContext
 from hero.runtime.events import ApiRequest, ChatMessage
+from hero.seams.power import Metering
 from hero.skills.context import SkillServices
 from hero.skills.host import SkillHost
 from hero.skills.registry import SkillRegistry
@@ -116,8 +117,9 @@ def _skill_folders(paths: Sequence[Path] | None) -> list[Path]:
 
 @asynccontextmanager
 async def local_agent(paths: Sequence[Path] | None = None, *, model: bool | None = None,
-                      with_shipped: bool = False) -> AsyncIterator[LocalAgent]:
-    """An ephemeral agent running the skills in `paths` (default: the one `hero skill test` names)."""
+                      with_shipped: bool = False, metering: Metering | None = None) -> AsyncIterator[LocalAgent]:
+    """An ephemeral agent running the skills in `paths` (default: the one `hero skill test` names); with
+    `metering` (e.g. a `hero.power.ledger.Ledger`), its turns and skill calls are charged there."""
     from agents.assistant import create
     from hero.runtime.node import Node
     from hero.skills.registry import shipped_dir
@@ -142,17 +144,19 @@ async def local_agent(paths: Sequence[Path] | None = None, *, model: bool | None
         registry.load()
         if registry.refused:
             raise HeroError("; ".join(registry.refused.values()))
-        host = SkillHost(registry, SpecLog(store, SpecPolicy(keys.node_id)), SkillServices(), node_key=keys.signing)
+        host = SkillHost(registry, SpecLog(store, SpecPolicy(keys.node_id)), SkillServices(metering=metering),
+                         node_key=keys.signing)
 
         def factory(ctx: AgentContext) -> Any:
             return create(ctx)
 
-        node = Node(store, llm, factory, node_id=keys.node_id, services={"skills": host})
+        node = Node(store, llm, factory, node_id=keys.node_id, services={"skills": host}, metering=metering)
         await node.start()
         try:
             yield LocalAgent(node, UserKey.generate().agent_id, llm)
         finally:
             await node.aclose()
+            await host.aclose()
             if use_model:
                 await llm.aclose()
             await store.aclose()
