@@ -80,6 +80,8 @@ def build_parser() -> Parser:
     add = user.add_parser("add", help="add a user; prints their token (and secret key if generated)")
     add.add_argument("name")
     add.add_argument("--pubkey", help="the user's own Ed25519 public key (hex); default: generate a key pair")
+    add.add_argument("--grant", metavar="SIG", help="with --pubkey: their hosting grant (hex; see hero user grant)")
+    add.add_argument("--home", metavar="NODE", help="pin the user's agent to this node (its id or name) in a cluster")
     add.add_argument("--ttl-days", type=float, default=USER_TTL / 86400, help="token lifetime in days")
     data_arg(add, json_flag=True)
     add.set_defaults(func=cmd_user_add)
@@ -95,6 +97,12 @@ def build_parser() -> Parser:
     token.add_argument("--ttl-days", type=float, default=USER_TTL / 86400)
     data_arg(token, json_flag=True)
     token.set_defaults(func=cmd_user_token)
+    grant = user.add_parser("grant", help="a user's hosting grant, signed with their key, so nodes may publish "
+                            "their agent on the overlay (prints what to sign without SIG)")
+    grant.add_argument("name")
+    grant.add_argument("signature", nargs="?", metavar="SIG", help="the user's Ed25519 signature (hex)")
+    data_arg(grant, json_flag=True)
+    grant.set_defaults(func=cmd_user_grant)
 
     operator = sub.add_parser("operator", help="operator access").add_subparsers(
         parser_class=Parser, metavar="ACTION", required=True
@@ -138,7 +146,24 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def open_users(data_dir: Path) -> Users:
-    return Users(data_dir, NodeKeys.load_or_create(data_dir))
+    return Users(data_dir, node_keys(data_dir))
+
+
+def node_keys(data_dir: Path) -> NodeKeys:
+    """The keys the data dir's node shares with its cluster (store, tokens): the cluster's if it has a key."""
+    from hero.cluster.key import shared_keys
+
+    return shared_keys(NodeKeys.load_or_create(data_dir), load_config(data_dir).cluster_key)
+
+
+def hex_arg(text: str, what: str, size: int) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != size:
+        raise UsageError(f"{what} must be {size} bytes of hex")
+    return raw
 
 
 def positive_ttl(days: float) -> float:
@@ -167,14 +192,21 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    users = open_users(args.data)
+    if args.grant and not args.pubkey:
+        raise UsageError("--grant goes with --pubkey (a generated key's grant is signed at once)")
+    with open_users(args.data) as users:
+        return _user_add(args, users)
+
+
+def _user_add(args: argparse.Namespace, users: Users) -> int:
     key = None
     if args.pubkey:
         agent_id = check_agent_id(args.pubkey.lower())
     else:
         key = UserKey.generate()
         agent_id = key.agent_id
-    user = users.add(args.name, agent_id)
+    grant = hex_arg(args.grant, "--grant", 64) if args.grant else None
+    user = users.add(args.name, agent_id, key=key, grant=grant, home=args.home)
     token, claims = users.issue(user, ttl=positive_ttl(args.ttl_days))
     out: dict[str, Any] = {"name": user.name, "agent_id": user.agent_id, "token": token, "expires": claims.exp}
     if key is not None:
@@ -186,25 +218,43 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    users = [u.to_json() for u in open_users(args.data).list()]
+    with open_users(args.data) as registry:
+        users = [u.to_json() for u in registry.list()]
     lines = [f"{u['name']:20} {u['agent_id']}{'  (revoked)' if u['revoked'] else ''}" for u in users]
     emit(args, users, "\n".join(lines) or "no users")
     return 0
 
 
 def cmd_user_revoke(args: argparse.Namespace) -> int:
-    user = open_users(args.data).revoke(args.name)
+    with open_users(args.data) as users:
+        user = users.revoke(args.name)
     emit(args, user.to_json(), f"revoked {user.name}: their tokens no longer work")
     return 0
 
 
 def cmd_user_token(args: argparse.Namespace) -> int:
-    users = open_users(args.data)
-    user = users.get(args.name)
+    with open_users(args.data) as users:
+        user = users.get(args.name)
     if user.revoked:
         raise UsageError(f"user {args.name!r} is revoked")
     token, claims = users.issue(user, ttl=positive_ttl(args.ttl_days))
     emit(args, {"name": user.name, "agent_id": user.agent_id, "token": token, "expires": claims.exp}, token)
+    return 0
+
+
+def cmd_user_grant(args: argparse.Namespace) -> int:
+    from hero.net.records import grant_message
+
+    with open_users(args.data) as users:
+        user = users.get(args.name)
+        message = grant_message(bytes.fromhex(user.agent_id), users.registry.authority)
+        if args.signature is None:
+            emit(args, {"name": user.name, "message": message.hex()},
+                 f"{user.name} signs these bytes (hex) with their Ed25519 key, then: hero user grant {user.name} SIG"
+                 f"\n{message.hex()}")
+            return 0
+        user = users.set_grant(args.name, hex_arg(args.signature, "SIG", 64))
+    emit(args, user.to_json(), f"{user.name}'s agent may now be published on the overlay")
     return 0
 
 
@@ -224,7 +274,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
             agents = json.load(response)["agents"]
     except (urllib.error.URLError, OSError):
         agents = asyncio.run(_stored_agents(config))
-    users = {u.agent_id: u.name for u in open_users(args.data).list()}
+    with open_users(args.data) as registry:
+        users = {u.agent_id: u.name for u in registry.list()}
     for agent in agents:
         agent["user"] = users.get(agent["agent_id"])
     lines = [
@@ -239,7 +290,7 @@ async def _stored_agents(config: Any) -> list[dict[str, Any]]:
     """With no node running, every agent is hibernated: read them from the store."""
     from hero.server import open_store
 
-    store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
+    store = await open_store(config, node_keys(config.data_dir))
     try:
         out = []
         for key in await store.keys(PREFIX):

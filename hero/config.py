@@ -52,6 +52,10 @@ class NodeConfig:
     dev_skills: str = ""  # dev mode: skill folders (space-separated), loaded unsigned and reloaded when changed
     spec_signers: str = ""  # keys (hex, space-separated) that may sign agents' specs besides the node's and owner's
     spec_threshold: int = 1  # how many of those must sign an agent's spec (k of n)
+    cluster_key: str = ""  # the cluster's key: a file, or the key itself (hero cluster init); "" = a lone node
+    ray: str = ""  # the Ray head (HOST:PORT) of the cluster to join (needs cluster_key); "" = no Ray
+    lease_ttl_s: float = 30.0  # an agent's lease lapses this long after its node last renewed it
+    cluster_url: str = ""  # how other nodes reach this node's web API (default http://HOST:PORT)
     power: PowerConfig = field(default_factory=PowerConfig, hash=False)  # hero.toml's [power] table only
 
 
@@ -73,7 +77,11 @@ def load_config(data_dir: Path | None = None, **overrides: Any) -> NodeConfig:
     names = {_env_name(name): name for name in [*_SETTINGS, *RENAMED]}
     env = {name: os.environ[var] for var, name in names.items() if var in os.environ}
     config = _apply(config, _renamed(env, "environment", _env_name), "environment")
-    return _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    config = _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    if config.ray and not config.cluster_key:
+        raise UsageError("joining a Ray cluster needs the cluster's key (--cluster-key FILE or HERO_CLUSTER_KEY; "
+                         "hero cluster init makes one): Hero runs no unauthenticated cluster")
+    return config
 
 
 def _env_name(setting: str) -> str:
@@ -123,4 +131,6 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
         raise UsageError(f"{origin}: spec_threshold must be >= 1")
     if result.overlay not in ("on", "off", "external"):
         raise UsageError(f"{origin}: overlay must be on, off or external")
+    if not result.lease_ttl_s >= 1:
+        raise UsageError(f"{origin}: lease_ttl_s must be >= 1")
     return result

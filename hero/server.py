@@ -22,8 +22,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from hero.chat.histories import Histories
+from hero.cluster.key import shared_keys
 from hero.config import NodeConfig
-from hero.errors import UsageError
+from hero.errors import Conflict, UsageError
 from hero.identity import NodeKeys, UserKey
 from hero.net.agents import AgentBridge, AllowList
 from hero.net.embed import start_overlay
@@ -37,7 +38,7 @@ from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
 from hero.skills.host import node_host
 from hero.store.qss import QSS, open_qss
-from hero.users import Users
+from hero.users import Registry
 from hero.web.app import create_app
 from hero.web.parts import app_parts
 
@@ -47,8 +48,8 @@ log = logging.getLogger("hero")
 @dataclass
 class Parts:
     config: NodeConfig
-    keys: NodeKeys
-    users: Users
+    keys: NodeKeys  # the node's own (its node id, its overlay key)
+    users: Registry
     store: QSS
     llm: LLMService
     node: Node
@@ -70,13 +71,14 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     model = check_model_path(config.model) if config.model else default_model_path()
     keys = NodeKeys.load_or_create(config.data_dir)
-    users = Users(config.data_dir, keys)
+    shared = shared_keys(keys, config.cluster_key)  # the cluster's, in a cluster: store, tokens, specs
     power = PowerService(
         config.profile,
         config.data_dir,
         replace(config.power, host_speed=config.host_speed, cpu_parts_hz=config.cpu_parts_hz),
     )
-    store = await open_store(config, keys)
+    store = await open_store(config, shared)
+    users = Registry(store, shared, data_dir=config.data_dir)
     llm = LLMService(
         model,
         n_ctx=config.n_ctx,
@@ -86,10 +88,10 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         queue_max=config.llm_queue_max,
         metering=power,
     )
-    skills = node_host(config, keys, store, power)  # the skills agents run, their specs, what skills may use
+    skills = node_host(config, shared, store, power)  # the skills agents run, their specs, what skills may use
     # overlay messages become agent events and agents send through it; the overlay itself starts last
     allow = AllowList(config.data_dir / "overlay-allow.json")
-    bridge = AgentBridge(allow, is_local=lambda agent_id: _hosts(users, agent_id))
+    bridge = AgentBridge(allow, is_local=lambda agent_id: _hosts(users, agent_id), grant_of=users.grant_of)
     node = Node(
         store,
         llm,
@@ -107,11 +109,12 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
     overlay = None
     try:
         await store.start()
+        await users.load()
         await llm.start()
         await node.start()
         await power.start()
         agents = [u.agent_id for u in users.list() if not u.revoked]
-        overlay = await start_overlay(config, keys, bridge, node.deliver, agents)
+        overlay = await start_overlay(config, keys, bridge, node.deliver, agents, authority=shared.signing)
         app_parts(app).overlay = overlay
         yield Parts(config, keys, users, store, llm, node, chat, power, app, overlay)
     finally:
@@ -123,24 +126,27 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         await node.aclose()
         await skills.aclose()
         await llm.aclose()
+        await users.aclose()
         await store.aclose()
-        users.close()
 
 
-def _hosts(users: Users, agent_id: str) -> bool:
+def _hosts(users: Registry, agent_id: str) -> bool:
     """Whether this node hosts `agent_id`: its user exists and is not revoked (asked each time, so users added
     with `hero user add` while the node runs are reachable at once)."""
     user = users.by_agent(agent_id)
     return user is not None and not user.revoked
 
 
-def first_start(parts: Parts, base_url: str) -> list[str]:
-    """On an empty node: create the owner's user and key, and say how to sign in (as Jupyter does)."""
+async def first_start(parts: Parts, base_url: str) -> list[str]:
+    """On an empty node (or cluster): create the owner's user and key, and say how to sign in (as Jupyter does)."""
     if parts.users.list():
         return []
     name = re.sub(r"[^a-z0-9_.-]", "", getpass.getuser().lower()) or "owner"
     key = UserKey.generate()
-    user = parts.users.add(name, key.agent_id)
+    try:
+        user = await parts.users.add_user(name, key.agent_id, key=key)
+    except Conflict:  # another node of the cluster made the first user at the same moment
+        return []
     key_file = parts.config.data_dir / f"{name}.user.key"
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -228,7 +234,7 @@ async def serve(config: NodeConfig, *, announce: Any = print) -> None:
 async def _serve(config: NodeConfig, sock: socket.socket, announce: Any) -> None:
     async with open_node(config) as parts:
         base_url = f"http://{config.host}:{config.port}"
-        for line in first_start(parts, base_url):
+        for line in await first_start(parts, base_url):
             announce(line)
         model_name = Path(parts.llm.model_path).name
         announce(

@@ -22,7 +22,7 @@ async def node(tmp_path):
     async with serving(config) as parts:
         parts.base_url = f"http://127.0.0.1:{config.port}"
         parts.key = UserKey.generate()
-        parts.users.add("alice", parts.key.agent_id)
+        await parts.users.add_user("alice", parts.key.agent_id)  # in the store before the tests look
         yield parts
 
 

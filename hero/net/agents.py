@@ -75,9 +75,11 @@ class AgentBridge:
     """Overlay messages for this node's agents become their events; agents send through it (the runtime's
     `Messenger`). Built before the overlay starts (the node needs it); `attach` connects it."""
 
-    def __init__(self, allow: AllowList, is_local: Callable[[str], bool]) -> None:
+    def __init__(self, allow: AllowList, is_local: Callable[[str], bool],
+                 grant_of: Callable[[str], bytes | None] = lambda agent_id: None) -> None:
         self.allow = allow
         self.is_local = is_local  # does this node host that agent (its registry, asked each time)
+        self.grant_of = grant_of  # the owner's grant to host it (records.py), from the registry
         self.overlay: Overlay | None = None
         self._deliver: Deliver | None = None
         self._nursery = Nursery("overlay-agents")

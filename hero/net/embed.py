@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import nacl.signing
+
 from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys
@@ -17,14 +19,18 @@ from hero.net.address import Identity
 from hero.net.agents import AgentBridge, Deliver
 from hero.net.external import ExternalOverlay
 from hero.net.overlay import Overlay
+from hero.net.records import HostAuthority
 from hero.net.service import OverlayService, OverlaySettings
 
 log = logging.getLogger("hero.net")
 
 
 async def start_overlay(config: NodeConfig, keys: NodeKeys, bridge: AgentBridge, deliver: Deliver,
-                        agents: Iterable[str]) -> Overlay | None:
-    """Start the configured overlay, connect `bridge` to it and publish `agents` (None: no overlay runs)."""
+                        agents: Iterable[str], *, authority: nacl.signing.SigningKey | None = None) -> Overlay | None:
+    """Start the configured overlay, connect `bridge` to it and publish `agents` (None: no overlay runs).
+
+    Records of the node's agents are vouched for by `authority` (the cluster's key; default the node's own
+    signing key), which their owners' grants name (`bridge.grant_of`)."""
     if config.overlay == "off":
         return None
     overlay: OverlayService | ExternalOverlay
@@ -38,7 +44,10 @@ async def start_overlay(config: NodeConfig, keys: NodeKeys, bridge: AgentBridge,
             tun=config.overlay_tun != "off",
         ))
         overlay.agents = bridge
-        overlay.node.agents.is_local = lambda agent: bridge.is_local(agent.hex())
+        locator = overlay.node.agents
+        locator.is_local = lambda agent: bridge.is_local(agent.hex())
+        locator.authority = HostAuthority(authority or keys.signing)
+        locator.grant_of = lambda agent: bridge.grant_of(agent.hex())
     try:
         await overlay.start()
     except (UsageError, OSError) as exc:

@@ -1,6 +1,7 @@
 """Which node hosts an agent: signed records, published by the host and found on demand.
 
-A node publishes a record (records.py) for each agent it hosts when the
+A node publishes a record (records.py: vouched for by its hosting authority and
+carrying the owner's grant to it) for each agent it hosts when the
 overlay starts, every `RECORD_TTL_S / 3` and whenever someone asks; records
 flood to every node that has not seen them. An agent added while the node
 runs (a user created with `hero user add`) is found on demand: the node that
@@ -9,12 +10,14 @@ the host, which checks its own registry (`is_local`) at that moment, answers
 with a fresh record. A node sends at most `QUERIES_PER_S` queries (a burst of
 twice that) and, for `NOT_FOUND_S` after a query found nothing, answers "not
 found" at once: an agent sending to made-up ids cannot flood the overlay.
-Nothing here polls.
+An agent without a grant is not published (its owner never said this node may
+host it): it is reached by the node's key and its topic only. Nothing here polls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -22,7 +25,7 @@ from collections.abc import Callable
 
 from hero.net.address import Identity
 from hero.net.link import TokenBucket
-from hero.net.records import AgentDirectory, AgentRecord
+from hero.net.records import AgentDirectory, AgentRecord, HostAuthority, check_grant
 from hero.net.wire import AgentQuery, AgentRecordTlv, Tlv
 
 RECORD_TTL_S = 600.0
@@ -32,6 +35,7 @@ QUERIES_PER_S = 10.0
 NOT_FOUND_S = 5.0
 
 Flood = Callable[[Tlv, object | None], None]  # (TLV, the link not to send it back on)
+log = logging.getLogger("hero.net")
 
 
 class AgentLocator:
@@ -41,6 +45,9 @@ class AgentLocator:
         self.directory = AgentDirectory()
         self.published: set[bytes] = set()
         self.is_local: Callable[[bytes], bool] = lambda agent: agent in self.published
+        self.authority: HostAuthority | None = None  # who vouches for our records (set by the node's owner)
+        self.grant_of: Callable[[bytes], bytes | None] = lambda agent: None  # the owner's grant to `authority`
+        self.ungranted: set[bytes] = set()  # hosted here, but not published: no grant from their owner
         self._seen: OrderedDict[bytes, None] = OrderedDict()  # query nonces
         self._finding: dict[bytes, asyncio.Future[bytes]] = {}
         self._missing: dict[bytes, float] = {}  # agent -> until when a find answers None at once
@@ -50,7 +57,15 @@ class AgentLocator:
 
     def publish(self, agent: bytes) -> None:
         self.published.add(agent)
-        record = AgentRecord.issue(self.identity, agent, RECORD_TTL_S)
+        grant = self.grant_of(agent)
+        if self.authority is None or grant is None or not check_grant(agent, self.authority.public, grant):
+            if agent not in self.ungranted:
+                self.ungranted.add(agent)
+                log.warning("overlay: agent %s is not published: its owner has granted this node no hosting "
+                            "(it is reached by this node's key and its topic only)", agent.hex()[:16])
+            return
+        self.ungranted.discard(agent)
+        record = AgentRecord.issue(self.identity.public, self.authority, agent, grant, RECORD_TTL_S)
         self.directory.add(record)
         self._learnt(record)
         self._flood(AgentRecordTlv(record.encode()), None)

@@ -24,8 +24,12 @@ class Version:
 
 
 class StateStore(Protocol):
-    async def put(self, key: str, data: bytes, *, epoch: int) -> Version:
-        """Store `data` as the next version of `key`. Raises StaleEpoch if `epoch` is older than the head's."""
+    async def put(self, key: str, data: bytes, *, epoch: int, expect: int | None = None) -> Version:
+        """Store `data` as the next version of `key`. Raises StaleEpoch if `epoch` is older than the head's.
+
+        With `expect` (the version the caller read; 0: none yet), only as version `expect + 1`: Conflict if
+        another writer got there first (compare-and-set, for read-modify-write callers such as the registry).
+        """
         ...
 
     async def get(self, key: str, version: int | None = None) -> bytes:

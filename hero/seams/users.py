@@ -1,4 +1,4 @@
-"""The web ↔ users seam: who may talk to this node, their tokens and sign-in challenges (`hero.users.Users`)."""
+"""The web ↔ users seam: who may talk to this node, their tokens and sign-in challenges (`hero.users.Registry`)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ class UserRegistry(Protocol):
         """The node's keys: they sign tokens and sign-in challenges."""
         ...
 
-    def authenticate(self, token: str) -> TokenClaims:
-        """Signature, expiry and revocation: the one check every API request passes. Raises Unauthorized."""
+    async def authenticate(self, token: str) -> TokenClaims:
+        """Signature, expiry and revocation: the one check every API request passes. Raises Unauthorized.
+        (It may read the registry from the store: a user added on another node, or by `hero user add`.)"""
         ...
 
     def list(self) -> list[User]: ...
@@ -37,8 +38,14 @@ class UserRegistry(Protocol):
         """A user token for `user` (its subject is their agent id)."""
         ...
 
-    def revoke_token(self, jti: str) -> None: ...
+    def revoke_token(self, jti: str, expires: float | None = None) -> None:
+        """Revoke one token now on this node; in the store (so on every node) once `flush` returns."""
+        ...
 
-    def spend_nonce(self, nonce: str, expires: float) -> bool:
-        """Mark a sign-in challenge's nonce used; False if it already was (a replay)."""
+    async def flush(self) -> None:
+        """Wait until every change made with the synchronous calls is in the store."""
+        ...
+
+    async def spend_nonce(self, nonce: str, expires: float) -> bool:
+        """Mark a sign-in challenge's nonce used (on every node); False if it already was (a replay)."""
         ...

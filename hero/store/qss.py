@@ -96,8 +96,8 @@ class QSS:
 
     # The StateStore seam
 
-    async def put(self, key: str, data: bytes, *, epoch: int) -> Version:
-        return (await self.writer.put(key, data, epoch=epoch)).version
+    async def put(self, key: str, data: bytes, *, epoch: int, expect: int | None = None) -> Version:
+        return (await self.writer.put(key, data, epoch=epoch, expect=expect)).version
 
     async def put_report(self, key: str, data: bytes, *, epoch: int, progress: Progress | None = None) -> WriteReport:
         """Store the next version of `key`; the report says which backends were skipped."""

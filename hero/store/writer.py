@@ -72,8 +72,13 @@ class Writer:
         self.ec_type = ec_type
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def put(self, key: str, data: bytes, *, epoch: int, progress: Progress | None = None) -> WriteReport:
-        """Store the next version of `key`; the report says which backends were skipped."""
+    async def put(self, key: str, data: bytes, *, epoch: int, progress: Progress | None = None,
+                  expect: int | None = None) -> WriteReport:
+        """Store the next version of `key`; the report says which backends were skipped.
+
+        With `expect` (the version the caller read; 0: none), only as the version after it: Conflict if
+        the object has moved on since (a compare-and-set, for read-modify-write callers).
+        """
         check_key(key)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise BadRequest("store data must be bytes")
@@ -90,9 +95,15 @@ class Writer:
                 if head is not None and head.epoch > epoch:
                     raise StaleEpoch(f"write to {key} with epoch {epoch} refused: head has epoch {head.epoch}")
                 version = head.version + 1 if head else 1
+                if expect is not None and version != expect + 1:
+                    if probe:
+                        continue  # only this node's memory of the head: read the real one
+                    raise Conflict(f"{key} changed since version {expect} was read (now {version - 1})")
                 try:
                     report = await self._write(key, oid, version, epoch, head, data, progress, probe=probe)
                 except VersionTaken:
+                    if expect is not None:
+                        raise Conflict(f"{key} changed since version {expect} was read") from None
                     self.catalog.forget_head(oid)
                     log.info("version %d of %s was taken by another writer; retrying", version, key)
                     continue

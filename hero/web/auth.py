@@ -21,19 +21,19 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-def authenticate(request: Request) -> TokenClaims:
-    return parts(request).users.authenticate(bearer(request))
+async def authenticate(request: Request) -> TokenClaims:
+    return await parts(request).users.authenticate(bearer(request))
 
 
 async def require_user(request: Request) -> TokenClaims:
-    claims = authenticate(request)
+    claims = await authenticate(request)
     if claims.role != "user":
         raise Forbidden("this endpoint needs a user token")
     return claims
 
 
 async def require_operator(request: Request) -> TokenClaims:
-    claims = authenticate(request)
+    claims = await authenticate(request)
     if claims.role != "operator":
         raise Forbidden("this endpoint needs the operator token")
     return claims

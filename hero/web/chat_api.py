@@ -243,7 +243,7 @@ def _usage(reply: Reply, text: str) -> dict[str, Any]:
 
 
 async def models(request: Request) -> Response:
-    authenticate(request)
+    await authenticate(request)
     edge = parts(request)
     llm = edge.llm
     created = int(edge.started)

@@ -134,7 +134,7 @@ async def _events(
                     try:
                         entry = await asyncio.wait_for(live.get(), wait)
                     except TimeoutError:
-                        reason = _still_valid(request)
+                        reason = await _still_valid(request)
                         if reason is not None:
                             error = {"error": {"message": reason, "type": "unauthorized"}}
                             yield {"event": "auth", "data": json.dumps(error)}
@@ -148,10 +148,10 @@ async def _events(
             yield {"event": "done", "data": "[DONE]"}
 
 
-def _still_valid(request: Request) -> str | None:
+async def _still_valid(request: Request) -> str | None:
     """None if the stream's token still authenticates, else why not (expired, revoked)."""
     try:
-        parts(request).users.authenticate(bearer(request))
+        await parts(request).users.authenticate(bearer(request))
     except HeroError as exc:
         return exc.message
     return None

@@ -87,7 +87,7 @@ async def login(request: Request) -> Response:
     agent_id = claims["aid"]
     if not verify_signature(agent_id, text.encode(), signature):
         raise Unauthorized("signature does not match the agent's key")
-    if not users.spend_nonce(claims["n"], claims["exp"]):
+    if not await users.spend_nonce(claims["n"], claims["exp"]):
         raise Unauthorized("challenge already used: ask for a new one")
     user = users.by_agent(agent_id)
     if user is None or user.revoked:
@@ -98,8 +98,10 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     """Sign-out revokes the token itself, so a copy left on a lost phone stops working too."""
-    claims = authenticate(request)
-    parts(request).users.revoke_token(claims.jti)
+    claims = await authenticate(request)
+    users = parts(request).users
+    users.revoke_token(claims.jti, claims.exp)
+    await users.flush()  # in the store, so every node refuses it, before we say it is done
     return Response(status_code=204)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import nacl.signing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hero.identity import UserKey
 from hero.net.address import Identity, RouterId, load_or_create_key, verify
 from hero.net.handshake import Handshake, HandshakeError
 from hero.net.messages import MessageService
-from hero.net.records import AgentDirectory, AgentRecord
+from hero.net.records import AgentDirectory, AgentRecord, HostAuthority, sign_grant
 from hero.net.session import ReplayWindow, Sessions
 from hero.net.wire import (
     METRIC_INFINITE,
@@ -188,15 +190,20 @@ async def test_message_frames_never_raise(raw) -> None:
 
 
 def test_agent_records() -> None:
+    owner = UserKey.generate()
+    agent = bytes.fromhex(owner.agent_id)
+    authority = HostAuthority(nacl.signing.SigningKey.generate())
+    grant = sign_grant(owner.signing, authority.public)
     node = Identity.generate()
-    record = AgentRecord.issue(node, b"a" * 32, 60)
+    record = AgentRecord.issue(node.public, authority, agent, grant, 60)
     directory = AgentDirectory()
     assert directory.learn(record.encode()) == record
     assert directory.learn(record.encode()) is None  # not new: not flooded again
-    assert directory.resolve(b"a" * 32) == node.public
+    assert directory.resolve(agent) == node.public
     forged = bytearray(record.encode())
     forged[40] ^= 1
     assert directory.learn(bytes(forged)) is None and directory.rejected == 1
-    newer = AgentRecord.issue(Identity.generate(), b"a" * 32, 60, now=record.issued_ms / 1000 + 5)
+    newer = AgentRecord.issue(Identity.generate().public, authority, agent, grant, 60, now=record.issued_ms / 1000 + 5)
     assert directory.learn(newer.encode()) == newer  # the agent moved
-    assert AgentDirectory().learn(AgentRecord.issue(node, b"b" * 32, 60, now=1.0).encode()) is None  # expired
+    expired = AgentRecord.issue(node.public, authority, agent, grant, 60, now=1.0)
+    assert AgentDirectory().learn(expired.encode()) is None
