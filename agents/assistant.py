@@ -1,8 +1,9 @@
 """The default personal agent: its skills first, then the node's LLM, which may call the skills' tools.
 
-Turn shape for a chat message: find the agent's skills (its spec, verified: a
-refused spec refuses the message, nothing is kept), append the user's message
-and persist it (the event is now accepted: it survives a crash), then a slash
+Turn shape for a chat message: find the agent's skills (its spec, verified by
+the runtime before it activated the agent: a refused spec is never activated),
+append the user's message and persist it (the event is now accepted: it survives
+a crash), then a slash
 command (`/help`, `/call`, a skill's own), else the phrasings the skills
 understand, else a reply from the model, whose output is constrained to a valid
 call of one of the skills' tools or a plain answer; then append and persist the
@@ -40,9 +41,8 @@ class Assistant(ChatAgent):
         self._skills: AgentSkills | None = None
 
     async def skills(self) -> AgentSkills:
-        """The agent's skills: its spec is read and verified at the activation's first event."""
-        fresh = self._skills is None
-        resolved = await self.host.resolve(self.ctx.agent_id, fresh=fresh)
+        """The agent's skills, from its spec as verified when the runtime activated the agent (the host's)."""
+        resolved = await self.host.resolve(self.ctx.agent_id)
         if self._skills is None:
             _migrate(self.ctx.state)
             self._skills = AgentSkills(self.ctx, resolved, self.host.services,

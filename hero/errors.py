@@ -105,6 +105,12 @@ class AgentDamaged(Unavailable):
     code = "agent_damaged"
 
 
+class AgentRefused(Unavailable):
+    """The node does not activate the agent: its spec does not verify (the message says why); others run."""
+
+    code = "agent_refused"
+
+
 class StorageError(Unavailable):
     """The store could not complete an operation (backend down, quorum not reached, disk full)."""
 

@@ -102,6 +102,7 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         admission=power,
         messenger=bridge,
         services={"skills": skills},
+        verifier=skills,  # no agent is activated unless its spec verifies
     )
     chat = Histories(node)
     power.attach(node, llm)

@@ -150,3 +150,52 @@ def test_agent_spec_propose_sign_apply_and_history(tmp_path: Path) -> None:
     assert history[0]["agent_id"] == alice["agent_id"]
     text = hero_cli("agent", "spec", "alice", "--history", "--data", str(data)).stdout
     assert text.startswith("spec 1 ") and "signed by node" in text
+
+
+MARKER = """
+from pathlib import Path
+
+@on_message
+async def mark(ctx: SkillContext, text: str) -> str:
+    Path(text.removeprefix("mark ")).joinpath(ctx.agent_id).write_text("ran")  # evidence: its code ran
+    return "marked"
+"""
+
+
+async def test_a_tampered_spec_refuses_activation_with_a_503_naming_why_while_others_serve(tmp_path: Path) -> None:
+    import httpx
+
+    from hero.server import open_store
+    from hero.skills.spec import spec_key
+    from tests.conftest import auth, make_config, serving
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    folder = write_skill(tmp_path / "dev", "marker", MARKER)
+    config = make_config(tmp_path, dev_skills=str(folder))
+    alice, bob = add_user(config.data_dir, "alice"), add_user(config.data_dir, "bob")
+    keys = NodeKeys.load_or_create(config.data_dir)
+    store = await open_store(config, keys)
+    try:  # alice's spec names calc only, signed by the node; then someone adds a skill to it in the store
+        log = SpecLog(store, SpecPolicy(keys.node_id))
+        calc = SkillRef("calc", "1.0.0", "ab" * 32)
+        spec = await log.accept(new_spec(alice["agent_id"], [calc]).signed(keys.signing))
+        tampered = spec.__class__(**{**spec.__dict__, "skills": (calc, SkillRef("marker", "1.0.0", "cd" * 32))})
+        await store.put(spec_key(alice["agent_id"], 1), json.dumps(tampered.to_json()).encode(), epoch=0)
+    finally:
+        await store.aclose()
+    async with serving(config) as parts, httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.port}",
+                                                           timeout=30) as http:
+        def say(user: dict[str, str]):  # type: ignore[no-untyped-def]
+            return http.post("/v1/chat/completions", headers=auth(user["token"]),
+                             json={"messages": [{"role": "user", "content": f"mark {marks}"}]})
+
+        refused = await say(alice)
+        assert refused.status_code == 503, refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "agent_refused"
+        assert "its spec was refused" in error["message"] and "0 valid signature(s)" in error["message"]
+        served = await say(bob)  # bob's agent serves meanwhile, with every skill of the node
+        assert served.status_code == 200 and served.json()["choices"][0]["message"]["content"] == "marked"
+        assert (marks / bob["agent_id"]).exists() and not (marks / alice["agent_id"]).exists()
+        assert not parts.node.is_active(alice["agent_id"]) and parts.node.is_active(bob["agent_id"])

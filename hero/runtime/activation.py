@@ -1,6 +1,7 @@
 """Activation and hibernation: which agents are in memory, loading them on demand, writing them back when idle.
 
-An agent is activated by its first event: its state is read from the store, a
+An agent is activated by its first event: its spec is verified (the skills part
+says whether it may run; a refused one is never built), its state is read from the store, a
 lease taken (its epoch above every epoch already in the store, so older owners
 are fenced out) and the agent object built; concurrent first events share one
 activation. After `idle_after_s` seconds without an event it hibernates: its
@@ -24,7 +25,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hero.errors import HeroError
+from hero.errors import AgentRefused, HeroError, SpecRefused
 from hero.identity import check_agent_id
 from hero.runtime.agent import Agent, AgentContext
 from hero.runtime.backoff import Backoff
@@ -37,6 +38,7 @@ from hero.runtime.keys import STATE, TIMERS, state_key
 from hero.runtime.report import NodeStats
 from hero.runtime.state import decode_state, encode_state
 from hero.seams.power import Metering
+from hero.seams.skills import SpecVerifier
 from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
@@ -86,6 +88,7 @@ class Activations:
         stats: NodeStats,
         metering: Metering | None,
         spawn: Callable[[Coroutine[Any, Any, None], str], object],
+        verifier: SpecVerifier | None = None,
     ) -> None:
         self.store = store
         self.node_id = node_id
@@ -101,6 +104,7 @@ class Activations:
         self._stats = stats
         self._metering = metering
         self._spawn = spawn
+        self._verifier = verifier
         self._activating: dict[str, asyncio.Future[Activation]] = {}
         self._hibernating: dict[str, asyncio.Future[None]] = {}
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -146,6 +150,8 @@ class Activations:
         damage = self._damaged.get(agent_id)
         if damage is not None and damage.part == TIMERS:
             await self._timers.load(agent_id)  # the retry: raises AgentDamaged while still unreadable
+        if self._verifier is not None:
+            await self._verify(agent_id)
         async with self._damaged.reading(agent_id, STATE):
             head = await self.store.latest(state_key(agent_id))
             floor, raw = (head[0].epoch, head[1]) if head else (0, b"")
@@ -170,6 +176,16 @@ class Activations:
             except HeroError as exc:
                 log.warning("agent %s: the repaired state is written later: %s", agent_id, exc.message)
         return act
+
+    async def _verify(self, agent_id: str) -> None:
+        """Ask the skills part whether the agent's spec verifies; refused, the agent is not built (503)."""
+        assert self._verifier is not None
+        try:
+            await self._verifier.verify(agent_id)
+        except SpecRefused as exc:
+            log.error("agent %s is not activated: its spec is refused: %s", agent_id, exc.message)
+            raise AgentRefused(f"Your agent cannot run: its spec was refused ({exc.message}). The node's operator "
+                               "has been told.") from None
 
     async def read_state(self, agent_id: str) -> Mapping[str, Any]:
         """The agent's state without activating it: the live one if it is in memory, else the stored one

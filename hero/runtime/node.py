@@ -42,6 +42,7 @@ from hero.seams.llm import LLM
 from hero.seams.net import Messenger
 from hero.seams.node import AgentInfo, AgentStatus
 from hero.seams.power import Admission, Metering
+from hero.seams.skills import SpecVerifier
 from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
@@ -65,6 +66,7 @@ class Node:
         retries: Retries | None = None,
         messenger: Messenger | None = None,  # how agents send over the overlay (the server hands one in)
         services: Mapping[str, object] | None = None,  # node-wide services agents find in their context
+        verifier: SpecVerifier | None = None,  # asked before an agent is activated (its spec; None: no specs)
     ) -> None:
         self.store = store
         self.llm = llm
@@ -96,6 +98,7 @@ class Node:
             stats=self.stats,
             metering=metering,
             spawn=lambda coro, name: self._tasks.spawn(coro, name=name),
+            verifier=verifier,
         )
         self._active = self._activations.active  # the hot path's table
         self._idle_after_s = idle_after_s

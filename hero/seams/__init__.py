@@ -13,4 +13,5 @@ cannot reach around a seam and a seam cannot drift from what implements it.
 - `net`: runtime ↔ net (agents send); web ↔ net (the overlay's status)
 - `users`: web ↔ the user registry
 - `chat`: web ↔ chat (agents' histories as the edge reads them)
+- `skills`: runtime ↔ skills (an agent's spec verified before it is activated)
 """

@@ -1,12 +1,13 @@
 """The node's skills as agents use them: which skills an agent runs (its verified spec) and the services they get.
 
 `SkillHost` is node-wide (built by the server, handed to agents through their
-context's services as `skills`). For each agent it reads the latest accepted spec
-from the store and checks its signatures against the node's policy before any
-skill of it runs. An agent with no spec yet gets the node's default one (every
-skill the node has), signed by the node's key and recorded; such a node-made spec
-follows the node's skills when they change (a new version is recorded), while a
-spec someone signed is never changed by the node: a skill whose hash no longer
+context's services as `skills`, and to the runtime as its spec verifier). Before
+an agent is activated it reads the agent's latest accepted spec from the store and
+checks its signatures against the node's policy (`verify`), so no skill of a spec
+that does not verify ever runs. An agent with no spec yet gets the node's default
+one (every skill the node has), signed by the node's key and recorded; such a
+node-made spec follows the node's skills when they change (a new version is
+recorded), while a spec someone signed is never changed by the node: a skill whose hash no longer
 matches it is not run, and `/help` says so.
 """
 
@@ -75,6 +76,11 @@ class SkillHost:
             current = await self._make_default(agent_id, current, refs)
         self._cache[agent_id] = current
         return current
+
+    async def verify(self, agent_id: str) -> None:
+        """The runtime asks at each activation: the spec is read again (one accepted meanwhile, e.g. by `hero
+        agent spec`, takes effect) and checked; `SpecRefused` naming the reason if it does not verify."""
+        await self.spec(agent_id, fresh=True)
 
     async def _make_default(self, agent_id: str, previous: AgentSpec | None, refs: list[SkillRef]) -> AgentSpec:
         spec = new_spec(agent_id, refs, previous=previous, limits={AUTO: True})

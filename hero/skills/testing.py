@@ -150,7 +150,8 @@ async def local_agent(paths: Sequence[Path] | None = None, *, model: bool | None
         def factory(ctx: AgentContext) -> Any:
             return create(ctx)
 
-        node = Node(store, llm, factory, node_id=keys.node_id, services={"skills": host}, metering=metering)
+        node = Node(store, llm, factory, node_id=keys.node_id, services={"skills": host}, metering=metering,
+                    verifier=host)
         await node.start()
         try:
             yield LocalAgent(node, UserKey.generate().agent_id, llm)
