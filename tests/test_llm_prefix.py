@@ -51,7 +51,48 @@ async def test_an_evicted_conversation_is_restored_from_its_saved_state(model_pa
         restored_reply, second = await turn(llm, "a" * 64, history)
         assert llm.stats.restored == 1
         assert second["prompt_tokens_reused"] >= first["prompt_tokens"]
-        fresh_reply, fresh = await turn(llm, "d" * 64, history)  # the same prompt computed from scratch
-        assert fresh["prompt_tokens_reused"] < 32 and restored_reply == fresh_reply
     finally:
         await llm.aclose()
+    assert restored_reply == await from_scratch(model_path, history)
+
+
+async def from_scratch(model_path, messages: list[dict[str, str]], max_tokens: int = 8) -> str:  # type: ignore[no-untyped-def]
+    """The reply a service that has never seen any of this prompt gives (temperature 0)."""
+    llm = LLMService(model_path, n_ctx=512, max_tokens=max_tokens, temperature=0.0, parallel=1)
+    await llm.start()
+    try:
+        reply, usage = await turn(llm, "0" * 64, messages, max_tokens)
+        assert usage["prompt_tokens_reused"] == 0
+        return reply
+    finally:
+        await llm.aclose()
+
+
+TOOLS = SYSTEM["content"] + " You can call a tool. To call one, reply with only a JSON object. Tools:\n" + "\n".join(
+    f"- tool{i}.run(text: string): Does task number {i} for the user, carefully and quickly." for i in range(12)
+)
+
+
+async def test_agents_with_the_same_system_prompt_compute_it_once(model_path):
+    """A newcomer keeps the cells a finished agent left (same start), or copies them from a running one."""
+    llm = LLMService(model_path, n_ctx=512, max_tokens=8, temperature=0.0, parallel=2)
+    await llm.start()
+    try:
+        system = {"role": "system", "content": TOOLS}
+        _, first = await turn(llm, "a" * 64, [system, {"role": "user", "content": "Name a fruit."}])
+        assert first["prompt_tokens"] > 150 and first["prompt_tokens_reused"] == 0
+        # in place: the free slot agent a left holds the system prompt
+        asked = [system, {"role": "user", "content": "What is the capital of Italy?"}]
+        in_place, second = await turn(llm, "b" * 64, asked)
+        assert second["prompt_tokens_reused"] > first["prompt_tokens"] - 20, second
+        # copied: agent c holds one slot, mid-reply; agent d gets the other, empty one, and a copy of c's start
+        await llm.unload()
+        long = [system, {"role": "user", "content": "Write a long story about a dragon."}]
+        stream = llm.stream("c" * 64, long, max_tokens=64)
+        await anext(stream)
+        copied, third = await turn(llm, "d" * 64, asked)
+        await stream.aclose()
+        assert llm.stats.shared == 1 and third["prompt_tokens_reused"] > first["prompt_tokens"] - 20, third
+    finally:
+        await llm.aclose()
+    assert in_place == copied == await from_scratch(model_path, asked)

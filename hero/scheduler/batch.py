@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hero.errors import ModelError
+from hero.errors import HeroError, ModelError
 from hero.scheduler.llamacpp import Context, Entry
 from hero.scheduler.prefix import MIN_SAVE_TOKENS, PrefixStore, Rates, common_prefix
 from hero.scheduler.sampling import Sampler, Sampling
@@ -35,6 +35,7 @@ STEP_TARGET_S = 0.25  # while others run, a step feeds at most this much prompt:
 MIN_CHUNK = 16  # prompt tokens per step at least, however slow the machine
 NEAR_END_TOKENS = 12  # hold back the unfinished word this close to max_tokens
 CHARGE_EVERY_NS = 250_000_000  # flush a running request's CPU time to the ledger this often
+CELL_BYTES_GUESS = 32_768  # a token's saved state, until a save measures it (23 KB for SmolLM2-135M)
 
 
 @dataclass(eq=False)
@@ -85,6 +86,7 @@ class BatchStats:
     reused_tokens: int = 0  # prompt tokens found in the cells or restored instead of processed
     restored: int = 0
     saved: int = 0
+    shared: int = 0  # prompt starts copied from another agent's cells
     decode_s: float = 0.0
     batch_tokens: int = 0  # last step
     batch_sequences: int = 0  # last step
@@ -130,13 +132,31 @@ class Batcher:
     # ---- admission and prompt reuse ----
 
     def admit(self, job: Job) -> None:
-        """Give `job` a free slot, reusing what the cells (or the saved store) hold of its prompt."""
-        slot = self._choose(job.agent_id)
-        if slot.owner != job.agent_id:
-            self._evict(slot)
-            self._restore(slot, job)
-            slot.owner = job.agent_id
+        """Give `job` a free slot, reusing what the cells (or the saved store) hold of its prompt.
+
+        Agents of one kind share their prompt's start (the system prompt, the
+        tools): cells another agent left that begin like this prompt are kept
+        and only the rest is computed; failing those, the longest such start
+        held by any slot is copied (a few MB of state costs milliseconds,
+        computing a 300-token system prompt two seconds of CPU here).
+        """
+        slot = self._choose(job)
+        try:
+            self._admit(slot, job)
+        except BaseException:  # the cells may no longer be what `tokens` says: clear them
+            if slot.sampler is not None:
+                slot.sampler.close()
+            slot.job = slot.sampler = slot.text = None
+            self._clear(slot)
+            raise
+
+    def _admit(self, slot: Slot, job: Job) -> None:
         prompt = job.prompt
+        if slot.owner != job.agent_id:
+            self._evict(slot, keep=common_prefix(slot.tokens, prompt))
+            self._restore(slot, job)
+            self._borrow(slot, job)
+            slot.owner = job.agent_id
         reuse = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)  # the last token is fed for its logits
         self.ctx.keep(slot.seq, reuse)
         del slot.tokens[reuse:]
@@ -150,34 +170,63 @@ class Batcher:
         self.stats.reused_tokens += reuse
         job.usage.update(prompt_tokens=len(prompt), prompt_tokens_reused=reuse)
 
-    def _choose(self, agent_id: str) -> Slot:
+    def _choose(self, job: Job) -> Slot:
+        """The agent's own free slot; else the free slot whose cells share most of the prompt's start; else an
+        empty one; else the least recently used."""
         free = [s for s in self.slots if s.job is None]
-        own = [s for s in free if s.owner == agent_id]
+        own = [s for s in free if s.owner == job.agent_id]
         if own:
             return own[0]
+        shared = max(free, key=lambda s: common_prefix(s.tokens, job.prompt))
+        if common_prefix(shared.tokens, job.prompt) >= MIN_SAVE_TOKENS:
+            return shared
         empty = [s for s in free if s.owner is None]
         return empty[0] if empty else min(free, key=lambda s: s.used_at)
 
-    def _evict(self, slot: Slot) -> None:
+    def _evict(self, slot: Slot, keep: int = 0) -> None:
+        """Save the owner's conversation (when it is worth it) and clear the cells but their first `keep`."""
         if slot.owner is not None and len(slot.tokens) >= MIN_SAVE_TOKENS:
             self.store.put(slot.owner, list(slot.tokens), self.ctx.save(slot.seq))
             self.stats.saved += 1
-        self.ctx.keep(slot.seq, 0)
-        slot.tokens.clear()
+        self.ctx.keep(slot.seq, keep)
+        del slot.tokens[keep:]
         slot.owner = None
 
     def _restore(self, slot: Slot, job: Job) -> None:
+        """The agent's own saved conversation, when it holds more of the prompt than the cells and pays."""
         saved = self.store.take(job.agent_id)
         if saved is None:
             return
         reuse = common_prefix(saved.tokens, job.prompt)
-        if reuse < MIN_SAVE_TOKENS or not self.rates.restore_pays(reuse, len(saved.data)):
+        gain = reuse - common_prefix(slot.tokens, job.prompt)
+        if reuse < MIN_SAVE_TOKENS or gain <= 0 or not self.rates.restore_pays(gain, len(saved.data)):
             return
         started = time.perf_counter()
         if self.ctx.restore(slot.seq, saved.data):
             self.rates.restore(len(saved.data), time.perf_counter() - started)
             slot.tokens[:] = saved.tokens
             self.stats.restored += 1
+        else:
+            slot.tokens.clear()  # restore cleared the cells
+
+    def _borrow(self, slot: Slot, job: Job) -> None:
+        """Copy another slot's cells when they hold a longer start of the prompt than this one does."""
+        have = common_prefix(slot.tokens, job.prompt)
+        source = max(self.slots, key=lambda s: common_prefix(s.tokens, job.prompt) if s is not slot else -1)
+        reuse = common_prefix(source.tokens, job.prompt) if source is not slot else 0
+        gain = reuse - have
+        nbytes = CELL_BYTES_GUESS * len(source.tokens) * 2  # saved, then loaded
+        if reuse < MIN_SAVE_TOKENS or gain < MIN_SAVE_TOKENS or not self.rates.restore_pays(gain, nbytes):
+            return
+        started = time.perf_counter()
+        data = self.ctx.save(source.seq)
+        if self.ctx.restore(slot.seq, data):
+            self.rates.restore(2 * len(data), time.perf_counter() - started)
+            self.ctx.keep(slot.seq, reuse)
+            slot.tokens[:] = source.tokens[:reuse]
+            self.stats.shared += 1
+        else:
+            slot.tokens.clear()
 
     # ---- the step ----
 
@@ -199,7 +248,10 @@ class Batcher:
             seconds = time.perf_counter() - started
             self._account(entries, time.thread_time_ns() - started_ns, seconds)
             for slot, index in owners:
-                self._sample(slot, index)
+                try:
+                    self._sample(slot, index)
+                except HeroError as exc:  # this request's sampler failed (its grammar): the others go on
+                    self._fail({slot}, exc)
         self._flush()
 
     def _fill(self) -> tuple[list[Entry], list[tuple[Slot, int]]]:
@@ -299,9 +351,17 @@ class Batcher:
             if slot.job is not None:
                 self._out.append((slot.job, error))
                 self._release(slot)
-            self.ctx.keep(slot.seq, 0)
-            slot.tokens.clear()
-            slot.owner = None
+            self._clear(slot)
+
+    def _clear(self, slot: Slot) -> None:
+        self.ctx.keep(slot.seq, 0)
+        slot.tokens.clear()
+        slot.owner = None
+
+    def drop(self, job: Job, error: Exception) -> None:
+        """`job` could not be admitted (`admit` raised and cleared its slot): it gets `error`."""
+        self._out.append((job, error))
+        self._flush()
 
     def _release(self, slot: Slot) -> None:
         self._charge(slot, final=True)

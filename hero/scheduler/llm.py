@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hero.errors import BadRequest, ModelError, Overloaded, Unavailable
+from hero.errors import BadRequest, HeroError, ModelError, Overloaded, Unavailable
 from hero.scheduler.batch import END, Batcher, BatchStats, Job
 from hero.scheduler.contention import Contention
 from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
@@ -378,8 +378,13 @@ class LLMService:
         if job.stopped():
             job.usage.update(completion_tokens=0, finish_reason="stop")
             _deliver([(job, END)])
-        else:
+            return
+        try:
             loaded.batcher.admit(job)
+        except Exception as exc:  # admitting it failed (a bug, not the model): this request fails, the rest go on
+            log.exception("admitting a request failed")
+            loaded.batcher.drop(job, exc if isinstance(exc, HeroError) else ModelError(
+                f"inference failed: {type(exc).__name__}"))
 
 
 def _deliver(items: list[tuple[Job, object]]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import llama_cpp as C
 import numpy as np
 
-from hero.errors import ModelError
+from hero.errors import BadRequest, ModelError
 from hero.scheduler.llamacpp import Model
 
 DRY_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's defaults: a repeat across these is not a loop
@@ -129,8 +129,8 @@ class Sampler:
         assert candidates is not None
         token = candidates.choose(ctx, index, self.ptr)
         if not self._allows(token):  # resample with the grammar first: only tokens it allows remain
-            token = candidates.choose(ctx, index, self._grammar, self.ptr)
-        C.llama_sampler_accept(self._grammar, token)
+            token = candidates.choose(ctx, index, self._grammar, self.ptr, allowed_by=self._grammar)
+        C.llama_sampler_accept(self._grammar, token)  # a token the grammar rejects here would abort the process
         C.llama_sampler_accept(self.ptr, token)
         return token
 
@@ -160,8 +160,12 @@ class Candidates:
         self._view = np.ctypeslib.as_array(self._data)  # a structured array over the same memory
         self._ids = np.arange(n_vocab, dtype=np.int32)
 
-    def choose(self, ctx: Any, index: int, *samplers: Any) -> int:
-        """Fill from the logits of entry `index`, apply `samplers` in order, return the token they selected."""
+    def choose(self, ctx: Any, index: int, *samplers: Any, allowed_by: Any = None) -> int:
+        """Fill from the logits of entry `index`, apply `samplers` in order, return the token they selected.
+
+        With `allowed_by` (a grammar, applied first), a grammar that allows no token at all here is the
+        request's `BadRequest`, where sampling on would make llama.cpp abort the process.
+        """
         logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
         view = self._view
         view["id"] = self._ids  # the samplers sort and cut the array in place: refill it whole
@@ -170,6 +174,8 @@ class Candidates:
         array = C.llama_token_data_array(self._data, self.n_vocab, -1, False)
         for sampler in samplers:
             C.llama_sampler_apply(sampler, ctypes.byref(array))
+            if sampler is allowed_by and not np.isfinite(view["logit"][: array.size]).any():
+                raise BadRequest("the grammar allows no token here: it cannot be completed", field="grammar")
         if array.selected < 0 or array.size == 0:
             raise ModelError("the sampler chain selected no token")
         return int(self._data[array.selected].id)
