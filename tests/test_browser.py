@@ -270,7 +270,7 @@ async def test_sign_in_with_own_key_and_sign_out(site: Site, browser: Browser):
         await expect(page.locator("#who")).to_have_text("dave")
         assert await page.get_by_label("Your secret key").input_value() == ""  # the key is not kept around
         token = await page.evaluate("localStorage.getItem('hero.token')")
-        assert site.parts.users.authenticate(token).sub == key.agent_id
+        assert (await site.parts.users.authenticate(token)).sub == key.agent_id
         await page.get_by_role("button", name="Sign out").click()
         await expect(page.get_by_role("heading", name="Sign in to your agent")).to_be_visible()
         assert await page.evaluate("localStorage.getItem('hero.token')") is None
