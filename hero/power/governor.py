@@ -17,14 +17,16 @@ order they cost users least:
    is still admitted.
 3. Max-min fair share of the dynamic power left for agents (never less than
    `agents_floor` of the dynamic budget): an agent drawing more than its
-   share is gated until the next tick; light agents never are.
+   share is gated until the next tick; light agents never are (`hero.power.fairshare`).
 4. An agent over its optional daily energy quota is deprioritised: its work
    waits whenever the node is not idle-ish, and the refusal says why.
 5. Idle agents are hibernated early (memory, and nothing left to wake).
 6. The model is unloaded after N minutes with no request (reloaded on demand
    by the LLM service, which measures the reload time).
 7. Where a delegated cgroup is writable, `cpu.max` caps the process as a hard
-   backstop; where it is not, that is reported, not faked.
+   backstop; where it is not, that is reported, not faked (`hero.power.backstop`).
+
+Its settings are `GovernorConfig` (`hero.power.config`, the `[power]` table of hero.toml).
 """
 
 from __future__ import annotations
