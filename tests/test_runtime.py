@@ -147,23 +147,24 @@ async def test_stale_epoch_write_is_refused(store):
     assert [v.epoch for v in await store.versions(state_key(agent))] == [2, 3]
 
 
-def test_directory_epochs_increase_and_leases_are_exclusive():
+async def test_directory_epochs_increase_and_leases_are_exclusive():
     from hero.errors import LeaseHeld
 
     directory = Directory()
-    lease = directory.acquire("a" * 64, "node1", floor=5)
-    assert lease.epoch == 6
+    grant = await directory.acquire("a" * 64, "node1", floor=5)
+    assert grant.epoch == 6
     with pytest.raises(LeaseHeld):
-        directory.acquire("a" * 64, "node2")
-    directory.release(lease)
-    assert directory.acquire("a" * 64, "node2").epoch == 7
+        await directory.acquire("a" * 64, "node2")
+    await directory.release("a" * 64, "node1", grant.epoch)
+    assert (await directory.acquire("a" * 64, "node2")).epoch == 7
 
 
-def test_expired_lease_can_be_taken_over():
-    directory = Directory(ttl_s=10)
-    first = directory.acquire("b" * 64, "node1", now=100.0)
-    second = directory.acquire("b" * 64, "node2", now=111.0)
-    assert second.epoch == first.epoch + 1 and second.owner == "node2"
+async def test_expired_lease_can_be_taken_over():
+    directory = Directory(ttl_s=0.05)
+    first = await directory.acquire("b" * 64, "node1")
+    await asyncio.sleep(0.1)  # node1 never renewed it
+    second = await directory.acquire("b" * 64, "node2")
+    assert second.epoch == first.epoch + 1 and second.lapsed
 
 
 async def test_reply_stream_of_real_llm_turn(store, llm):

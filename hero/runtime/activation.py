@@ -6,8 +6,11 @@ lease taken (its epoch above every epoch already in the store, so older owners
 are fenced out) and the agent object built; concurrent first events share one
 activation. After `idle_after_s` seconds without an event it hibernates: its
 state goes to the store, the object and its task are dropped, the lease is
-released. Nothing polls: one loop timer for the earliest idle deadline (or
-hibernation retry) of all agents in memory.
+released (or kept for its durable timers: `leases.py`). Nothing polls: one loop
+timer for the earliest idle deadline (or hibernation retry) of all agents in memory.
+A lease taken over from an owner that let it lapse may have a write of that
+owner's land late, so the state is read again under the new lease; a lease this
+node loses (`drop`) takes its agent out of memory unwritten.
 
 Faults cost only the agent they touch: an agent whose objects cannot be read is
 damaged (`damage.py`); a hibernation whose write fails keeps the agent in memory
@@ -25,18 +28,19 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hero.errors import AgentRefused, HeroError, SpecRefused
+from hero.errors import AgentRefused, HeroError, SpecRefused, Unavailable
 from hero.identity import check_agent_id
 from hero.runtime.agent import Agent, AgentContext
 from hero.runtime.backoff import Backoff
 from hero.runtime.damage import DamagedAgents
-from hero.runtime.directory import Directory, Lease
 from hero.runtime.durable_timers import DurableTimers
 from hero.runtime.eager import AgentTask
 from hero.runtime.events import Event, Reply
 from hero.runtime.keys import STATE, TIMERS, state_key
+from hero.runtime.leases import Leases
 from hero.runtime.report import NodeStats
 from hero.runtime.state import decode_state, encode_state
+from hero.seams.directory import Lease
 from hero.seams.power import Metering
 from hero.seams.skills import SpecVerifier
 from hero.seams.store import StateStore
@@ -80,7 +84,7 @@ class Activations:
         *,
         node_id: str,
         build: Build,
-        directory: Directory,
+        leases: Leases,
         damaged: DamagedAgents,
         timers: DurableTimers,
         idle_after_s: float,
@@ -97,7 +101,7 @@ class Activations:
         self.known: dict[str, float | None] = {}  # agent id -> last event (unix) for hibernated agents
         self.closing = False
         self._build = build
-        self._directory = directory
+        self._leases = leases
         self._damaged = damaged
         self._timers = timers
         self._backoff = backoff
@@ -152,16 +156,15 @@ class Activations:
             await self._timers.load(agent_id)  # the retry: raises AgentDamaged while still unreadable
         if self._verifier is not None:
             await self._verify(agent_id)
-        async with self._damaged.reading(agent_id, STATE):
-            head = await self.store.latest(state_key(agent_id))
-            floor, raw = (head[0].epoch, head[1]) if head else (0, b"")
-            state, repaired = decode_state(raw)
-        self._damaged.clear(agent_id)
-        lease = self._directory.acquire(agent_id, self.node_id, floor=floor)
+        floor, raw, state, repaired = await self._read(agent_id)
+        lease, lapsed = await self._leases.acquire(agent_id, floor=floor)
         try:
+            if lapsed:  # its last owner vanished: what it wrote last may have landed after we read
+                _, raw, state, repaired = await self._read(agent_id)
+                await self._timers.load(agent_id)
             act = self._build(agent_id, lease, state)
         except BaseException:
-            self._directory.release(lease)
+            await self._leases.release(lease)
             raise
         act.persisted = raw
         if self._metering is not None and raw:
@@ -176,6 +179,15 @@ class Activations:
             except HeroError as exc:
                 log.warning("agent %s: the repaired state is written later: %s", agent_id, exc.message)
         return act
+
+    async def _read(self, agent_id: str) -> tuple[int, bytes, dict[str, Any], bool]:
+        """The stored state: its epoch (the floor for the lease), bytes, decoded form, and whether text was repaired."""
+        async with self._damaged.reading(agent_id, STATE):
+            head = await self.store.latest(state_key(agent_id))
+            floor, raw = (head[0].epoch, head[1]) if head else (0, b"")
+            state, repaired = decode_state(raw)
+        self._damaged.clear(agent_id)
+        return floor, raw, state, repaired
 
     async def _verify(self, agent_id: str) -> None:
         """Ask the skills part whether the agent's spec verifies; refused, the agent is not built (503)."""
@@ -206,6 +218,7 @@ class Activations:
         data = encode_state(act.ctx.state)
         if data == act.persisted:
             return
+        self._leases.check(act.lease)
         await self.store.put(state_key(act.agent_id), data, epoch=act.lease.epoch)
         act.persisted = data
         if self._metering is not None:
@@ -246,7 +259,7 @@ class Activations:
             return False
         self.active.pop(act.agent_id, None)
         self.known[act.agent_id] = wall(act.last_event)
-        self._directory.release(act.lease)
+        await self._leases.release(act.lease, keep_for_timers=bool(self._timers.schedule.pending(act.agent_id)))
         act.task.close()
         self._stats.hibernations += 1  # events sent meanwhile wait in `activate` for a fresh activation
         return True
@@ -268,6 +281,21 @@ class Activations:
             if act.agent_id in self.active:
                 log.error("agent %s: its state since its last write is lost: it could not be written at shutdown",
                           act.agent_id)
+
+    def drop(self, agent_ids: list[str]) -> None:
+        """This node lost these agents' leases: out of memory at once, unwritten (another node has them now);
+        events waiting for them are refused, so their senders try again where the agent is."""
+        for agent_id in agent_ids:
+            act = self.active.pop(agent_id, None)
+            if act is None:
+                continue
+            self.known[agent_id] = wall(act.last_event)
+            for _, reply in act.mailbox:
+                if reply is not None:
+                    reply.fail(Unavailable("the agent moved to another node; try again"))
+            act.mailbox.clear()
+            act.task.close()
+            self._stats.leases_lost += 1
 
     # the idle deadline
 

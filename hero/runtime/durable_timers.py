@@ -9,6 +9,11 @@ again after a back-off (with no entry in the user's history and no new state
 version per try). A poison timer, whose turn raised on every one of its
 attempts, is set aside: kept in the agent's state under `timers_set_aside`, told
 to the user once and to the operator in the log.
+
+Timers fire on the node that holds their agent's lease (`leases.py`): a node
+schedules only the timers of agents it holds, drops them when it loses the
+lease (`drop`), and a timer that finds its agent held elsewhere leaves the
+schedule: the holder has it.
 """
 
 from __future__ import annotations
@@ -20,15 +25,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from hero.errors import HeroError, Overloaded
+from hero.errors import HeroError, LeaseHeld, Overloaded
 from hero.nursery import Nursery
 from hero.runtime.backoff import Backoff
 from hero.runtime.damage import DamagedAgents
-from hero.runtime.directory import Lease
 from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.keys import TIMERS, timers_key
 from hero.runtime.report import NodeStats
 from hero.runtime.timers import Timer, TimerSchedule, decode_timers
+from hero.seams.directory import Lease
 from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
@@ -43,6 +48,7 @@ class DurableTimers:
         backoff: Backoff,
         damaged: DamagedAgents,
         stats: NodeStats,
+        check: Callable[[Lease], None] = lambda lease: None,
     ) -> None:
         self.schedule = TimerSchedule(self._due)
         self.backoff = backoff
@@ -52,6 +58,7 @@ class DurableTimers:
         self._nursery = nursery
         self._damaged = damaged
         self._stats = stats
+        self._check = check  # may this node still write under the lease (leases.py)
 
     def close(self) -> None:
         """No more deliveries: the schedule's loop timer is cancelled (timers stay stored)."""
@@ -68,6 +75,12 @@ class DurableTimers:
         for timer in timers:
             self.schedule.add(timer)
 
+    def drop(self, agent_ids: list[str]) -> None:
+        """This node lost these agents' leases: their timers fire where the agents are now."""
+        for agent_id in agent_ids:
+            for timer in self.schedule.pending(agent_id):
+                self.schedule.remove(timer.timer_id)
+
     async def add(self, lease: Lease, timer: Timer) -> None:
         self.schedule.add(timer)
         await self.write(lease)
@@ -79,6 +92,7 @@ class DurableTimers:
     async def write(self, lease: Lease) -> None:
         """Store the agent's pending timers under its lease (a stale epoch is refused by the store)."""
         pending = [t.to_json() for t in self.schedule.pending(lease.agent_id)]
+        self._check(lease)
         await self._store.put(timers_key(lease.agent_id), json.dumps(pending).encode(), epoch=lease.epoch)
 
     # delivery and its failures
@@ -93,6 +107,9 @@ class DurableTimers:
             reply = await self._deliver(timer.agent_id, event)
         except Overloaded as exc:
             self.schedule.add(replace(timer, due=time.time() + exc.retry_after))  # deferred, not dropped
+            return
+        except LeaseHeld:
+            self.schedule.remove(timer.timer_id)  # its agent is held by another node, which fires it
             return
         except HeroError as exc:
             self.failed(timer.timer_id, exc.message)

@@ -1,129 +1,160 @@
-"""The lease table: who holds which agent, under which epoch, until when. The rules every directory keeps.
+"""This node's leases: taken when an agent activates, renewed all together every ttl/3, given back when it sleeps.
 
-A lease is granted to one owner (a node id) at a time, with an epoch higher than
-any granted before for that agent and than any already written to the store
-(`floor`), so the store can refuse a stale owner's writes (fencing). A lease
-lapses `ttl_s` after it was granted or last renewed, by the directory's own
-clock; owners renew all of theirs in one batch every `ttl_s / 3`. Lapsed leases
-are forgotten lazily, when their agent is next asked about, and their epoch is
-kept, so a later owner still goes higher.
-
-This module is only the table: the embedded directory keeps one in the node's
-process, the cluster directory one in a Ray actor that every node calls.
+An agent runs here only while this node holds its lease. The lease is taken (its epoch above
+any in the store) when the agent is activated and given back when it hibernates, unless the
+agent has durable timers pending: timers fire where the lease is, so the node keeps it (one
+more entry in the renewal) and they fire here and nowhere else. Every `ttl_s / 3` one call
+renews all of them, in the embedded directory and the cluster's alike; while the node holds
+none (and is no cluster member) nothing wakes. A lease the directory says is lost, or that
+could not be renewed in time by this node's own clock, is dropped at once (`on_lost`): the
+agent leaves memory unwritten and its timers leave the schedule, to fire on the node that
+holds it now. A write is allowed only while the lease has `guard_s` of its term left, so a
+write cannot land after another node may have taken the agent over.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from hero.errors import LeaseHeld
+from hero.errors import HeroError, Unavailable
+from hero.nursery import Nursery
+from hero.seams.directory import Lease, LeaseDirectory
 
-
-@dataclass
-class Grant:
-    """One live lease as the directory keeps it."""
-
-    owner: str
-    epoch: int
-    until: float  # the directory's clock
-    timers: bool = False  # the owner holds it for the agent's durable timers (the agent may be asleep there)
+log = logging.getLogger("hero.runtime")
 
 
-class LeaseTable:
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, epoch_base: int = 0) -> None:
-        self.clock = clock
-        self.epoch_base = epoch_base  # every epoch granted by this table is above it (a restarted directory)
-        self._grants: dict[str, Grant] = {}
-        self._epochs: dict[str, int] = {}
-        self._by_owner: dict[str, set[str]] = {}
+class Leases:
+    def __init__(self, directory: LeaseDirectory, owner: str, *, member: bool = False) -> None:
+        self.directory = directory
+        self.owner = owner
+        self.member = member  # a cluster member heartbeats (renews) even when it holds no lease
+        self.ttl_s = directory.ttl_s
+        self.guard_s = min(1.0, self.ttl_s / 10)
+        self.held: dict[str, Lease] = {}
+        self.for_timers: set[str] = set()  # asleep here, kept for their durable timers
+        self.on_lost: Callable[[list[str]], None] = lambda agent_ids: None
+        self.on_adopt: Callable[[list[str]], Coroutine[Any, Any, None]] | None = None
+        self.renewals = 0
+        self.renewal_failures = 0
+        self._until: dict[str, float] = {}  # monotonic: the end of each lease's term as this node counts it
+        self._wake = asyncio.Event()
+        self._tasks = Nursery("leases")
+        self._looping = False
 
-    def __len__(self) -> int:
-        return len(self._grants)
+    async def start(self) -> None:
+        """Join (a cluster member renews once now, so the directory knows it) and start the renewal loop."""
+        if self.member:
+            await self.renew()
+        self._ensure_loop()
 
-    def live(self, agent_id: str) -> Grant | None:
-        """The agent's live lease, or None (a lapsed one is dropped here)."""
-        grant = self._grants.get(agent_id)
-        if grant is not None and grant.until <= self.clock():
-            self._drop(agent_id, grant)
-            return None
-        return grant
+    def _ensure_loop(self) -> None:
+        if not self._looping:
+            self._looping = True
+            self._tasks.spawn(self._loop(), name="lease-renewal")
 
-    def acquire(self, agent_id: str, owner: str, *, floor: int, ttl_s: float, timers: bool = False) -> int:
-        """Grant the lease to `owner` and return its epoch; LeaseHeld (naming the holder) if another holds it.
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
 
-        An owner asking again for a lease it holds gets a new, higher epoch: it has read the state
-        again (`floor`), so anything it wrote under the old epoch is behind it.
-        """
-        held = self.live(agent_id)
-        if held is not None and held.owner != owner:
-            raise LeaseHeld(f"agent {agent_id[:12]}… is hosted by node {held.owner[:12]}… (epoch {held.epoch})",
-                            owner=held.owner)
-        epoch = max(self._epochs.get(agent_id, 0), floor, self.epoch_base) + 1
-        self._epochs[agent_id] = epoch
-        if held is not None:
-            self._drop(agent_id, held)
-        grant = Grant(owner, epoch, self.clock() + ttl_s, timers)
-        self._grants[agent_id] = grant
-        self._by_owner.setdefault(owner, set()).add(agent_id)
-        return epoch
+    # taking and giving back
 
-    def renew(self, owner: str, held: Mapping[str, int], *, ttl_s: float, timers: Iterable[str] = ()) -> list[str]:
-        """Extend `owner`'s leases (agent id -> epoch); returns the agents whose lease it no longer holds.
+    async def acquire(self, agent_id: str, *, floor: int = 0, timers: bool = False) -> tuple[Lease, bool]:
+        """The agent's lease for this node, and whether its last owner let it lapse (LeaseHeld, Unavailable)."""
+        sent = time.monotonic()
+        grant = await self.directory.acquire(agent_id, self.owner, floor=floor, timers=timers)
+        lease = Lease(agent_id, self.owner, grant.epoch)
+        self.held[agent_id] = lease
+        self._until[agent_id] = sent + self.ttl_s
+        if timers:
+            self.for_timers.add(agent_id)
+        else:
+            self.for_timers.discard(agent_id)
+        self._wake.set()
+        self._ensure_loop()
+        return lease, grant.lapsed
 
-        A lease this table does not know but nobody else holds is taken back at its epoch: that is how a
-        restarted directory learns who holds what (its epochs start above every earlier one, so the owner
-        keeps the lower epoch and anyone granted the agent later goes higher).
-        """
-        until = self.clock() + ttl_s
-        with_timers = set(timers)
-        lost = []
+    async def release(self, lease: Lease, *, keep_for_timers: bool = False, orphan: bool = False) -> None:
+        """The agent leaves memory: give its lease back, or keep it for the agent's timers."""
+        if self.held.get(lease.agent_id) != lease:
+            return
+        if keep_for_timers:
+            self.for_timers.add(lease.agent_id)
+            return
+        self._forget(lease.agent_id)
+        try:
+            await self.directory.release(lease.agent_id, self.owner, lease.epoch, orphan=orphan)
+        except HeroError as exc:  # it lapses on its own
+            log.warning("agent %s: its lease was not given back (%s); it lapses in %.0fs", lease.agent_id[:12],
+                        exc.message, self.ttl_s)
+
+    async def release_all(self) -> None:
+        """Shutting down: every lease goes back; the agents' timers go to other nodes."""
+        for lease in list(self.held.values()):
+            await self.release(lease, orphan=lease.agent_id in self.for_timers)
+
+    def check(self, lease: Lease) -> None:
+        """Unavailable unless this node holds `lease` with time to write under it."""
+        if self.held.get(lease.agent_id) != lease:
+            raise Unavailable(f"agent {lease.agent_id[:12]}… is no longer hosted here (its lease moved on)")
+        if time.monotonic() > self._until[lease.agent_id] - self.guard_s:
+            raise Unavailable(f"agent {lease.agent_id[:12]}…: its lease could not be renewed (cluster unreachable)")
+
+    def holds(self, agent_id: str) -> Lease | None:
+        return self.held.get(agent_id)
+
+    # renewal
+
+    async def renew(self) -> None:
+        """One batch: every lease held, extended together; lost ones dropped; timers to adopt taken."""
+        sent = time.monotonic()
+        held = {agent_id: lease.epoch for agent_id, lease in self.held.items()}
+        try:
+            async with asyncio.timeout(max(1.0, self.ttl_s / 3)):
+                renewal = await self.directory.renew(self.owner, held, set(self.for_timers))
+        except (HeroError, TimeoutError) as exc:
+            self.renewal_failures += 1
+            log.warning("leases not renewed: %s", getattr(exc, "message", "the directory did not answer in time"))
+            self._lapse(time.monotonic())
+            return
+        self.renewals += 1
+        lost = set(renewal.lost)
         for agent_id, epoch in held.items():
-            grant = self.live(agent_id)
-            if grant is None and self._epochs.get(agent_id, 0) <= epoch:
-                grant = self._grants[agent_id] = Grant(owner, epoch, until)
-                self._epochs[agent_id] = epoch
-                self._by_owner.setdefault(owner, set()).add(agent_id)
-            if grant is None or grant.owner != owner or grant.epoch != epoch:
-                lost.append(agent_id)
-                continue
-            grant.until = until
-            grant.timers = agent_id in with_timers
-        return lost
+            lease = self.held.get(agent_id)
+            if agent_id not in lost and lease is not None and lease.epoch == epoch:
+                self._until[agent_id] = sent + self.ttl_s
+        self._drop([a for a in lost if a in self.held and self.held[a].epoch == held.get(a)])
+        self._lapse(time.monotonic())
+        if renewal.adopt and self.on_adopt is not None:
+            await self.on_adopt([a for a in renewal.adopt if a not in self.held])
 
-    def release(self, agent_id: str, owner: str, epoch: int) -> bool:
-        """Drop the lease if `owner` holds it at `epoch`; False if it did not (it lapsed or moved on)."""
-        grant = self._grants.get(agent_id)
-        if grant is None or grant.owner != owner or grant.epoch != epoch:
-            return False
-        self._drop(agent_id, grant)
-        return True
+    async def _loop(self) -> None:
+        while True:
+            if not self.held and not self.member:
+                self._wake.clear()
+                await self._wake.wait()  # nothing to renew: nothing wakes until a lease is taken
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                await self.renew()
+            except Exception:
+                log.exception("lease renewal failed")
 
-    def held_by(self, owner: str) -> dict[str, Grant]:
-        """`owner`'s live leases."""
-        out = {}
-        for agent_id in list(self._by_owner.get(owner, ())):
-            grant = self.live(agent_id)
-            if grant is not None and grant.owner == owner:
-                out[agent_id] = grant
-        return out
+    def _lapse(self, now: float) -> None:
+        """Drop leases whose term ran out without a renewal (the directory could not be reached)."""
+        self._drop([a for a, until in self._until.items() if until <= now])
 
-    def evict(self, owner: str) -> dict[str, Grant]:
-        """Drop every lease of `owner` now (its node is gone) and return them."""
-        grants = {a: g for a in self._by_owner.pop(owner, set()) if (g := self._grants.get(a)) and g.owner == owner}
-        for agent_id in grants:
-            del self._grants[agent_id]
-        return grants
+    def _drop(self, agent_ids: list[str]) -> None:
+        if not agent_ids:
+            return
+        for agent_id in agent_ids:
+            self._forget(agent_id)
+        log.warning("lost the lease of %d agent(s) (%s…): they wake on another node", len(agent_ids),
+                    ", ".join(a[:8] for a in agent_ids[:3]))
+        self.on_lost(agent_ids)
 
-    def epoch(self, agent_id: str) -> int:
-        """The highest epoch granted for the agent (0 if none)."""
-        return self._epochs.get(agent_id, 0)
-
-    def _drop(self, agent_id: str, grant: Grant) -> None:
-        del self._grants[agent_id]
-        owned = self._by_owner.get(grant.owner)
-        if owned is not None:
-            owned.discard(agent_id)
-            if not owned:
-                del self._by_owner[grant.owner]
+    def _forget(self, agent_id: str) -> None:
+        self.held.pop(agent_id, None)
+        self._until.pop(agent_id, None)
+        self.for_timers.discard(agent_id)

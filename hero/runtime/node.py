@@ -30,14 +30,16 @@ from hero.runtime.activation import Activation, Activations, wall
 from hero.runtime.agent import AgentContext, AgentFactory
 from hero.runtime.backoff import Retries
 from hero.runtime.damage import DamagedAgents
-from hero.runtime.directory import Directory, Lease
+from hero.runtime.directory import Directory
 from hero.runtime.durable_timers import DurableTimers
 from hero.runtime.eager import AgentTasks
 from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.keys import STATE, TIMERS, parse_key, state_key
+from hero.runtime.leases import Leases
 from hero.runtime.report import NodeStats
 from hero.runtime.subscriptions import Subscription, Subscriptions
 from hero.runtime.timers import Timer
+from hero.seams.directory import Lease, LeaseDirectory
 from hero.seams.llm import LLM
 from hero.seams.net import Messenger
 from hero.seams.node import AgentInfo, AgentStatus
@@ -59,7 +61,8 @@ class Node:
         *,
         node_id: str,  # the node's key id (`NodeKeys.node_id`): the owner named in its agents' leases
         idle_after_s: float = 300.0,
-        directory: Directory | None = None,
+        directory: LeaseDirectory | None = None,  # who grants leases (default: an embedded one; a cluster's)
+        member: bool = False,  # a cluster member: it heartbeats even when it holds no lease
         metering: Metering | None = None,
         admission: Admission | None = None,
         shutdown_grace_s: float = 10.0,
@@ -75,6 +78,7 @@ class Node:
         self.agent_factory = agent_factory
         self.node_id = node_id
         self.directory = directory or Directory()
+        self.leases = Leases(self.directory, node_id, member=member)
         self.metering = metering
         self.admission = admission
         self.shutdown_grace_s = shutdown_grace_s
@@ -82,7 +86,8 @@ class Node:
         self.stats = NodeStats()
         self.damaged = DamagedAgents(self.retries.damaged)
         self._tasks = Nursery("node")  # timers being delivered, idle sweeps
-        self._timers = DurableTimers(store, self.deliver, self._tasks, self.retries.timer, self.damaged, self.stats)
+        self._timers = DurableTimers(store, self.deliver, self._tasks, self.retries.timer, self.damaged, self.stats,
+                                     check=self.leases.check)
         self.timers = self._timers.schedule
         self._subscriptions = Subscriptions()
         self._agent_tasks = AgentTasks()  # one task per agent in memory, parked between events
@@ -90,7 +95,7 @@ class Node:
             store,
             node_id=node_id,
             build=self._build,
-            directory=self.directory,
+            leases=self.leases,
             damaged=self.damaged,
             timers=self._timers,
             idle_after_s=idle_after_s,
@@ -101,6 +106,8 @@ class Node:
             verifier=verifier,
         )
         self._active = self._activations.active  # the hot path's table
+        self.leases.on_lost = self._lost
+        self.leases.on_adopt = self.adopt
         self._idle_after_s = idle_after_s
         self._closing = False
 
@@ -111,7 +118,10 @@ class Node:
     # lifecycle
 
     async def start(self) -> None:
-        """Learn which agents exist and load every durable timer; unreadable timers damage only their agent."""
+        """Learn which agents exist and load the durable timers of every agent no other node holds (their leases
+        are taken here, for the timers); unreadable timers damage only their agent."""
+        await self.leases.start()
+        with_timers = []
         for key in await self.store.keys("agent/"):
             parsed = parse_key(key)
             if parsed is None:
@@ -119,8 +129,26 @@ class Node:
             if parsed.name == STATE:
                 self._activations.known.setdefault(parsed.agent_id, None)
             elif parsed.name == TIMERS:
-                with contextlib.suppress(AgentDamaged):  # damages only this agent; logged
-                    await self._timers.load(parsed.agent_id)
+                with_timers.append(parsed.agent_id)
+        await self.adopt(with_timers)
+
+    async def adopt(self, agent_ids: list[str]) -> None:
+        """Take over these agents' durable timers (at start, or from a node that is gone): hold their leases
+        here and schedule their timers; an agent another node holds keeps its timers there."""
+        for agent_id in agent_ids:
+            try:
+                lease, _ = await self.leases.acquire(agent_id, timers=True)
+            except HeroError as exc:  # held elsewhere (its timers fire there), or the cluster is unreachable
+                log.info("agent %s: timers not taken over here: %s", agent_id[:12], exc.message)
+                continue
+            with contextlib.suppress(AgentDamaged):  # damages only this agent; logged
+                await self._timers.load(agent_id)
+            if not self._timers.schedule.pending(agent_id) and agent_id not in self._active:
+                await self.leases.release(lease)
+
+    def _lost(self, agent_ids: list[str]) -> None:
+        self._activations.drop(agent_ids)
+        self._timers.drop(agent_ids)
 
     async def settle(self) -> None:
         """Wait until no turn is running or queued and no timer delivery or idle sweep is left (tests, benches)."""
@@ -131,7 +159,8 @@ class Node:
     @property
     def quiescent(self) -> bool:
         """Nothing will run until an event arrives: no turn, no task, no loop timer held (idle or durable)."""
-        return not (self._agent_tasks.running or self._tasks or self._activations.armed or len(self.timers))
+        return not (self._agent_tasks.running or self._tasks or self._activations.armed or len(self.timers)
+                    or self.leases.held)
 
     async def aclose(self) -> None:
         """Let running turns finish (up to the grace period), then hibernate every agent."""
@@ -145,6 +174,8 @@ class Node:
         await self._agent_tasks.aclose()
         await self._tasks.aclose()
         await self._activations.hibernate_all(self.shutdown_grace_s)
+        await self.leases.release_all()  # timers held here go to the other nodes of a cluster
+        await self.leases.aclose()
 
     # delivery
 

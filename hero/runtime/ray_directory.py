@@ -5,8 +5,8 @@ granted by one table (`leases.py`) and one clock: two nodes asking for the same 
 grant and one `LeaseHeld` naming the holder. Each node renews all of its leases in one call every
 `ttl_s / 3`; that call is also its heartbeat (what it reports of itself: address, watts, headroom,
 agents) and brings back the cluster's view and the durable timers it should take over. A node that
-stops renewing is gone after `ttl_s`: its leases lapse, and the agents whose timers it held are handed
-to the live nodes (each takes those that hash to it), so their timers fire there.
+stops renewing is gone after `ttl_s`: its leases lapse, and its agents are handed to the live nodes
+(each takes those that hash to it), which take over their durable timers, so they fire there.
 
 Ray restarts the actor if its process dies; its memory is gone, so a restarted directory grants
 epochs above every earlier one (a generation counter kept in Ray's KV store) and for one lease term
@@ -23,12 +23,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hero.errors import LeaseHeld, Unavailable
-from hero.runtime.leases import LeaseTable
+from hero.runtime.directory import LeaseTable
+from hero.seams.directory import LeaseGrant, LeaseOwner, Renewal
 
 log = logging.getLogger("hero.cluster")
 
@@ -89,12 +90,12 @@ class DirectoryService:
         if recovering > 0 and self.table.live(agent_id) is None:
             return {"recovering_s": recovering}
         try:
-            epoch = self.table.acquire(agent_id, owner, floor=floor, ttl_s=ttl_s, timers=timers)
+            grant = self.table.acquire(agent_id, owner, floor=floor, ttl_s=ttl_s, timers=timers)
         except LeaseHeld as exc:
-            grant = self.table.live(agent_id)
-            return {"held_by": exc.owner, "epoch": grant.epoch if grant else 0}
+            holder = self.table.live(agent_id)
+            return {"held_by": exc.owner, "epoch": holder.epoch if holder else 0}
         self.orphans.pop(agent_id, None)
-        return {"epoch": epoch}
+        return {"epoch": grant.epoch, "lapsed": grant.lapsed}
 
     def renew(
         self, owner: str, info: dict[str, Any], held: Mapping[str, int], timers: Sequence[str], ttl_s: float
@@ -145,10 +146,10 @@ class DirectoryService:
         return self._evict(owner)
 
     def _evict(self, owner: str) -> int:
+        """Drop `owner`'s leases; each agent goes to a live node, which takes over its timers if it has any
+        (the owner may have set one since it last said so)."""
         grants = self.table.evict(owner)
-        for agent_id, grant in grants.items():
-            if grant.timers:
-                self.orphans[agent_id] = None
+        self.orphans.update(dict.fromkeys(grants))
         return len(grants)
 
     def _sweep(self) -> None:
@@ -187,11 +188,22 @@ class DirectoryService:
 
 
 class RayDirectory:
-    """A node's client of the cluster directory actor (the runtime's lease directory, over Ray)."""
+    """A node's client of the cluster directory actor: the runtime's `LeaseDirectory` over Ray.
+
+    Each renewal carries what `info()` says of this node (its heartbeat) and brings back the live
+    nodes (`nodes`, for placement and the gateway).
+    """
 
     def __init__(self, handle: Any, *, ttl_s: float) -> None:
         self.handle = handle
-        self.ttl_s = ttl_s
+        self._ttl_s = ttl_s
+        self.info: Callable[[], dict[str, Any]] = dict
+        self.nodes: list[dict[str, Any]] = []
+        self.generation = 0
+
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
 
     @classmethod
     def connect(cls, cluster_id: str, *, ttl_s: float) -> RayDirectory:
@@ -200,37 +212,52 @@ class RayDirectory:
 
         actor = ray.remote(_DirectoryActor).options(
             name=actor_name(cluster_id), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-            num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1,
+            num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64,
         )
         return cls(actor.remote(recovery_s=ttl_s), ttl_s=ttl_s)
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
         """One call of the directory actor; Unavailable (never a hang) if the cluster does not answer."""
         import ray
 
         try:
-            return await asyncio.wait_for(getattr(self.handle, method).remote(*args), CALL_TIMEOUT_S)
+            return await asyncio.wait_for(getattr(self.handle, method).remote(*args), timeout_s)
         except TimeoutError:
-            raise Unavailable(f"the cluster directory did not answer within {CALL_TIMEOUT_S:.0f}s") from None
+            raise Unavailable(f"the cluster directory did not answer within {timeout_s:.0f}s") from None
         except (ray.exceptions.RayError, ConnectionError) as exc:
             raise Unavailable(f"cannot reach the cluster directory: {type(exc).__name__}") from None
 
-    async def acquire(self, agent_id: str, owner: str, *, floor: int = 0, timers: bool = False) -> int:
-        """The epoch of a lease granted to `owner`; LeaseHeld (naming the holder) or Unavailable."""
-        answer = await self.call("acquire", agent_id, owner, floor, self.ttl_s, timers)
-        return epoch_of(answer, agent_id)
+    async def acquire(self, agent_id: str, owner: str, *, floor: int = 0, timers: bool = False) -> LeaseGrant:
+        answer = await self.call("acquire", agent_id, owner, floor, self._ttl_s, timers)
+        return LeaseGrant(epoch_of(answer, agent_id), bool(answer.get("lapsed")))
 
-    async def renew(
-        self, owner: str, info: dict[str, Any], held: Mapping[str, int], timers: Sequence[str]
-    ) -> dict[str, Any]:
-        return dict(await self.call("renew", owner, info, dict(held), list(timers), self.ttl_s))
+    async def renew(self, owner: str, held: Mapping[str, int], timers: Collection[str]) -> Renewal:
+        answer = await self.call("renew", owner, self.info(), dict(held), list(timers), self._ttl_s)
+        self.nodes = list(answer["nodes"])
+        self.generation = int(answer.get("generation", 0))
+        return Renewal(lost=list(answer["lost"]), adopt=list(answer["adopt"]))
 
-    async def release(self, agent_id: str, owner: str, epoch: int, *, orphan: bool = False) -> bool:
-        return bool(await self.call("release", agent_id, owner, epoch, orphan))
+    async def release(self, agent_id: str, owner: str, epoch: int, *, orphan: bool = False) -> None:
+        await self.call("release", agent_id, owner, epoch, orphan)
 
-    async def owner(self, agent_id: str) -> dict[str, Any] | None:
+    async def owner(self, agent_id: str) -> LeaseOwner | None:
         found = await self.call("owner", agent_id)
-        return dict(found) if found is not None else None
+        if found is None:
+            return None
+        return LeaseOwner(str(found["node_id"]), int(found["epoch"]), float(found["remaining_s"]), found.get("url"))
+
+    async def leave(self, owner: str) -> None:
+        await self.call("leave", owner)
+
+    async def suspect(self, node_id: str) -> bool:
+        """This node could not reach `node_id`: True if the directory found it gone (its leases dropped now)."""
+        return bool(await self.call("suspect", node_id))
+
+    async def spend_nonce(self, nonce: str, expires: float) -> bool:
+        return bool(await self.call("spend_nonce", nonce, expires))
+
+    async def broadcast(self, method: str, args: list[Any], *, skip: str | None = None) -> int:
+        return int(await self.call("broadcast", method, args, skip))
 
 
 def epoch_of(answer: Mapping[str, Any], agent_id: str) -> int:

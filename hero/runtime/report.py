@@ -14,3 +14,4 @@ class NodeStats:
     turn_errors: int = 0
     timers_fired: int = 0
     timers_set_aside: int = 0
+    leases_lost: int = 0  # agents taken out of memory because their lease moved to another node
