@@ -77,6 +77,7 @@ async def dispatch(data: Path, agents: int, rounds: int) -> None:
     print(f"(a) no-op dispatch, {agents} agents: {queued:,.0f} events/s with mail queued ({burst}/agent per drain); "
           f"{single:,.0f} events/s one event per agent per drain  [target >= 100,000]")
     await node.aclose()
+    await node.store.aclose()  # its scrubber would otherwise run on into the next figure
 
 
 class Talker(assistant.Assistant):
@@ -108,6 +109,7 @@ async def activation_latency(data: Path, agents: int) -> None:
           f"p99 {pct(warm, 99) * 1e3:.2f} ms  [target p99 <= 5 ms]; "
           f"store {type(node.store).__name__}")
     await node.aclose()
+    await node.store.aclose()  # its scrubber would otherwise run on into the next figure
 
 
 async def idle_cost(data: Path, hibernated: int, resident: int, seconds: float) -> None:
@@ -149,6 +151,7 @@ async def idle_cost(data: Path, hibernated: int, resident: int, seconds: float) 
     print(f"    whole node with the power service: {awake * 100:.3f} % of one core with {resident} agents awake "
           f"(1 Hz tick), {asleep * 100:.3f} % with all {hibernated + resident} hibernated (quiet tick)")
     await node.aclose()
+    await node.store.aclose()  # its scrubber would otherwise run on into the next figure
 
 
 async def cpu_share(process: psutil.Process, seconds: float) -> float:
