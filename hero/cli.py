@@ -11,31 +11,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from hero.config import DEFAULT_DATA, load_config
+from hero.clibase import Parser, data_arg, node_keys, open_users
+from hero.config import load_config
 from hero.errors import HeroError, UsageError
-from hero.identity import NodeKeys, UserKey, check_agent_id
+from hero.identity import UserKey, check_agent_id
 from hero.runtime.keys import PREFIX, STATE, parse_key
 from hero.users import USER_TTL, Users
-
-
-class Parser(argparse.ArgumentParser):
-    """Every parse error is one line: `hero: [SUB-COMMAND: ]message` (main adds the `hero: `)."""
-
-    def error(self, message: str) -> NoReturn:
-        where = self.prog.removeprefix("hero").strip()
-        choices = self._choices()
-        if choices is not None and "required" in message:  # a bare `hero` or `hero user`
-            kind = "action" if where else "command"
-            message = f"missing {kind}: {', '.join(choices)} (see hero {where + ' ' if where else ''}--help)"
-        raise UsageError(f"{where}: {message}" if where else message)
-
-    def _choices(self) -> list[str] | None:
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return list(action.choices)
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,25 +118,8 @@ def _extensions() -> list[Callable[[Any], None]]:
             add_skill_parser]
 
 
-def data_arg(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data directory (default ./hero-data)")
-    if json_flag:
-        parser.add_argument("--json", action="store_true", help="print JSON")
-
-
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=None if args.json else 2) if args.json else text)
-
-
-def open_users(data_dir: Path) -> Users:
-    return Users(data_dir, node_keys(data_dir))
-
-
-def node_keys(data_dir: Path) -> NodeKeys:
-    """The keys the data dir's node shares with its cluster (store, tokens): the cluster's if it has a key."""
-    from hero.cluster.key import shared_keys
-
-    return shared_keys(NodeKeys.load_or_create(data_dir), load_config(data_dir).cluster_key)
 
 
 def hex_arg(text: str, what: str, size: int) -> bytes:

@@ -30,7 +30,7 @@ PYTEST_INI = "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope 
 
 
 def add_skill_parser(sub: Any) -> None:
-    from hero.cli import Parser, data_arg
+    from hero.clibase import Parser, data_arg
 
     skill = sub.add_parser("skill", help="write, test, sign, trust and list skills").add_subparsers(
         parser_class=Parser, metavar="ACTION", required=True)
@@ -170,7 +170,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 async def _spec(args: argparse.Namespace) -> int:
-    from hero.cli import open_users
+    from hero.clibase import open_users
     from hero.config import load_config
     from hero.identity import NodeKeys
     from hero.nodelock import NodeLock
