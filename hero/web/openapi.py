@@ -226,7 +226,8 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
                                reason=STRING, damaged_since=NUMBER)})},
         ),
         ("GET", "/api/node/status"): Operation(
-            "Agents active and hibernated, activation rate, LLM queue and tokens/s.", "operator", {JSON: ANY_OBJECT}
+            "Agents active, hibernated and damaged (each damaged one with its reason), activation rate, LLM queue "
+            "and tokens/s.", "operator", {JSON: ANY_OBJECT}
         ),
         ("GET", "/api/node/status/stream"): Operation(
             "The node status as SSE, 1 Hz.", "operator", {SSE: _events("status", "auth")}

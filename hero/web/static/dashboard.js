@@ -187,10 +187,29 @@ function onStatus(s) {
   $("agents-active").textContent = s.agents.active;
   $("agents-hibernated").textContent = s.agents.hibernated;
   $("activation-rate").textContent = s.activation_rate_per_min.toFixed(1);
+  renderDamaged(s.agents.damaged, s.damaged_agents || []);
   const rt = s.runtime;
   $("runtime-note").textContent =
     `${rt.turns} turns · ${rt.activations} activations · ${rt.hibernations} hibernations · ${rt.timers_pending} timers pending`;
   onLLM(s.llm);
+}
+
+/** Agents whose stored objects cannot be read: how many, and each one's user and the store's reason. */
+function renderDamaged(count, agents) {
+  const dd = $("agents-damaged");
+  dd.textContent = count;
+  dd.className = count ? "bad" : "";
+  for (const a of agents) if (a.user) state.names.set(a.agent_id, a.user);
+  $("agents-damaged-list").replaceChildren(...agents.map((a) => {
+    const li = document.createElement("li");
+    li.dataset.agent = a.agent_id;
+    const why = document.createElement("span");
+    why.className = "note";
+    why.textContent = ` ${a.reason ?? "unreadable"}` + (a.since ? ` (since ${ago(a.since)})` : "");
+    li.append(agentLabel(a.agent_id), why);
+    return li;
+  }));
+  $("agents-damaged-list").hidden = $("agents-damaged-title").hidden = !agents.length;
 }
 
 /** The shared model: batch, queue, KV cache, prompt reuse, and each running request's share of the CPU. */
