@@ -158,8 +158,14 @@ async def test_a_reply_in_progress_can_be_stopped(site: Site, browser: Browser):
         await expect(page.get_by_role("button", name="Send")).to_be_visible()
         await expect(reply).to_have_attribute("data-seq", "2", timeout=15_000)  # the partial reply was kept
     entries = await site.parts.chat.entries(bob["agent_id"])
-    assert entries[-1].role == "assistant"
+    assert entries[-1].role == "assistant" and entries[-1].kind == "stopped"
     assert llm.tokens_total - before < MAX_TOKENS, "generation went on after Stop"
+    # opened again, the history still shows the reply as stopped, to the eye and to a screen reader
+    async with page_at(browser, site.url(f"/?token={bob['token']}")) as page:
+        reply = bubbles(page, ".assistant").last
+        await expect(reply).to_have_attribute("data-seq", "2")
+        await expect(reply).to_have_class(re.compile(r"\bstopped\b"))
+        await expect(reply.locator(".visually-hidden")).to_contain_text("stopped")
 
 
 async def test_reminder_and_runtime_message_arrive_live_without_reload(site: Site, browser: Browser):

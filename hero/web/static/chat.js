@@ -63,12 +63,16 @@ function setLive(kind) {
 
 // ---------- messages ----------
 
-const LABELS = { user: "You said", assistant: "Your agent said", reminder: "Reminder from your agent", error: "Error" };
+const LABELS = {
+  user: "You said", assistant: "Your agent said", reminder: "Reminder from your agent", error: "Error",
+  stopped: "Your agent said (stopped)",
+};
+const MARKED = new Set(["reminder", "error", "stopped"]); // kinds with a style of their own (app.css)
 
 function messageElement({ role, content = "", kind = "chat", ts, seq }) {
   const el = document.createElement("article");
   el.className = `msg ${role === "user" ? "user" : "assistant"}`;
-  if (kind === "reminder" || kind === "error") el.classList.add(kind);
+  if (MARKED.has(kind)) el.classList.add(kind);
   const label = document.createElement("span");
   label.className = "visually-hidden";
   label.textContent = (LABELS[kind] || LABELS[role] || role) + ": ";
@@ -85,6 +89,12 @@ function messageElement({ role, content = "", kind = "chat", ts, seq }) {
   el.append(label, body, meta);
   if (seq) setSeq(el, seq);
   return el;
+}
+
+/** Mark a reply of the live stream as the history has it (stopped, error): its style and its spoken label. */
+function mark(el, kind) {
+  el.classList.add(kind);
+  el.querySelector(".visually-hidden").textContent = LABELS[kind] + ": ";
 }
 
 function setSeq(el, seq) {
@@ -148,7 +158,7 @@ function receive(m) {
     const p = state.pendingReply.shift();
     p.final = true; // deltas still in flight must not be appended after the agent's final text
     if (m.content || !p.el.querySelector(".body").textContent) p.el.querySelector(".body").textContent = m.content;
-    if (m.kind === "error") p.el.classList.add("error");
+    if (m.kind === "error" || m.kind === "stopped") mark(p.el, m.kind);
     setSeq(p.el, m.seq);
     return true;
   }
@@ -224,7 +234,7 @@ async function send() {
     }
   } catch (err) {
     if (err.name === "AbortError") {
-      reply.el.classList.add("stopped");
+      mark(reply.el, "stopped");
       revealNewest();
     } else if (!accepted) {
       // Nothing reached the agent: take the bubbles back, keep the text in the composer.
