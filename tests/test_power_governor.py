@@ -56,7 +56,6 @@ def report(
         hosted=len(agents_w),
         idle_share_w=0.0,
         conservation_error=0.0,
-        llm_scale=1.0,
         loop_scale=1.0,
     )
 

@@ -35,7 +35,6 @@ def tick(unix: float, agents: dict[str, float], node_w: float = 20.0) -> TickRep
         hosted=3,
         idle_share_w=4.0,
         conservation_error=0.0,
-        llm_scale=1.0,
         loop_scale=1.0,
     )
 

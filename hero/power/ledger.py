@@ -46,7 +46,7 @@ class TickReport:
     utilisation: float
     agents_w: dict[str, float]  # agents that ran this tick; everyone else drew 0 W of dynamic power
     agents_llm_w: float  # part of Σ agents_w that was LLM inference
-    llm_cpu_s: float  # CPU-seconds of LLM inference this tick (after scaling to the whole thread pool)
+    llm_cpu_s: float  # CPU-seconds of LLM inference this tick (every compute thread's, as the LLM service measured)
     agents_cpu_s: dict[str, float]
     process_cpu_s: float
     busy_cpu_s: float
@@ -54,7 +54,6 @@ class TickReport:
     hosted: int
     idle_share_w: float  # idle_w amortised equally over hosted agents (a second view, not added to agents_w)
     conservation_error: float
-    llm_scale: float
     loop_scale: float
     loop_wait_ratio: float = 0.0  # share of the tick the loop thread waited for a CPU (kernel schedstat)
     steps: int = 0
@@ -92,7 +91,6 @@ class Ledger:
         self._run_delay = run_delay
         self._last_delay = run_delay()
         self.charged_ns = 0  # running total of clock time charged by metered steps (for nesting)
-        self.llm_threads = 1  # cap for scaling inference-thread CPU up to the whole thread pool's
         self._process_clock = process_clock
         self._loop_clock = loop_clock
         self._wall_clock = wall_clock
@@ -217,15 +215,11 @@ class Ledger:
         loop_scale = 1.0  # wall-timed steps include time the loop thread was preempted: scale to its CPU
         if wall_ns > 0:
             loop_scale = min(1.0, max(0.0, d_loop * 1e9 - cpu_ns) / wall_ns)
-        llm_scale = 1.0
-        if llm_ns_sum > 0:
-            off_loop = max(0.0, (d_proc - d_loop) * 1e9 - skills_ns_sum)  # skill workers are measured exactly
-            llm_scale = min(float(max(1, self.llm_threads)), max(1.0, off_loop / llm_ns_sum))
 
         node_w = sample.watts
         dyn_w = max(0.0, node_w - self.idle_w)
         loop_c_sum = (cpu_ns + wall_ns * loop_scale) / 1e9
-        llm_c_sum = llm_ns_sum * llm_scale / 1e9
+        llm_c_sum = llm_ns_sum / 1e9  # measured in full, llama.cpp's compute threads included: not scaled
         skills_c_sum = skills_ns_sum / 1e9
         c_sum = loop_c_sum + llm_c_sum + skills_c_sum
         c_rt = max(0.0, d_proc - c_sum)
@@ -241,7 +235,7 @@ class Ledger:
         llm_w_sum = 0.0
         llm_c: dict[AgentAccount, float] = {}  # off-loop CPU-seconds: inference and skill workers
         for a, (ln, tok, sb, sk) in llm.items():  # inference, skills and storage: few agents per tick
-            lc = ln * llm_scale * 1e-9
+            lc = ln * 1e-9
             a.llm_s_total += lc
             a.skills_s_total += sk * 1e-9
             llm_c[a] = lc + sk * 1e-9
@@ -304,7 +298,6 @@ class Ledger:
             hosted=n_hosted,
             idle_share_w=self.idle_w / n_hosted if n_hosted else 0.0,
             conservation_error=error,
-            llm_scale=llm_scale,
             loop_scale=loop_scale,
             loop_wait_ratio=self.loop_wait_ratio,
             steps=steps,
@@ -315,6 +308,15 @@ class Ledger:
         self._last_t = now
         self.last = report
         return report
+
+    def forget(self, agent_id: str) -> None:
+        """The agent was deleted: its account goes (a turn still charging it makes a new, empty one)."""
+        with self._lock:
+            acct = self._accounts.pop(agent_id, None)
+            if acct is not None:
+                self._shared_dirty.discard(acct)
+        if acct is not None:
+            self._dirty.discard(acct)
 
     # ---- reading ----
 

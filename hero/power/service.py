@@ -189,8 +189,6 @@ class PowerService:
             return None
         now = time.monotonic()
         hosted = len(self._hosted_ids())
-        if self.llm is not None:
-            self.ledger.llm_threads = max(1, int(self.llm.threads))
         report = self.ledger.tick(sample, hosted=hosted)
         self.window.add(report)
         if not report.conservation_ok:
@@ -261,6 +259,13 @@ class PowerService:
 
     def set_quota(self, agent_id: str, wh: float | None) -> None:
         self.governor.set_quota(agent_id, wh)
+
+    async def forget(self, agent_id: str) -> None:
+        """The agent was deleted: its account, quota and stored history go, so no report or scrape lists it."""
+        self.ledger.forget(agent_id)
+        self.governor.forget(agent_id)
+        if self.history is not None:
+            await asyncio.to_thread(self.history.forget, agent_id)
 
     # ---- reports (the PowerReports seam; their shapes are hero.power.reports) ----
 

@@ -8,11 +8,13 @@ or cancelled requests leave at once, and a prompt is fed in chunks while
 others generate, so no stream stalls for more than one step. Decoding is
 memory-bound, so a step of eight sequences costs far less than eight steps.
 
-A step's CPU time is split among its requests by the tokens each put in the
-batch (sampling is timed per request), and charged to their agents.
+The inference's CPU time is charged to the agents in full: each request's
+own sampling and admission (prompt reuse) as measured, and everything else a
+step cost (the decode on every compute thread, the Python around it) split
+among its requests by the tokens each put in the batch (`settle`).
 
-Inference thread only: the service admits jobs and calls `step` from its
-worker thread; results go back through `deliver`.
+Inference thread only: the service admits jobs and calls `step` and `settle`
+from its worker thread; results go back through `deliver`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Job:
     usage: dict[str, Any] = field(default_factory=dict)
     grammar: str | None = None  # GBNF the reply must match (constrained decoding)
     cancelled: bool = False
+    cpu_ns: int = 0  # inference CPU charged for this request so far
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float = 0.0
     first_token_at: float | None = None
@@ -72,10 +75,6 @@ class Slot:
     generated: int = 0
     sampler: Sampler | None = None
     text: ReplyText | None = None
-    cpu_ns: int = 0  # not yet charged
-    spent_ns: int = 0  # charged so far for this request
-    charged_tokens: int = 0
-    charged_at: int = 0
 
 
 @dataclass
@@ -88,6 +87,7 @@ class BatchStats:
     saved: int = 0
     shared: int = 0  # prompt starts copied from another agent's cells
     decode_s: float = 0.0
+    cpu_s: float = 0.0  # inference CPU time, every compute thread's (what `settle` was given)
     batch_tokens: int = 0  # last step
     batch_sequences: int = 0  # last step
     request_s: float = 2.0  # a request's time in its slot, moving average
@@ -117,6 +117,12 @@ class Batcher:
         self.metering = metering
         self._deliver = deliver
         self._out: list[tuple[Job, object]] = []
+        self._direct: dict[Job, int] = {}  # this iteration's CPU measured for one request (admission, sampling)
+        self._weights: dict[Job, int] = {}  # this iteration's tokens per request in the batch
+        self._ended: list[Job] = []  # requests that left in this iteration
+        self._pending: dict[str, list[int]] = {}  # agent -> [cpu ns, tokens] not yet charged
+        self._carried_ns = 0  # CPU of an iteration that served nobody: the next request's
+        self._charged_at = time.perf_counter_ns()
 
     @property
     def running(self) -> int:
@@ -140,6 +146,7 @@ class Batcher:
         held by any slot is copied (a few MB of state costs milliseconds,
         computing a 300-token system prompt two seconds of CPU here).
         """
+        started_ns = time.thread_time_ns()
         slot = self._choose(job)
         try:
             self._admit(slot, job)
@@ -149,6 +156,8 @@ class Batcher:
             slot.job = slot.sampler = slot.text = None
             self._clear(slot)
             raise
+        finally:
+            self._direct[job] = self._direct.get(job, 0) + time.thread_time_ns() - started_ns
 
     def _admit(self, slot: Slot, job: Job) -> None:
         prompt = job.prompt
@@ -164,8 +173,6 @@ class Batcher:
         slot.sampler = Sampler(self.model, job.sampling, job.grammar)
         slot.sampler.prime(prompt)
         slot.text = ReplyText(self.stops)
-        slot.cpu_ns = slot.spent_ns = slot.charged_tokens = 0
-        slot.charged_at = time.perf_counter_ns()
         job.started_at = time.perf_counter()
         self.stats.reused_tokens += reuse
         job.usage.update(prompt_tokens=len(prompt), prompt_tokens_reused=reuse)
@@ -231,28 +238,29 @@ class Batcher:
     # ---- the step ----
 
     def step(self) -> None:
-        """One decode step over every running slot: stop the cancelled, feed, decode, sample, deliver."""
+        """One decode step over every running slot: stop the cancelled, feed, decode, sample (`settle` then
+        charges the step and delivers its text)."""
         for slot in self.slots:
             if slot.job is not None and slot.job.stopped():
                 self._finish(slot, "stop")
         entries, owners = self._fill()
         if entries:
-            started_ns = time.thread_time_ns()
+            for e in entries:  # the step's shared cost is split by the tokens each request put in it
+                job = self.slots[e.seq].job
+                assert job is not None
+                self._weights[job] = self._weights.get(job, 0) + 1
             started = time.perf_counter()
             try:
                 self.ctx.decode(entries)
             except ModelError as exc:
                 self._fail({slot for slot, _ in owners} | self._prefilling(), exc)
-                self._flush()
                 return
-            seconds = time.perf_counter() - started
-            self._account(entries, time.thread_time_ns() - started_ns, seconds)
+            self._account(entries, time.perf_counter() - started)
             for slot, index in owners:
                 try:
                     self._sample(slot, index)
                 except HeroError as exc:  # this request's sampler failed (its grammar): the others go on
                     self._fail({slot}, exc)
-        self._flush()
 
     def _fill(self) -> tuple[list[Entry], list[tuple[Slot, int]]]:
         """The batch: one token per generating slot, then prompt chunks for newcomers (oldest first)."""
@@ -291,48 +299,80 @@ class Batcher:
     def _prefilling(self) -> set[Slot]:
         return {s for s in self.slots if s.job is not None and s.fed < len(s.job.prompt)}
 
-    def _account(self, entries: list[Entry], cpu_ns: int, seconds: float) -> None:
+    def _account(self, entries: list[Entry], seconds: float) -> None:
         stats = self.stats
         stats.steps += 1
         stats.decode_s += seconds
         stats.batch_tokens = len(entries)
-        per_seq: dict[int, int] = {}
-        for e in entries:
-            per_seq[e.seq] = per_seq.get(e.seq, 0) + 1
-        stats.batch_sequences = len(per_seq)
+        stats.batch_sequences = len(self._weights)
         generating = sum(1 for e in entries if e.logits)
         self.rates.prompt(len(entries) - generating, seconds)  # slightly low in mixed steps: errs on the safe side
-        for seq, n in per_seq.items():  # the step's cost, split by the tokens each request put in it
-            self.slots[seq].cpu_ns += cpu_ns * n // len(entries)
+
+    def settle(self, cpu_ns: int) -> None:
+        """Charge `cpu_ns`, what the inference cost since the last call (every compute thread), to the requests
+        served meanwhile: what was measured for one request is its own, the rest is split by batch tokens."""
+        cpu_ns = max(0, cpu_ns)
+        self.stats.cpu_s += cpu_ns / 1e9
+        cpu_ns += self._carried_ns
+        self._carried_ns = 0
+        direct, weights = self._direct, self._weights
+        if not weights:  # no decode: admissions, or requests that stopped before their step
+            weights = dict.fromkeys(direct or self._ended, 1)
+        shares = dict(direct)
+        rest = max(0, cpu_ns - sum(direct.values()))
+        total = sum(weights.values())
+        if total:
+            for job, n in weights.items():
+                shares[job] = shares.get(job, 0) + rest * n // total
+        else:
+            self._carried_ns = rest
+        pending = self._pending
+        for job, ns in shares.items():
+            job.cpu_ns += ns
+            entry = pending.setdefault(job.agent_id, [0, 0])
+            entry[0] += ns
+        self._direct, self._weights, self._ended = {}, {}, []
+        now = time.perf_counter_ns()
+        if self.running == 0 or now - self._charged_at >= CHARGE_EVERY_NS:
+            self._charge_pending(now)
+        self._flush()  # after the charge: a caller that sees its reply end finds it charged
+
+    def _charge_pending(self, now: int) -> None:
+        pending, self._pending, self._charged_at = self._pending, {}, now
+        if self.metering is not None:
+            for agent_id, (ns, tokens) in pending.items():
+                if ns or tokens:
+                    self.metering.charge_llm(agent_id, ns, tokens)
 
     def _sample(self, slot: Slot, index: int) -> None:
         job, sampler, text = slot.job, slot.sampler, slot.text
         assert job is not None and sampler is not None and text is not None
         started_ns = time.thread_time_ns()
-        token = sampler.sample(self.ctx.ptr, index)
+        try:
+            token = sampler.sample(self.ctx.ptr, index)
+        finally:
+            self._direct[job] = self._direct.get(job, 0) + time.thread_time_ns() - started_ns
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
             self.stats.ttft_s += 0.2 * (job.first_token_at - job.queued_at - self.stats.ttft_s)
         if self.model.is_eog(token):
-            slot.cpu_ns += time.thread_time_ns() - started_ns
             self._finish(slot, "stop")
             return
         slot.generated += 1
         self.stats.tokens += 1
+        self._pending.setdefault(job.agent_id, [0, 0])[1] += 1
         full = len(slot.tokens) + 1 >= self.ctx.n_ctx_seq
         last = slot.generated >= job.max_tokens or full
         near_end = job.max_tokens - slot.generated < NEAR_END_TOKENS or full
         delta, stopped = text.add(self.model.piece(token), near_end=near_end)
         if delta:
             self._out.append((job, delta))
-        slot.cpu_ns += time.thread_time_ns() - started_ns
         if stopped:
             self._finish(slot, "stop")
         elif last:
             self._finish(slot, "length")
         else:
             slot.next_token = token
-            self._charge(slot, final=False)
 
     def _finish(self, slot: Slot, reason: str) -> None:
         job, text = slot.job, slot.text
@@ -364,22 +404,13 @@ class Batcher:
         self._flush()
 
     def _release(self, slot: Slot) -> None:
-        self._charge(slot, final=True)
+        if slot.job is not None:
+            self._ended.append(slot.job)
         if slot.sampler is not None:
             slot.sampler.close()
         slot.job = slot.sampler = slot.text = None
         slot.next_token = None
         slot.used_at = time.monotonic()
-
-    def _charge(self, slot: Slot, *, final: bool) -> None:
-        now = time.perf_counter_ns()
-        if slot.job is None or (not final and now - slot.charged_at < CHARGE_EVERY_NS):
-            return
-        tokens = slot.generated - slot.charged_tokens
-        if self.metering is not None and (slot.cpu_ns or tokens):
-            self.metering.charge_llm(slot.job.agent_id, slot.cpu_ns, tokens)
-        slot.spent_ns += slot.cpu_ns
-        slot.cpu_ns, slot.charged_tokens, slot.charged_at = 0, slot.generated, now
 
     def sequences(self) -> list[dict[str, Any]]:
         """The running requests: whose, how far, and the CPU time their share of the steps cost so far."""
@@ -387,8 +418,7 @@ class Batcher:
         for slot in self.slots:
             job = slot.job
             if job is not None:
-                cpu_s = (slot.spent_ns + slot.cpu_ns) / 1e9
-                out.append({"agent_id": job.agent_id, "generated": slot.generated, "cpu_s": round(cpu_s, 4)})
+                out.append({"agent_id": job.agent_id, "generated": slot.generated, "cpu_s": round(job.cpu_ns / 1e9, 4)})
         return out
 
     def _flush(self) -> None:
@@ -397,9 +427,10 @@ class Batcher:
             self._deliver(out)
 
     def close(self, error: Exception) -> None:
-        """Fail every running request (the model is going away) and free the samplers."""
+        """Fail every running request (the model is going away) and free the samplers; charge what is owed."""
         self._fail({s for s in self.slots if s.job is not None}, error)
         self._flush()
+        self._charge_pending(time.perf_counter_ns())
         self.store.clear()
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from hero.errors import BadRequest, HeroError, ModelError, Overloaded, Unavailable
 from hero.scheduler.batch import END, Batcher, BatchStats, Job
 from hero.scheduler.contention import Contention
+from hero.scheduler.cputime import InferenceClock
 from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
 from hero.scheduler.llamacpp import Context, Model
 from hero.scheduler.prompt import Prompt, PromptBuilder
@@ -69,12 +70,13 @@ class LLMService:
         queue_max: int = 64,
         prefix_cache_mib: int = 256,
         metering: Metering | None = None,
+        contention: Contention | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.threads = threads or _default_threads()
         self.threads_used = self.threads  # 1 while the inference thread waits for CPUs (contention.py)
-        self._contention = Contention()
+        self._contention = contention or Contention()
         self.max_parallel = max(1, parallel)
         self.parallel = self.max_parallel
         self.max_tokens = max_tokens
@@ -148,6 +150,7 @@ class LLMService:
             "batch_tokens": st.batch_tokens,
             "steps_total": st.steps,
             "decode_seconds_total": round(st.decode_s, 3),
+            "cpu_seconds_total": round(st.cpu_s, 3),  # every compute thread's, all charged to agents
             "prompt_tokens_total": st.prompt_tokens,
             "prompt_tokens_reused_total": st.reused_tokens,
             "kv_cells_used": kv_used,
@@ -345,7 +348,23 @@ class LLMService:
     # ---- the inference thread ----
 
     def _worker(self) -> None:
+        clock = InferenceClock()
+        clock.start()
+        try:
+            self._serve(clock)
+        finally:
+            clock.close()
+
+    def _serve(self, clock: InferenceClock) -> None:
+        """Admit, step, charge, deliver; block on the queue while nothing runs.
+
+        The inference's CPU time (every compute thread's) is charged in full, iteration by iteration, to the
+        requests served; the model's loading excepted. What the compute threads spend after the last step
+        before an idle spell (they spin a moment before they sleep) goes with the next iteration.
+        """
         loaded: _Loaded | None = None
+        last_ns = clock.read_ns()
+        scan = True  # look for llama.cpp's compute threads after the next step (it starts them)
         while True:
             if loaded is None or loaded.batcher.running == 0:
                 if loaded is not None:
@@ -355,24 +374,35 @@ class LLMService:
                 job = self._queue.get()  # idle: block, holding nothing
                 if job is None:
                     return
+                owed_ns = clock.read_ns() - last_ns
                 try:
                     loaded = self._acquire()
                 except ModelError as exc:
                     log.error("the model could not be loaded: %s", exc)
                     _deliver([(job, exc)])
+                    last_ns = clock.read_ns() - owed_ns
                     continue
+                last_ns = clock.read_ns() - owed_ns  # a load is not a request's
                 self._start(loaded, job)
             batcher = loaded.batcher
             batcher.parallel = self.parallel
             while batcher.can_admit() and (job := self._queue.get_nowait()) is not None:
                 self._start(loaded, job)
             self.threads_used = 1 if self._contention.update() else self.threads
-            loaded.ctx.set_threads(self.threads_used)
+            if self.threads_used != loaded.ctx.threads:
+                loaded.ctx.set_threads(self.threads_used)
+                scan = True
             try:
                 batcher.step()
             except Exception as exc:  # a bug, not a model fault: fail these requests, keep serving
                 log.exception("inference step failed")
                 batcher.close(ModelError(f"inference failed: {type(exc).__name__}"))
+            if scan:
+                clock.rescan()
+                scan = False
+            now_ns = clock.read_ns()
+            batcher.settle(now_ns - last_ns)
+            last_ns = now_ns
 
     def _start(self, loaded: _Loaded, job: Job) -> None:
         if job.stopped():
