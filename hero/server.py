@@ -5,6 +5,7 @@ This is the only module that knows every part; each part only knows its seams.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import logging
 import os
@@ -176,25 +177,57 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-@contextmanager
-def shutdown_signals() -> Iterator[None]:
-    """Keep SIGINT/SIGTERM from killing the process while agents hibernate.
+class ShutdownSignals:
+    """What SIGINT/SIGTERM do at each moment of the node's life.
 
-    uvicorn turns the first signal into a graceful stop and then re-raises it
-    once serving ends; with the default handlers that would kill the process
-    before the node has written its agents' state. A second Ctrl-C still
-    interrupts an impatient shutdown.
+    While the parts start, the first signal cancels the start-up (what has started
+    is closed in order). Once the web server runs, uvicorn holds the signals and
+    turns the first into a graceful stop; a signal in the moment between the two
+    stops the server as uvicorn would. After serving, uvicorn re-raises the signal:
+    it is only noted here, so the process lives until its agents have hibernated.
+    A second Ctrl-C still interrupts an impatient shutdown.
     """
-    received: list[int] = []
 
-    def note(signum: int, frame: Any) -> None:
-        received.append(signum)
-        if len(received) > 1 and signum == signal.SIGINT:
+    def __init__(self, starting: asyncio.Task[Any]) -> None:
+        self.received: list[int] = []
+        self.start_cancelled = False
+        self.task = starting
+        self._starting: asyncio.Task[Any] | None = starting
+        self._loop = asyncio.get_running_loop()
+        self._server: uvicorn.Server | None = None
+
+    def serving(self, server: uvicorn.Server) -> None:
+        """Start-up is over: from now on a signal stops `server` instead of cancelling the start."""
+        self._starting = None
+        self._server = server
+        if self.received:
+            server.should_exit = True
+
+    def note(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        if self._starting is not None:
+            self._loop.call_soon_threadsafe(self._cancel_start)  # wakes the loop; runs in its turn
+        elif self._server is not None:
+            self._server.should_exit = True
+        if len(self.received) > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def _cancel_start(self) -> None:
+        if self._starting is not None and not self.start_cancelled:  # not if start-up ended meanwhile
+            self.start_cancelled = True
+            self._starting.cancel()
+
+
+@contextmanager
+def shutdown_signals() -> Iterator[ShutdownSignals]:
+    """Handle SIGINT/SIGTERM as `ShutdownSignals` says (the default handlers would kill the process before the
+    node has written its agents' state); the caller's task is the start-up a signal cancels."""
+    task = asyncio.current_task()
+    assert task is not None, "shutdown_signals runs in a task"
+    signals = ShutdownSignals(task)
+    previous = {sig: signal.signal(sig, signals.note) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield signals
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -228,11 +261,19 @@ async def serve(config: NodeConfig, *, announce: Any = print) -> None:
     check_config(config)
     with NodeLock.acquire(config.data_dir, port=config.port):
         sock = listen(config.host, config.port)
-        with shutdown_signals():
-            await _serve(config, sock, announce)
+        with shutdown_signals() as signals:
+            try:
+                await _serve(config, sock, announce, signals)
+            except asyncio.CancelledError:
+                if not signals.start_cancelled:
+                    raise
+                signals.task.uncancel()
+                announce("hero: stopped during start-up")
+            finally:
+                sock.close()
 
 
-async def _serve(config: NodeConfig, sock: socket.socket, announce: Any) -> None:
+async def _serve(config: NodeConfig, sock: socket.socket, announce: Any, signals: ShutdownSignals) -> None:
     async with open_node(config) as parts:
         base_url = f"http://{config.host}:{config.port}"
         for line in await first_start(parts, base_url):
@@ -250,6 +291,7 @@ async def _serve(config: NodeConfig, sock: socket.socket, announce: Any) -> None
         server = uvicorn.Server(
             uvicorn.Config(parts.app, host=config.host, port=config.port, log_level="warning", lifespan="off")
         )
+        signals.serving(server)
         await server.serve(sockets=sockets)
         announce("hero: stopping; hibernating agents")
 
