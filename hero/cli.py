@@ -53,6 +53,10 @@ def build_parser() -> Parser:
     up.add_argument("--no-tun", action="store_true", help="overlay without a TUN device")
     up.add_argument("--overlay-daemon", metavar="URL",
                     help="ride a Mycelium daemon instead of running an overlay: its REST API, e.g. http://127.0.0.1:8989")
+    up.add_argument("--ray", metavar="HOST:PORT", help="join the cluster whose Ray head is there (needs its key)")
+    up.add_argument("--cluster-key", metavar="FILE", help="the cluster's key (hero cluster init); or HERO_CLUSTER_KEY")
+    up.add_argument("--lease-ttl", type=float, metavar="SECONDS", dest="lease_ttl_s",
+                    help="an agent's lease lapses this long after its node last renewed it (lease_ttl_s, default 30)")
     up.add_argument("--dev-skills", nargs="+", type=Path, metavar="PATH",
                     help="dev mode: load these skill folders unsigned and reload them when they change")
     up.set_defaults(func=cmd_up)
@@ -149,10 +153,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         overlay_peers=" ".join(args.peers) if args.peers is not None else None,
         overlay_tun="off" if args.no_tun else None,
         dev_skills=" ".join(str(p) for p in args.dev_skills) if args.dev_skills else None,
+        ray=args.ray, cluster_key=args.cluster_key, lease_ttl_s=args.lease_ttl_s,
     )
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
     )
+    if config.ray:  # Ray is imported only when a cluster address is given
+        from hero.cluster.host import serve_on_ray
+
+        serve_on_ray(config, announce=lambda line: print(line, flush=True))
+        return 0
     asyncio.run(serve(config, announce=lambda line: print(line, flush=True)))
     return 0
 

@@ -33,10 +33,12 @@ from hero.nodelock import NodeLock
 from hero.power.profiles import load_profile
 from hero.power.service import PowerService
 from hero.runtime.agent import AgentFactory
+from hero.runtime.directory import Directory
 from hero.runtime.factory import load_factory
 from hero.runtime.node import Node
 from hero.scheduler.llm import LLMService
 from hero.scheduler.model import check_model_path, default_model_path
+from hero.seams.directory import LeaseDirectory
 from hero.skills.host import node_host
 from hero.store.qss import QSS, open_qss
 from hero.users import Registry
@@ -66,8 +68,10 @@ async def open_store(config: NodeConfig, keys: NodeKeys) -> QSS:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = None) -> AsyncIterator[Parts]:
-    """The node's parts, started; closed in order on exit. Agents come from `agent_factory`, else the config's."""
+async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = None,
+                    directory: LeaseDirectory | None = None) -> AsyncIterator[Parts]:
+    """The node's parts, started; closed in order on exit. Agents come from `agent_factory`, else the config's.
+    With a cluster's `directory` (hero.cluster.host) the node is a member of that cluster."""
     agent_factory = agent_factory or load_factory(config.agent)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     model = check_model_path(config.model) if config.model else default_model_path()
@@ -99,6 +103,8 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
         agent_factory,
         node_id=keys.node_id,
         idle_after_s=config.idle_after_s,
+        directory=directory or Directory(ttl_s=config.lease_ttl_s),
+        member=directory is not None,
         metering=power,
         admission=power,
         messenger=bridge,

@@ -25,7 +25,8 @@ def auth_env(key: ClusterKey) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": key.ray_token}
 
 
-def connect(address: str, key: ClusterKey, *, env: Mapping[str, str] | None = None) -> None:
+def connect(address: str, key: ClusterKey, *, env: Mapping[str, str] | None = None,
+            log_to_driver: bool = False) -> None:
     """Connect this process to the Ray cluster at `address` (HOST:PORT of its head) as a driver.
 
     A wrong address, a cluster that is down, or a cluster with another token is a UsageError naming it.
@@ -45,7 +46,7 @@ def connect(address: str, key: ClusterKey, *, env: Mapping[str, str] | None = No
         return
     try:
         ray.init(
-            address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False,
+            address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=log_to_driver,
             configure_logging=False,
         )
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:

@@ -9,7 +9,9 @@ none (and is no cluster member) nothing wakes. A lease the directory says is los
 could not be renewed in time by this node's own clock, is dropped at once (`on_lost`): the
 agent leaves memory unwritten and its timers leave the schedule, to fire on the node that
 holds it now. A write is allowed only while the lease has `guard_s` of its term left, so a
-write cannot land after another node may have taken the agent over.
+write cannot land after another node may have taken the agent over. A lease is also kept
+while something here listens to the agent (`anchor`: a user's event stream), so what the
+agent publishes is published where its listeners are.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Leases:
         self.guard_s = min(1.0, self.ttl_s / 10)
         self.held: dict[str, Lease] = {}
         self.for_timers: set[str] = set()  # asleep here, kept for their durable timers
+        self.anchors: dict[str, int] = {}  # agent -> listeners here (its lease is kept while there are any)
+        self.shed: Callable[[], bool] = lambda: False  # over budget: hand sleeping agents' timers to other nodes
         self.on_lost: Callable[[list[str]], None] = lambda agent_ids: None
         self.on_adopt: Callable[[list[str]], Coroutine[Any, Any, None]] | None = None
         self.renewals = 0
@@ -80,9 +84,10 @@ class Leases:
         """The agent leaves memory: give its lease back, or keep it for the agent's timers."""
         if self.held.get(lease.agent_id) != lease:
             return
-        if keep_for_timers:
+        if lease.agent_id in self.anchors or (keep_for_timers and not self.shed()):
             self.for_timers.add(lease.agent_id)
             return
+        orphan = orphan or keep_for_timers  # over budget: its timers go to a node with room
         self._forget(lease.agent_id)
         try:
             await self.directory.release(lease.agent_id, self.owner, lease.epoch, orphan=orphan)
@@ -94,6 +99,23 @@ class Leases:
         """Shutting down: every lease goes back; the agents' timers go to other nodes."""
         for lease in list(self.held.values()):
             await self.release(lease, orphan=lease.agent_id in self.for_timers)
+
+    async def anchor(self, agent_id: str) -> None:
+        """Something here listens to the agent: hold its lease (taking it if no node does) until `unanchor`."""
+        if agent_id not in self.held:
+            await self.acquire(agent_id, timers=True)  # LeaseHeld: another node hosts it; listen there
+        self.anchors[agent_id] = self.anchors.get(agent_id, 0) + 1
+
+    async def unanchor(self, agent_id: str, *, in_use: bool) -> None:
+        """A listener went away; the last one gives the lease back unless the agent is `in_use` here."""
+        left = self.anchors.get(agent_id, 0) - 1
+        if left > 0:
+            self.anchors[agent_id] = left
+            return
+        self.anchors.pop(agent_id, None)
+        lease = self.held.get(agent_id)
+        if lease is not None and not in_use:
+            await self.release(lease)
 
     def check(self, lease: Lease) -> None:
         """Unavailable unless this node holds `lease` with time to write under it."""
@@ -158,3 +180,4 @@ class Leases:
         self.held.pop(agent_id, None)
         self._until.pop(agent_id, None)
         self.for_timers.discard(agent_id)
+        self.anchors.pop(agent_id, None)

@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from hero.errors import AgentDamaged, AgentError, HeroError, Unavailable
@@ -145,6 +146,17 @@ class Node:
                 await self._timers.load(agent_id)
             if not self._timers.schedule.pending(agent_id) and agent_id not in self._active:
                 await self.leases.release(lease)
+
+    @asynccontextmanager
+    async def anchored(self, agent_id: str) -> AsyncIterator[None]:
+        """Keep the agent's lease on this node while the block runs (a user's event stream is open here), so
+        the agent wakes here and what it publishes reaches the stream. LeaseHeld if another node hosts it."""
+        await self.leases.anchor(agent_id)
+        try:
+            yield
+        finally:
+            in_use = agent_id in self._active or bool(self._timers.schedule.pending(agent_id))
+            await self.leases.unanchor(agent_id, in_use=in_use)
 
     def _lost(self, agent_ids: list[str]) -> None:
         self._activations.drop(agent_ids)

@@ -30,6 +30,7 @@ from hero.seams.store import StateStore
 from hero.seams.users import UserRegistry
 from hero.web import (
     chat_api,
+    cluster_api,
     events_api,
     login_api,
     mcp_api,
@@ -69,6 +70,7 @@ def create_app(
         *power_history_api.routes(),
         *storage_api.routes(),
         *net_api.routes(),
+        *cluster_api.routes(),
         *mcp_api.routes(),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
         Route("/", index, methods=["GET"]),

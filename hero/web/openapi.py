@@ -268,6 +268,12 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
             {JSON: ANY_OBJECT},
             errors=(404,),
         ),
+        ("GET", "/api/node/cluster"): Operation(
+            "The cluster's live nodes: id, address, watts, headroom and agents of each (404 on a lone node).",
+            "operator",
+            {JSON: ANY_OBJECT},
+            errors=(404,),
+        ),
         ("POST", "/mcp"): Operation(
             "MCP (streamable HTTP, JSON answers) for your own agent: `tools/list` lists its skills' tools, "
             "`tools/call` calls one as your agent (its permissions, its ledger).",

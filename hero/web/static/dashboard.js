@@ -403,6 +403,17 @@ async function refreshNetwork() {
   $("net-card").hidden = false;
 }
 
+async function refreshCluster() {
+  const c = await probe("/api/node/cluster");
+  const nodes = c?.nodes || [];
+  if (nodes.length < 2) { $("cluster-card").hidden = true; return; } // a lone node: nothing to show
+  fillTable($("cluster-table"), ["Node", "Address", "Agents", "Watts", "Headroom"], nodes.map((n) => [
+    `${short(n.node_id)}${n.node_id === c.node_id ? " (this node)" : ""}`, n.url, (n.agents || []).length,
+    fmtWatts(n.watts), n.over_budget ? "over budget" : fmtWatts(n.headroom_w),
+  ]));
+  $("cluster-card").hidden = false;
+}
+
 // ---------- session ----------
 
 function stop() {
@@ -452,6 +463,7 @@ async function start() {
   const panels = () => {
     if (status.parts.storage) refreshStorage();
     if (status.parts.network) refreshNetwork();
+    refreshCluster();
   };
   panels();
   state.timers.push(setInterval(panels, PANELS_MS));

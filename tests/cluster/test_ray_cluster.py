@@ -1,0 +1,279 @@
+"""Hero on a real Ray cluster: `hero up --ray` processes on one machine (one Ray head, token auth on), sharing
+one store. Any node serves any user; one activation per agent; tokens valid cluster-wide; failover after
+kill -9; a dead node's timers fire elsewhere; an empty node serves an existing agent; clear 503s."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nacl.signing
+import psutil
+import pytest
+
+from hero.cluster.key import ClusterKey
+from hero.identity import NodeKeys
+from hero.store.qss import open_qss
+from tests.cluster.raycluster import HeroNode, RayCluster, chat, hero, reply_text
+from tests.conftest import free_port
+
+TTL_S = 3.0
+IDLE_S = 4.0  # agents sleep after this (so a sleeping agent can wake on another node)
+
+
+@dataclass
+class Cluster:
+    ray: RayCluster
+    key_file: Path
+    tmp: Path
+    nodes: dict[str, HeroNode]
+
+    def start(self, name: str, **kwargs: Any) -> HeroNode:
+        node = HeroNode(self.tmp, name, self.ray.address, self.key_file, self.tmp / "backends", ttl_s=TTL_S,
+                        idle_after_s=IDLE_S, **kwargs)
+        self.nodes[name] = node
+        return node.wait_ready()
+
+    def user(self, name: str, *, home: str | None = None) -> dict[str, str]:
+        """A new user, added with `hero user add` on node a's data dir (the registry is in the shared store)."""
+        return dict(hero("user", "add", name, "--data", str(self.nodes["a"].data), *(["--home", home] if home else []),
+                         key_file=self.key_file))
+
+    def status(self) -> list[dict[str, Any]]:
+        answer = hero("cluster", "status", "--ray", self.ray.address, key_file=self.key_file)
+        return list(answer["nodes"])
+
+    def by_id(self, node_id: str) -> HeroNode:
+        return next(n for n in self.nodes.values() if n.node_id == node_id)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("ray")
+    key = ClusterKey.generate()
+    key.write(tmp / "cluster.key")
+    with RayCluster(key, nodes=2, watts=200.0) as ray:
+        found = Cluster(ray, tmp / "cluster.key", tmp, {})
+        try:
+            for name in "abc":
+                found.start(name)
+            yield found
+        finally:
+            for node in found.nodes.values():
+                node.stop()
+
+
+def served_by(response: httpx.Response) -> str:
+    return response.headers["x-hero-node"]
+
+
+def messages(node: HeroNode, token: str) -> list[str]:
+    response = httpx.get(node.url + "/api/me/messages?limit=500", headers={"Authorization": f"Bearer {token}"},
+                         timeout=60, trust_env=False)
+    assert response.status_code == 200, response.text
+    return [m["content"] for m in response.json()["messages"]]
+
+
+def test_any_node_serves_any_user_from_the_node_hosting_the_agent(cluster: Cluster) -> None:
+    user = cluster.user("routed")
+    first = chat(cluster.nodes["a"], user["token"], "one")
+    assert first.status_code == 200 and reply_text(first) == "echo one"
+    host = served_by(first)
+    for node in cluster.nodes.values():  # through every node: the host answers, a stream too
+        plain = chat(node, user["token"], f"via {node.name}")
+        assert (plain.status_code, served_by(plain), reply_text(plain)) == (200, host, f"echo via {node.name}")
+        streamed = chat(node, user["token"], f"stream via {node.name}", stream=True)
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert (served_by(streamed), reply_text(streamed)) == (host, f"echo stream via {node.name}")
+        assert streamed.text.rstrip().endswith("data: [DONE]")
+    other = next(n for n in cluster.nodes.values() if n.node_id != host)
+    assert messages(other, user["token"])[:2] == ["one", "echo one"]
+    listed = {n["node_id"]: n["agents"] for n in cluster.status()}
+    assert [node for node, agents in listed.items() if user["agent_id"] in agents] == [host]
+    assert set(listed) == {n.node_id for n in cluster.nodes.values()}
+    assert all(isinstance(n["watts"], float | int) and n["url"] for n in cluster.status())
+
+
+def test_the_event_stream_through_another_node_gets_the_agents_messages(cluster: Cluster) -> None:
+    user = cluster.user("listener")
+    host = served_by(chat(cluster.nodes["a"], user["token"], "hello"))
+    listen = next(n for n in cluster.nodes.values() if n.node_id != host)
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        with httpx.stream("GET", listen.url + "/api/me/events?last_event_id=2", timeout=30, trust_env=False,
+                          headers={"Authorization": f"Bearer {user['token']}"}) as stream:
+            assert stream.headers["x-hero-node"] == host
+            for line in stream.iter_lines():
+                if line.startswith("event: ready"):
+                    ready.set()
+                if line.startswith("data: {") and '"content"' in line:
+                    seen.append(json.loads(line[6:]))
+                    if len(seen) == 2:
+                        return
+
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(read)
+        assert ready.wait(30)
+        sender = next(n for n in cluster.nodes.values() if n not in (listen,))
+        assert chat(sender, user["token"], "ping").status_code == 200
+        reader.result(timeout=30)
+    assert [m["content"] for m in seen] == ["ping", "echo ping"]
+
+
+def test_a_token_from_one_node_works_on_every_node_and_its_revocation_anywhere_counts_everywhere(
+    cluster: Cluster,
+) -> None:
+    user = cluster.user("signin")
+    a, b, c = (cluster.nodes[n] for n in "abc")
+    challenge = httpx.post(a.url + "/api/auth/challenge", json={"agent_id": user["agent_id"]}, trust_env=False)
+    text = challenge.json()["challenge"]
+    signature = nacl.signing.SigningKey(bytes.fromhex(user["secret_key"])).sign(text.encode()).signature.hex()
+    login = httpx.post(a.url + "/api/auth/login", json={"challenge": text, "signature": signature}, trust_env=False)
+    assert login.status_code == 200, login.text
+    token = login.json()["token"]
+    me = httpx.get(b.url + "/api/me", headers={"Authorization": f"Bearer {token}"}, trust_env=False)
+    assert me.status_code == 200 and me.json()["agent_id"] == user["agent_id"]
+    out = httpx.post(b.url + "/api/auth/logout", headers={"Authorization": f"Bearer {token}"}, trust_env=False)
+    assert out.status_code == 204
+    for node in (a, c):
+        refused = chat(node, token, "still me?")
+        assert refused.status_code == 401, refused.text
+    assert chat(a, user["token"], "other token").status_code == 200  # only that token was revoked
+
+
+def test_forged_and_foreign_cluster_tokens_are_401(cluster: Cluster) -> None:
+    user = cluster.user("victim")
+    foreign = ClusterKey.generate().shared_keys(NodeKeys.load_or_create(cluster.tmp / "stranger"))
+    stranger, _ = foreign.issue_token(sub=user["agent_id"], name="victim", role="user", ttl=600)
+    prefix, payload, sig = user["token"].split(".")
+    forged = f"{prefix}.{payload[:-4]}AAAA.{sig}"
+    for node in cluster.nodes.values():
+        for token in (stranger, forged):
+            response = chat(node, token, "let me in")
+            assert response.status_code == 401 and response.json()["error"]["type"], response.text
+
+
+def test_sixteen_concurrent_first_messages_across_nodes_give_one_activation(cluster: Cluster) -> None:
+    user = cluster.user("crowd")
+    nodes = list(cluster.nodes.values())
+    operator = next(line.split("token=")[1] for line in nodes[0].lines if "Dashboard:" in line)
+
+    def activations() -> int:
+        total = 0
+        for node in nodes:
+            status = httpx.get(node.url + "/api/node/status", headers={"Authorization": f"Bearer {operator}"},
+                               trust_env=False, timeout=30)
+            total += status.json()["runtime"]["activations"]
+        return total
+
+    before = activations()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: chat(nodes[i % len(nodes)], user["token"], f"m{i}"), range(16)))
+    assert [a.status_code for a in answers] == [200] * 16
+    assert sorted(reply_text(a) for a in answers) == sorted(f"echo m{i}" for i in range(16))
+    assert len({served_by(a) for a in answers}) == 1
+    assert activations() - before == 1
+    assert len(messages(nodes[1], user["token"])) == 32  # every turn's writes landed
+
+
+def test_kill_9_of_the_host_the_agent_answers_from_another_node_with_its_history_and_its_timer_fires(
+    cluster: Cluster,
+) -> None:
+    b = cluster.nodes["b"]
+    home = f"{os.uname().nodename}:{b.port}"  # the node's name in the cluster
+    talker, sleeper = cluster.user("talker", home=home), cluster.user("sleeper", home=home)
+    for i in range(3):
+        assert served_by(chat(cluster.nodes["a"], talker["token"], f"t{i}")) == b.node_id  # its pinned home
+    timer = chat(cluster.nodes["c"], sleeper["token"], f"timer {TTL_S + 4} wake")
+    assert served_by(timer) == b.node_id
+    owner = next(n for n in cluster.status() if talker["agent_id"] in n["agents"])
+    assert owner["node_id"] == b.node_id
+    b.kill()
+    killed = time.monotonic()
+    again = chat(cluster.nodes["a"], talker["token"], "are you there?")
+    failover_s = time.monotonic() - killed
+    assert again.status_code == 200, again.text
+    assert served_by(again) != b.node_id and reply_text(again) == "echo are you there?"
+    assert failover_s <= TTL_S + 1.0
+    assert messages(cluster.nodes["c"], talker["token"]) == [
+        "t0", "echo t0", "t1", "echo t1", "t2", "echo t2", "are you there?", "echo are you there?"]
+    deadline = time.monotonic() + TTL_S + 10
+    while time.monotonic() < deadline and "timer wake" not in messages(cluster.nodes["a"], sleeper["token"]):
+        time.sleep(0.5)
+    assert messages(cluster.nodes["a"], sleeper["token"])[-1] == "timer wake"
+    del cluster.nodes["b"]
+
+
+async def test_the_dead_owners_epoch_can_no_longer_write(cluster: Cluster, tmp_path: Path) -> None:
+    """After a failover the store refuses a write under the old owner's epoch (fencing), keeping the new owner's."""
+    import shutil
+
+    from hero.errors import StaleEpoch
+    from hero.runtime.keys import state_key
+
+    user = cluster.user("fenced")
+    a = cluster.nodes["a"]
+    assert chat(a, user["token"], "before").status_code == 200
+    keys = ClusterKey.load(cluster.key_file).shared_keys(NodeKeys.load_or_create(tmp_path))
+    shutil.copy(a.data / "storage.toml", tmp_path / "storage.toml")  # the cluster's shared backends
+    store = await open_qss(tmp_path, keys)
+    try:
+        head = await store.head(state_key(user["agent_id"]))
+        assert head is not None
+        with pytest.raises(StaleEpoch):
+            await store.put(state_key(user["agent_id"]), b"{}", epoch=head.epoch - 1)
+    finally:
+        await store.aclose()
+    assert messages(a, user["token"]) == ["before", "echo before"]
+
+
+def test_a_node_with_an_empty_data_dir_serves_an_existing_agent(cluster: Cluster) -> None:
+    port = free_port()
+    user = cluster.user("mover", home=f"{os.uname().nodename}:{port}")
+    assert chat(cluster.nodes["a"], user["token"], "remember me").status_code == 200  # its home is not up yet
+    fresh = cluster.start("fresh", port=port)  # a new data dir: its config, nothing else
+    deadline = time.monotonic() + IDLE_S + TTL_S + 10
+    while any(user["agent_id"] in n["agents"] for n in cluster.status()) and time.monotonic() < deadline:
+        time.sleep(0.5)  # it sleeps where it is, then wakes at home
+    again = chat(cluster.nodes["a"], user["token"], "it is me")
+    assert (again.status_code, served_by(again)) == (200, fresh.node_id)
+    assert messages(fresh, user["token"]) == ["remember me", "echo remember me", "it is me", "echo it is me"]
+
+
+def test_a_host_nobody_can_reach_is_a_503_with_retry_after_within_the_bound(cluster: Cluster) -> None:
+    port = free_port()
+    user = cluster.user("walled", home=f"{os.uname().nodename}:{port}")
+    walled = cluster.start("walled", port=port, cluster_url="http://127.0.0.1:9")  # its peers cannot reach it
+    assert served_by(chat(walled, user["token"], "inside")) == walled.node_id
+    started = time.monotonic()
+    response = chat(cluster.nodes["a"], user["token"], "from outside")
+    took = time.monotonic() - started
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1, response.text
+    assert "does not answer" in response.json()["error"]["message"]
+    assert took <= TTL_S + 1.0 + 2.0  # the bound, plus the directory's 2 s check of the host
+
+
+def test_a_node_that_cannot_reach_the_cluster_says_so_with_a_503(cluster: Cluster) -> None:
+    user = cluster.user("cutoff")
+    raylet = cluster.ray.cluster.head_node.all_processes["raylet"][0].process.pid
+    directory = [p for p in psutil.Process(raylet).children(recursive=True)
+                 if "_DirectoryActor" in " ".join(p.cmdline())]
+    assert len(directory) == 1
+    directory[0].send_signal(signal.SIGSTOP)
+    try:
+        response = chat(cluster.nodes["a"], user["token"], "anyone?")
+    finally:
+        directory[0].send_signal(signal.SIGCONT)
+    assert response.status_code == 503, response.text
+    assert "cluster directory" in response.json()["error"]["message"] and response.headers["retry-after"]
