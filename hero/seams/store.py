@@ -8,6 +8,7 @@ state (fencing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -66,3 +67,43 @@ class StoreStatus(Protocol):
     """A store that reports its health to the operator (QSS: backends, fragments, scrubs, repairs)."""
 
     async def status(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class VersionPruning(Protocol):
+    """A store that drops old versions of one object (QSS): for objects whose old versions hold nothing the
+    newest does not, such as an agent's head; everything else keeps the operator's `keep_versions`."""
+
+    async def prune(self, key: str, keep: int) -> int:
+        """Drop all but the newest `keep` versions of `key`; how many were dropped."""
+        ...
+
+
+class Purged(Protocol):
+    """What a purge removed, and what it could not (`hero.store.gc.PurgeReport`)."""
+
+    @property
+    def objects(self) -> int: ...
+
+    @property
+    def left(self) -> Sequence[str]:
+        """Why something may remain (a backend that did not answer): empty when everything is gone."""
+        ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Purging(Protocol):
+    """A store that deletes for good (QSS): every version and every fragment, on every backend.
+
+    Only a user's deletion of their data asks this; everything else only ever adds versions.
+    """
+
+    async def purge(self, prefix: str) -> Purged:
+        """Every object whose key starts with `prefix` (which ends with '/')."""
+        ...
+
+    async def delete(self, key: str) -> Purged:
+        """One object, every version of it."""
+        ...

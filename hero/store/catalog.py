@@ -244,6 +244,11 @@ class Catalog:
     def forget_head(self, oid: str) -> None:
         self._heads.pop(oid, None)
 
+    def forget_object(self, oid: str) -> None:
+        """Drop all this process remembers of an object (it was purged): its name and its head."""
+        self._heads.pop(oid, None)
+        self._names.pop(oid, None)
+
     async def resolve_head(self, key: str) -> Resolved | None:
         """The newest version of `key`, by the remembered head if it is still the newest, else by listing."""
         check_key(key)

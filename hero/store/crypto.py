@@ -65,6 +65,16 @@ class KeyRing:
                 found = self._data.setdefault(scope, self._keys.derive_key(f"qss:{scope}"))
         return found
 
+    def forget(self, prefix: str) -> None:
+        """Drop the cached data keys of every scope under `prefix` (its objects were purged): none stays in memory.
+
+        A data key is derived from the master key, so it can be made again; what it sealed is gone from the backends.
+        """
+        scope = prefix.rstrip("/")
+        with self._lock:
+            for name in [s for s in self._data if s == scope or s.startswith(prefix)]:
+                del self._data[name]
+
     def object_id(self, key: str) -> str:
         """The name an object has on backends: a keyed hash, so store keys never appear there."""
         return blake3.blake3(key.encode(), key=self._oid).hexdigest()

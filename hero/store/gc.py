@@ -11,6 +11,11 @@ storage.toml, applied every `gc_interval_s`. Every put makes a version and the
 runtime writes about two per chat turn, so without it a long-lived node's
 manifests and fragments grow without end. It runs only when `keep_versions` is
 set (0, the default, keeps everything).
+
+`Collector.purge(prefix)` is the other word: every object whose key starts with
+`prefix` goes whole, every version, placement patch and fragment on every
+backend (a user deleting their data asks for this by their agent's prefix; the
+store knows nothing of whose keys they are).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hero.errors import BadRequest, HeroError, IntegrityError, StorageError
@@ -40,6 +45,19 @@ class GcReport:
     meta_removed: int = 0
     orphans_removed: int = 0
     orphan_sweep: str = "skipped"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PurgeReport:
+    prefix: str
+    objects: int = 0
+    versions_removed: int = 0
+    fragments_removed: int = 0
+    meta_removed: int = 0
+    left: list[str] = field(default_factory=list)  # why something may remain (a backend that did not answer)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +93,89 @@ class Collector:
         elif orphan_grace_s is not None:
             report.orphan_sweep = "skipped: some backend did not answer, so unreferenced fragments are kept"
         return report
+
+    async def purge(self, prefix: str) -> PurgeReport:
+        """Delete every object whose key starts with `prefix` (which ends with '/'): all of it, on every backend.
+
+        Objects are found by listing every backend, so one this process never wrote is found too, and one whose
+        manifests rotted is found by the name sealed in them. What a backend that did not answer holds stays;
+        `left` says so, and purging again once it is back finishes the work.
+        """
+        if not prefix.endswith("/") or prefix == "/":
+            raise BadRequest("a purge prefix must name a folder of keys: end with '/'", field="prefix")
+        report = PurgeReport(prefix)
+        oids, holders, complete = await self.catalog.oids()
+        if not complete:
+            report.left.append("some backend did not list its objects: objects only it holds were not seen")
+        for oid in sorted(oids):
+            found = await self.catalog.identify(oid, holders[oid])
+            if found.key is None or not found.key.startswith(prefix):
+                continue
+            report.objects += 1
+            await self._drop_object(oid, report)
+        self.catalog.ring.forget(prefix)
+        return report
+
+    async def delete(self, key: str) -> PurgeReport:
+        """Delete one object, every version and fragment of it, on every backend."""
+        report = PurgeReport(key)
+        oid = self.catalog.ring.object_id(key)
+        index = await self.catalog.index(oid)
+        if index.where:
+            report.objects = 1
+            await self._drop_object(oid, report, index)
+        elif not index.complete:
+            report.left.append(f"some backend did not list {key!r}")
+        return report
+
+    async def _drop_object(self, oid: str, report: PurgeReport, index: ObjectIndex | None = None) -> None:
+        """Every fragment any version names goes from every backend (not only where the manifest placed it: a
+        copy a repair left elsewhere goes too), then every manifest and patch replica."""
+        if index is None:
+            index = await self.catalog.index(oid)
+        if not index.complete:
+            report.left.append(f"object {oid[:16]}…: some backend did not list it")
+        hashes: set[str] = set()
+        for number in index.versions():
+            try:
+                resolved = await self.catalog.resolve(oid, index, number)
+            except StorageError as exc:
+                report.left.append(f"object {oid[:16]}… version {number}: its manifest is unreadable "
+                                   f"({exc.message}), so its fragments are left to the orphan sweep")
+                continue
+            hashes.update(h for seg in resolved.manifest.segments for h in seg.hashes)
+            report.versions_removed += 1
+        if hashes:
+            wanted = sorted(hashes)
+            results = await self.pool.fanout([(b, DeleteFragments(wanted)) for b in self.pool.backends])
+            for backend, removed in zip(self.pool.backends, results, strict=True):
+                if isinstance(removed, int):
+                    report.fragments_removed += removed
+                else:
+                    report.left.append(f"{backend.name} did not answer: fragments of object {oid[:16]}… may "
+                                       "remain there")
+        for entry in list(index.where):
+            name = f"{manifest.object_dir(oid)}/{entry}"
+            for holder in index.drop(entry):
+                removed = await self.pool.attempt(self.pool.by_name[holder], DeleteMeta([name]))
+                if isinstance(removed, int):
+                    report.meta_removed += removed
+                else:
+                    report.left.append(f"{holder} did not answer: {name} remains there")
+            self.catalog.forget(name)
+        self.catalog.forget_object(oid)
+
+    async def prune(self, key: str, keep: int) -> int:
+        """Drop all but the newest `keep` versions of one object, with their fragments; how many went."""
+        if keep < 1:
+            raise BadRequest("prune must keep at least 1 version", field="keep")
+        oid = self.catalog.ring.object_id(key)
+        index = await self.catalog.index(oid)
+        numbers = index.versions()
+        report = GcReport(objects=1)
+        for number in numbers[: max(0, len(numbers) - keep)]:
+            await self._drop_version(oid, index, number, report)
+        return report.versions_removed
 
     async def _drop_version(self, oid: str, index: ObjectIndex, number: int, report: GcReport) -> None:
         resolved: Resolved | None

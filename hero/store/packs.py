@@ -17,7 +17,7 @@ Deleting a record appends (digest, offset) to `<stem>.del` of the pack holding
 it, whichever process deletes, so a deletion names exactly one copy and lives
 and dies with the bytes it kills; a repair (`replace`) kills the old copy the
 same way, so every process agrees on which copy is current. The killed
-record's magic is overwritten too (only if the header there is that record's),
+record's magic is overwritten too and its bytes zeroed (only if the header there is that record's),
 and every read checks the header, so a process with a stale index reads a
 deleted record as missing at once. Other processes' packs are read again on a
 miss, so a CLI or a fragment server sharing the directory sees what the node wrote.
@@ -45,6 +45,7 @@ from pathlib import Path
 
 from hero.store.packformat import DEAD, ENTRY, HEADER, INDEX_MAGIC, INDEX_START, KILL, MAGIC, index_entries
 from hero.store.packindex import MASK40, SIDE_FILES, Location, PackBooks, PackIndex
+from hero.store.pipeline import fragment_hash
 
 __all__ = ["DEAD", "HEADER", "MAGIC", "MAX_READERS", "Location", "PackFiles"]
 
@@ -216,7 +217,8 @@ class PackFiles:
             return len(gone)
 
     def _kill(self, records: dict[str, Location]) -> None:
-        """List each record in its pack's deletion list, then mark its header dead (if it is that record's)."""
+        """List each record in its pack's deletion list, then mark its header dead and zero its bytes (if it is that
+        record's): deleted data does not wait for a compaction to leave the disk."""
         by_stem: dict[str, list[tuple[bytes, Location]]] = {}
         for digest, where in records.items():
             raw = bytes.fromhex(digest)
@@ -236,7 +238,7 @@ class PackFiles:
                     os.close(dels)
                 for raw, where in kills:
                     if os.pread(fd, HEADER.size, where.offset) == HEADER.pack(MAGIC, where.size, raw):
-                        os.pwrite(fd, DEAD, where.offset)
+                        os.pwrite(fd, shredded(where.size), where.offset)
             finally:
                 os.close(fd)
 
@@ -381,6 +383,13 @@ class PackFiles:
             found = list(self._index.all())
         for digest, where in found:
             yield digest, self.dir / f"{where.stem}.pack", where.data_offset, where.size
+
+
+def shredded(size: int) -> bytes:
+    """A killed record as it stays on disk until its pack is compacted: a dead header and zeros, itself a true
+    record (its digest is the zeros'), so a walk of the pack steps over it and the deleted bytes are gone."""
+    zeros = bytes(size)
+    return HEADER.pack(DEAD, size, bytes.fromhex(fragment_hash(zeros))) + zeros
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:

@@ -32,9 +32,10 @@ from hero.store import erasure
 from hero.store.backends.directory import DirBackend
 from hero.store.backends.protocol import Backend
 from hero.store.backends.remote import RemoteBackend
+from hero.store.base import check_key
 from hero.store.catalog import Catalog, ObjectIndex, Resolved, codec_of
 from hero.store.config import QSSConfig
-from hero.store.gc import ORPHAN_GRACE_S, Collector, VersionRetention
+from hero.store.gc import ORPHAN_GRACE_S, Collector, PurgeReport, VersionRetention
 from hero.store.manifest import Manifest
 from hero.store.pool import BackendPool
 from hero.store.reader import Reader
@@ -132,6 +133,21 @@ class QSS:
         None leaves them all.
         """
         return (await self.collector.collect(keep, orphan_grace_s=orphan_grace_s)).to_json()
+
+    async def purge(self, prefix: str) -> PurgeReport:
+        """Delete every object whose key starts with `prefix` (ending in '/'): every version, patch and fragment on
+        every backend, and the cached data key of that scope. `left` says what a backend that was down still holds."""
+        return await self.collector.purge(prefix)
+
+    async def delete(self, key: str) -> PurgeReport:
+        """Delete one object: every version, patch and fragment of it on every backend."""
+        check_key(key)
+        return await self.collector.delete(key)
+
+    async def prune(self, key: str, keep: int) -> int:
+        """Drop all but the newest `keep` versions of `key` (the runtime's word for an agent's head, whose old
+        versions hold nothing); how many went. Other objects keep `keep_versions`."""
+        return await self.collector.prune(key, keep)
 
     async def status(self) -> dict[str, Any]:
         """Backends (location, up/down/full, fragment counts), scrub and repair state: for CLI and dashboard."""
