@@ -10,6 +10,13 @@ version per try). A poison timer, whose turn raised on every one of its
 attempts, is set aside: kept in the agent's state under `timers_set_aside`, told
 to the user once and to the operator in the log.
 
+A timer is removed from the store once its turn is done (or the agent cancels
+it). When that write fails the timer is not lost track of: it stays in the
+schedule marked as removed, is never delivered again, and its removal is written
+again after the back-off until it is stored (any later write of the agent's
+timers stores it too). So a failed removal does not make the timer fire twice,
+here or after a restart once the store takes writes again.
+
 Timers fire on the node that holds their agent's lease (`leases.py`): a node
 schedules only the timers of agents it holds, drops them when it loses the
 lease (`drop`), and a timer that finds its agent held elsewhere leaves the
@@ -59,6 +66,8 @@ class DurableTimers:
         self._damaged = damaged
         self._stats = stats
         self._check = check  # may this node still write under the lease (leases.py)
+        # timers done (fired or cancelled) whose removal is not stored yet: the lease to write it under, failures
+        self._removing: dict[str, tuple[Lease, int]] = {}
 
     def close(self) -> None:
         """No more deliveries: the schedule's loop timer is cancelled (timers stay stored)."""
@@ -80,20 +89,49 @@ class DurableTimers:
         for agent_id in agent_ids:
             for timer in self.schedule.pending(agent_id):
                 self.schedule.remove(timer.timer_id)
+                self._removing.pop(timer.timer_id, None)
 
     async def add(self, lease: Lease, timer: Timer) -> None:
         self.schedule.add(timer)
         await self.write(lease)
 
     async def remove(self, lease: Lease, timer_id: str) -> None:
-        if self.schedule.remove(timer_id) is not None:
+        """The timer is done (its turn ran, or the agent cancelled it). If its removal cannot be written now it
+        is written again later: the timer is never delivered again either way, so this does not raise."""
+        timer = self.schedule.get(timer_id)
+        if timer is None or timer_id in self._removing:
+            return
+        self.schedule.remove(timer_id)
+        try:
             await self.write(lease)
+        except HeroError as exc:
+            self._removal_failed(lease, timer, 1, exc.message)
 
     async def write(self, lease: Lease) -> None:
-        """Store the agent's pending timers under its lease (a stale epoch is refused by the store)."""
-        pending = [t.to_json() for t in self.schedule.pending(lease.agent_id)]
+        """Store the agent's pending timers under its lease (a stale epoch is refused by the store); once stored,
+        the removals that were waiting for a write are done."""
+        pending = self.schedule.pending(lease.agent_id)
+        kept = [t.to_json() for t in pending if t.timer_id not in self._removing]
         self._check(lease)
-        await self._store.put(timers_key(lease.agent_id), json.dumps(pending).encode(), epoch=lease.epoch)
+        await self._store.put(timers_key(lease.agent_id), json.dumps(kept).encode(), epoch=lease.epoch)
+        for timer in pending:
+            if self._removing.pop(timer.timer_id, None) is not None:
+                self.schedule.remove(timer.timer_id)
+
+    def _removal_failed(self, lease: Lease, timer: Timer, failures: int, error: str) -> None:
+        """Keep a done timer in the schedule, marked as removed, due when its removal is to be written again."""
+        delay_s = self.backoff.delay_s(failures)
+        self._removing[timer.timer_id] = (lease, failures)
+        self.schedule.add(replace(timer, due=time.time() + delay_s))
+        log.warning("timer %s of agent %s is done but its removal was not stored (%s, attempt %d); "
+                    "next try in %.0fs; it is not delivered again", timer.name, timer.agent_id[:12], error,
+                    failures, delay_s)
+
+    async def _write_removal(self, timer: Timer, lease: Lease, failures: int) -> None:
+        try:
+            await self.write(lease)
+        except HeroError as exc:
+            self._removal_failed(lease, timer, failures + 1, exc.message)
 
     # delivery and its failures
 
@@ -102,6 +140,10 @@ class DurableTimers:
             self._nursery.spawn(self._fire(timer), name=f"timer:{timer.agent_id[:8]}")
 
     async def _fire(self, timer: Timer) -> None:
+        removal = self._removing.get(timer.timer_id)
+        if removal is not None:  # done already: only its removal is due
+            await self._write_removal(timer, *removal)
+            return
         event = TimerFired(timer.timer_id, timer.name, timer.payload, timer.interactive)
         try:
             reply = await self._deliver(timer.agent_id, event)
