@@ -90,6 +90,9 @@ def build_parser() -> Parser:
     grant.add_argument("signature", nargs="?", metavar="SIG", help="the user's Ed25519 signature (hex)")
     data_arg(grant, json_flag=True)
     grant.set_defaults(func=cmd_user_grant)
+    from hero.users_cli import add_delete_parser
+
+    add_delete_parser(user, data_arg)
 
     operator = sub.add_parser("operator", help="operator access").add_subparsers(
         parser_class=Parser, metavar="ACTION", required=True

@@ -42,6 +42,7 @@ from hero.seams.directory import LeaseDirectory
 from hero.skills.host import node_host
 from hero.store.qss import QSS, open_qss
 from hero.users import Registry
+from hero.users_data import UserData
 from hero.web.app import create_app
 from hero.web.parts import app_parts
 
@@ -113,7 +114,8 @@ async def open_node(config: NodeConfig, *, agent_factory: AgentFactory | None = 
     )
     chat = Histories(node)
     power.attach(node, llm)
-    app = create_app(config=config, node=node, chat=chat, users=users, llm=llm, store=store, power=power)
+    data = UserData(users, store, node, power)
+    app = create_app(config=config, node=node, chat=chat, users=users, llm=llm, store=store, power=power, data=data)
     overlay = None
     try:
         await store.start()

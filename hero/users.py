@@ -37,11 +37,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hero.errors import Conflict, HeroError, NotFound, Unauthorized, UsageError
+from hero.errors import Conflict, HeroError, NotFound, StorageError, Unauthorized, Unavailable, UsageError
 from hero.identity import NodeKeys, TokenClaims, UserKey, check_agent_id
 from hero.net.records import check_grant, sign_grant
 from hero.nursery import Nursery
-from hero.seams.store import StateStore
+from hero.seams.store import Purging, StateStore
 from hero.seams.users import User
 
 log = logging.getLogger("hero.users")
@@ -144,6 +144,8 @@ class Registry:
         head = await self.store.latest(user_key(check_agent_id(subject)))
         if head is not None:
             self._apply(Record.parse(head[1]))
+        else:  # deleted (here or by another node), or never added
+            self._drop(subject)
 
     def catch_up(self) -> None:
         """Apply what another process on this data dir changed (`DATA/users.changed` grew): one stat when
@@ -163,9 +165,16 @@ class Registry:
         end = data.rfind(b"\n") + 1
         self._changes_at += end
         for line in data[:end].splitlines():
+            if not line.strip():
+                continue  # a change about a deleted user, blanked (`_blank_changes`)
             try:
                 change = json.loads(line)
-                subject = AUTH if "auth" in change else self._apply(Record.parse(line)).agent_id
+                if "auth" in change:
+                    subject = AUTH
+                elif "deleted" in change:
+                    subject = self._drop(check_agent_id(str(change["deleted"])))
+                else:
+                    subject = self._apply(Record.parse(line)).agent_id
             except (ValueError, KeyError, TypeError, HeroError):
                 log.warning("%s: a line that is not a change was skipped", self.data_dir / CHANGES)
                 continue
@@ -180,9 +189,12 @@ class Registry:
             except OSError:
                 self._changes_at, self._changes_size = 0, -1
 
-    async def _changed(self, subject: str, record: Record | None = None) -> None:
+    async def _changed(self, subject: str, record: Record | None = None, *, deleted: bool = False) -> None:
         if self.note_changes and self.data_dir is not None:
-            line = record.encode() if record is not None else b'{"auth":1}'
+            if deleted:
+                line = json.dumps({"deleted": subject}).encode()
+            else:
+                line = record.encode() if record is not None else b'{"auth":1}'
             fd = os.open(self.data_dir / CHANGES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line + b"\n")  # one write: lines of concurrent writers never mix
@@ -244,6 +256,34 @@ class Registry:
         self._apply(record)
         await self._write_user(record)
         return record.user
+
+    async def revoke_agent(self, agent_id: str) -> User:
+        """Revoke the user whose agent this is (every token of theirs stops working at once)."""
+        record = self._records.get(check_agent_id(agent_id))
+        if record is None:
+            raise NotFound("no user with that agent id")
+        if record.revoked_at is None:
+            record = replace(record, revoked_at=time.time())
+            self._apply(record)
+            await self._write_user(record)
+        return record.user
+
+    async def delete_user(self, agent_id: str) -> User:
+        """The user is gone: revoked first (every node that holds them in memory refuses their tokens at once),
+        then their record deleted from the store, every version of it, and blanked from `users.changed`."""
+        user = await self.revoke_agent(agent_id)
+        key = user_key(agent_id)
+        async with self._lock(key):
+            if not isinstance(self.store, Purging):
+                raise Unavailable("this store cannot delete for good")
+            report = await self.store.delete(key)
+            if report.left:
+                raise StorageError(f"user {user.name!r}: revoked, but not yet deleted everywhere: "
+                                   f"{'; '.join(report.left[:3])}; try again")
+        self._drop(agent_id)
+        self._blank_changes(agent_id)
+        await self._changed(agent_id, deleted=True)
+        return user
 
     async def revoke_jti(self, jti: str, expires: float | None = None) -> None:
         """Revoke one token (sign-out), on every node that shares the registry."""
@@ -345,6 +385,32 @@ class Registry:
         self._records[record.agent_id] = record
         self._names.setdefault(record.name, record.agent_id)
         return record
+
+    def _drop(self, agent_id: str) -> str:
+        record = self._records.pop(agent_id, None)
+        if record is not None and self._names.get(record.name) == agent_id:
+            del self._names[record.name]
+        return agent_id
+
+    def _blank_changes(self, agent_id: str) -> None:
+        """Overwrite, in place and at the same length, every line of `users.changed` about this user: their name
+        leaves the disk, and the offsets readers keep into the file stay true."""
+        if self.data_dir is None:
+            return
+        try:
+            fd = os.open(self.data_dir / CHANGES, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+            needle = agent_id.encode()
+            offset = 0
+            for line in data.splitlines(keepends=True):
+                if needle in line and line.endswith(b"\n"):
+                    os.pwrite(fd, b" " * (len(line) - 1), offset)
+                offset += len(line)
+        finally:
+            os.close(fd)
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -485,6 +551,11 @@ class Users:
     def revoke(self, name: str) -> User:
         registry = self.registry
         return self._run(registry.revoke_user(name))
+
+    def call(self, work: Callable[[Registry], Coroutine[Any, Any, T]]) -> T:
+        """Run `work` over the registry (and its store) on the registry's loop: a tool's composite change."""
+        registry = self.registry
+        return self._run(work(registry))
 
     def set_grant(self, name: str, grant: bytes) -> User:
         registry = self.registry

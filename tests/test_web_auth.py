@@ -99,6 +99,8 @@ BAD_CALLERS = {  # caller -> what the 401 must say
 GOOD_CALLERS = {"user": "user", "other user": "user", "operator": "operator"}
 # Routes of optional parts this test node does not run: the right answer to a good caller is 404 naming the part.
 ABSENT_PARTS = {("GET", "/api/node/net"): "runs no overlay"}
+# Routes that destroy a user's data need a confirmation the matrix never gives: a good caller gets 400 naming it.
+UNCONFIRMED = {("DELETE", "/api/me"): "confirm"}
 
 
 def request_for(method: str, path: str) -> dict[str, Any]:
@@ -171,6 +173,9 @@ async def test_route_role_matrix_every_route_checks_its_auth(node):
                 elif (method, path) in ABSENT_PARTS:
                     if status != 404 or ABSENT_PARTS[method, path] not in json.loads(body)["error"]["message"]:
                         wrong.append(f"{cell} {body[:120]!r} (want 404: the node has no such part)")
+                elif (method, path) in UNCONFIRMED:
+                    if status != 400 or json.loads(body)["error"].get("param") != UNCONFIRMED[method, path]:
+                        wrong.append(f"{cell} {body[:120]!r} (want 400 naming {UNCONFIRMED[method, path]!r})")
                 elif not 200 <= status < 300:
                     wrong.append(f"{cell} {body[:120]!r} (want 2xx)")
                 elif caller == "other user" and (b"7e1f" in body or node.alice["agent_id"].encode() in body):

@@ -113,6 +113,11 @@ class Governor:
         """Override the daily quota for one agent (None = no quota for this agent)."""
         self._quota_wh[agent_id] = wh
 
+    def forget(self, agent_id: str) -> None:
+        """The agent was deleted: its quota and any gate on it go."""
+        self._quota_wh.pop(agent_id, None)
+        self.status.gated.pop(agent_id, None)
+
     def quota_wh(self, agent_id: str) -> float | None:
         return self._quota_wh.get(agent_id, self.config.daily_quota_wh)
 

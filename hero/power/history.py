@@ -197,6 +197,14 @@ class PowerHistory:
                 out[table] = {int(res): int(n) for res, n in rows}
         return out
 
+    def forget(self, agent_id: str) -> int:
+        """Delete every row of one agent (it was deleted), buffered or stored; how many stored rows went."""
+        self._agent_rows = [row for row in self._agent_rows if row[2] != agent_id]
+        with self._lock:
+            found = self._con.execute("SELECT count(*) FROM agent_power WHERE agent_id = ?", [agent_id]).fetchone()
+            self._con.execute("DELETE FROM agent_power WHERE agent_id = ?", [agent_id])
+        return int(found[0]) if found else 0
+
     def close(self) -> None:
         with self._lock:
             self._con.close()

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from hero.errors import AgentDamaged, AgentError, HeroError, Unavailable
+from hero.errors import AgentDamaged, AgentError, HeroError, NotFound, Unavailable
 from hero.nursery import Nursery
 from hero.runtime.activation import Activation, Activations, wall
 from hero.runtime.agent import AgentContext, AgentFactory
@@ -314,6 +314,30 @@ class Node:
     async def hibernate_idle(self, min_idle_s: float) -> int:
         """Hibernate every agent idle for at least `min_idle_s` seconds, not in a turn and not in back-off."""
         return await self._activations.hibernate_idle(min_idle_s)
+
+    # deletion (the user deleted their agent)
+
+    async def forget(self, agent_id: str) -> None:
+        """Take the agent out of this node for good: its lease dropped first (every write of its state or timers
+        checks the lease, so a turn still running writes nothing more), then out of memory unwritten, its timers
+        off the schedule, waiting events refused. Its stored objects are the caller's to purge."""
+        lease = self.leases.holds(agent_id)
+        self.leases._forget(agent_id)
+        act = self._active.pop(agent_id, None)
+        if act is not None:
+            for _, reply in act.mailbox:
+                if reply is not None:
+                    reply.fail(NotFound("the agent was deleted"))
+            act.mailbox.clear()
+            act.task.close()
+        self._timers.drop([agent_id])
+        self._activations.known.pop(agent_id, None)
+        self.damaged.clear(agent_id)
+        if lease is not None:
+            try:
+                await self.directory.release(agent_id, self.node_id, lease.epoch)
+            except HeroError as exc:  # it lapses on its own
+                log.warning("agent %s: its lease was not given back (%s)", agent_id[:12], exc.message)
 
     # queries and live listeners
 

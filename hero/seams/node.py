@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sized
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from hero.runtime.events import Event, Reply
 
@@ -72,6 +72,19 @@ class AgentRuntime(AgentStatuses, Protocol):
 
     async def agents(self) -> list[AgentInfo]:
         """Every agent this node knows, with its status and last event (a damaged one says why)."""
+        ...
+
+
+class AgentRemoval(Protocol):
+    """What a user's deletion asks of the runtime (`hero.runtime.node.Node`)."""
+
+    async def forget(self, agent_id: str) -> None:
+        """The agent out of memory unwritten, its timers off the schedule, its lease given back; nothing of it is
+        written from now on. Its stored objects are the caller's to purge."""
+        ...
+
+    async def read_state(self, agent_id: str) -> Mapping[str, Any]:
+        """The agent's state without activating it (the live one if it is in memory). Raises AgentDamaged."""
         ...
 
 

@@ -106,6 +106,10 @@ class PowerReports(PowerSnapshots, Protocol):
         """Stored node rows since `since` (unix) and the `top` agents by energy. Raises Unavailable without history."""
         ...
 
+    async def forget(self, agent_id: str) -> None:
+        """The agent was deleted: no report, scrape or chart names it from now on (its stored rows go too)."""
+        ...
+
     async def chart(self, window: ChartWindow) -> dict[str, Any]:
         """Node watts and the top agents over `window`, one point per bucket. Raises Unavailable without history."""
         ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from hero.identity import NodeKeys, TokenClaims
 
@@ -48,4 +48,18 @@ class UserRegistry(Protocol):
 
     async def spend_nonce(self, nonce: str, expires: float) -> bool:
         """Mark a sign-in challenge's nonce used (on every node); False if it already was (a replay)."""
+        ...
+
+
+class UserData(Protocol):
+    """The user's data is theirs: what an export carries besides the history, and deleting all of it
+    (`hero.users_data.UserData`)."""
+
+    async def skill_state(self, agent_id: str) -> dict[str, Any]:
+        """The agent's skills' state (the notes skill's notes among it) and any memory kept outside skills."""
+        ...
+
+    async def delete(self, agent_id: str) -> dict[str, Any]:
+        """Every object of the agent on every backend, the user and their tokens, the agent from memory, its
+        timers and its power figures; what was removed. Raises StorageError if a backend kept something."""
         ...

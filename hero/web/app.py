@@ -27,13 +27,14 @@ from hero.seams.llm import LLMStatus
 from hero.seams.node import AgentRuntime
 from hero.seams.power import PowerReports
 from hero.seams.store import StateStore
-from hero.seams.users import UserRegistry
+from hero.seams.users import UserData, UserRegistry
 from hero.web import (
     chat_api,
     cluster_api,
     events_api,
     login_api,
     mcp_api,
+    me_api,
     net_api,
     node_api,
     openapi,
@@ -58,11 +59,13 @@ def create_app(
     llm: LLMStatus,
     store: StateStore,
     power: PowerReports | None = None,
+    data: UserData | None = None,
 ) -> Starlette:
     """The node's web app over its parts; the overlay, which starts later, is set on `parts(app).overlay`."""
     routes = [
         *chat_api.routes(),
         *node_api.routes(),
+        *me_api.routes(),
         *login_api.routes(),
         *events_api.routes(),
         *status_api.routes(),
@@ -85,7 +88,7 @@ def create_app(
         exception_handlers={HeroError: hero_error, HTTPException: http_error, Exception: server_error},
     )
     metrics = make_registry(power, llm) if power is not None else None
-    app.state.parts = Parts(config, node, chat, users, llm, store, power, metrics, time.time())
+    app.state.parts = Parts(config, node, chat, users, llm, store, power, metrics, time.time(), data=data)
     app.state.event_streams = events_api.StreamSlots(events_api.MAX_STREAMS_PER_USER)
     app.state.mcp = mcp_api.McpEndpoint(node)  # its sessions run from the first /mcp request; closed by the server
     return app

@@ -93,6 +93,14 @@ HISTORY_ENTRY = _object(
     kind={"type": "string",
           "description": "`chat`, `reminder`, `error`, `overlay`, or `stopped` (a reply cut short)."},
 )
+EXPORT = _object(
+    ("format", "exported", "user", "skills", "history", "history_count"),
+    format={"const": "hero-export/1"}, exported=NUMBER,
+    user=_object(("name", "agent_id"), name=STRING, agent_id=AGENT_ID),
+    skills={"type": "object", "description": "Each skill's state by skill name (`notes`: your notes)."},
+    memory={"description": "Facts kept before skills existed, if any are left."},
+    history={"type": "array", "items": HISTORY_ENTRY}, history_count=INTEGER,
+)
 COMPLETION = _object(
     ("id", "object", "created", "model", "choices", "usage"),
     id=STRING,
@@ -195,6 +203,21 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
                 Param("last_event_id", "query", last_id, "Same, for clients that cannot set the header."),
             ),
             errors=(400, 429, 503),
+        ),
+        ("GET", "/api/me/export"): Operation(
+            "All your data as one JSON document, streamed: your history (oldest first), your skills' state "
+            "(your notes among it) and any memory kept outside skills.",
+            "user",
+            {JSON: EXPORT},
+            errors=(503,),
+        ),
+        ("DELETE", "/api/me"): Operation(
+            "Delete yourself: your agent and every object of it on every backend (every version, every fragment), "
+            "your user and every token of yours. Nothing of it can be read again; export first.",
+            "user",
+            {JSON: _object(("deleted", "agent_id", "store"), deleted=STRING, agent_id=AGENT_ID, store=ANY_OBJECT)},
+            params=(Param("confirm", "query", STRING, "Your user name, exactly: the confirmation.", required=True),),
+            errors=(400, 422, 503),
         ),
         ("GET", "/api/me/power"): Operation(
             "Your agent's watts, joules and Wh today, and the node's average agent.", "user", {JSON: ANY_OBJECT},

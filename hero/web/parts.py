@@ -19,7 +19,7 @@ from hero.seams.net import OverlayStatus
 from hero.seams.node import AgentRuntime
 from hero.seams.power import PowerReports
 from hero.seams.store import StateStore
-from hero.seams.users import UserRegistry
+from hero.seams.users import UserData, UserRegistry
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Parts:
     metrics: CollectorRegistry | None  # the `/metrics` exposition, built over `power` and `llm`
     started: float  # unix time the app was made
     overlay: OverlayStatus | None = None  # set once the overlay runs (it starts after the app)
+    data: UserData | None = None  # the user's export and deletion (None: a node without them, e.g. a test app)
 
 
 def parts(request: Request) -> Parts:
