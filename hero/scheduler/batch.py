@@ -20,6 +20,7 @@ from its worker thread; results go back through `deliver`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from hero.scheduler.prefix import MIN_SAVE_TOKENS, PrefixStore, Rates, common_pr
 from hero.scheduler.sampling import Sampler, Sampling
 from hero.scheduler.text import ReplyText
 from hero.seams.power import Metering
+
+log = logging.getLogger("hero.llm")
 
 END = object()  # delivered after a job's last text
 STEP_TARGET_S = 0.25  # while others run, a step feeds at most this much prompt: their streams barely pause
@@ -252,15 +255,15 @@ class Batcher:
             started = time.perf_counter()
             try:
                 self.ctx.decode(entries)
-            except ModelError as exc:
-                self._fail({slot for slot, _ in owners} | self._prefilling(), exc)
+            except Exception as exc:  # its requests' cells may be half written: they fail and are cleared
+                self._fail({slot for slot, _ in owners} | self._prefilling(), _request_error(exc, "decoding"))
                 return
             self._account(entries, time.perf_counter() - started)
             for slot, index in owners:
                 try:
                     self._sample(slot, index)
-                except HeroError as exc:  # this request's sampler failed (its grammar): the others go on
-                    self._fail({slot}, exc)
+                except Exception as exc:  # this request's sampler failed (its grammar): the others go on
+                    self._fail({slot}, _request_error(exc, "sampling"))
 
     def _fill(self) -> tuple[list[Entry], list[tuple[Slot, int]]]:
         """The batch: one token per generating slot, then prompt chunks for newcomers (oldest first)."""
@@ -342,7 +345,7 @@ class Batcher:
         if self.metering is not None:
             for agent_id, (ns, tokens) in pending.items():
                 if ns or tokens:
-                    self.metering.charge_llm(agent_id, ns, tokens)
+                    charge(self.metering, agent_id, ns, tokens)
 
     def _sample(self, slot: Slot, index: int) -> None:
         job, sampler, text = slot.job, slot.sampler, slot.text
@@ -432,6 +435,22 @@ class Batcher:
         self._flush()
         self._charge_pending(time.perf_counter_ns())
         self.store.clear()
+
+
+def charge(metering: Metering, agent_id: str, cpu_ns: int, tokens: int) -> None:
+    """Charge the ledger; a fault there is logged and costs that charge only, never a reply."""
+    try:
+        metering.charge_llm(agent_id, cpu_ns, tokens)
+    except Exception:
+        log.exception("charging %s's inference to the ledger failed", agent_id)
+
+
+def _request_error(exc: Exception, doing: str) -> HeroError:
+    """What a request that `exc` failed is told: a model fault as it is, a bug as a ModelError (and logged)."""
+    if isinstance(exc, HeroError):
+        return exc
+    log.error("inference failed while %s", doing, exc_info=exc)
+    return ModelError(f"inference failed: {type(exc).__name__} while {doing}; other requests were not affected")
 
 
 def _prompt_left(slot: Slot) -> int:

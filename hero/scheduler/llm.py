@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hero.errors import BadRequest, HeroError, ModelError, Overloaded, Unavailable
-from hero.scheduler.batch import END, Batcher, BatchStats, Job
+from hero.scheduler.batch import END, Batcher, BatchStats, Job, charge
 from hero.scheduler.contention import Contention
 from hero.scheduler.cputime import InferenceClock
 from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
@@ -277,7 +277,7 @@ class LLMService:
         finally:
             self._release(loaded)
             if self.metering is not None:
-                self.metering.charge_llm(agent_id, time.thread_time_ns() - started, 0)
+                charge(self.metering, agent_id, time.thread_time_ns() - started, 0)
         if prompt.start is not None:
             self._starts[agent_id] = prompt.start
             self._starts.move_to_end(agent_id)
@@ -360,7 +360,8 @@ class LLMService:
 
         The inference's CPU time (every compute thread's) is charged in full, iteration by iteration, to the
         requests served; the model's loading excepted. What the compute threads spend after the last step
-        before an idle spell (they spin a moment before they sleep) goes with the next iteration.
+        before an idle spell (they spin a moment before they sleep) goes with the next iteration. A fault
+        fails the requests it touched (batch.py) and, should one escape, those running; the thread goes on.
         """
         loaded: _Loaded | None = None
         last_ns = clock.read_ns()
@@ -377,32 +378,36 @@ class LLMService:
                 owed_ns = clock.read_ns() - last_ns
                 try:
                     loaded = self._acquire()
-                except ModelError as exc:
+                except Exception as exc:
                     log.error("the model could not be loaded: %s", exc)
-                    _deliver([(job, exc)])
-                    last_ns = clock.read_ns() - owed_ns
+                    error = exc if isinstance(exc, HeroError) else ModelError(f"the model could not be loaded: {exc}")
+                    _deliver([(job, error)])
                     continue
-                last_ns = clock.read_ns() - owed_ns  # a load is not a request's
+                finally:
+                    last_ns = clock.read_ns() - owed_ns  # a load is not a request's
                 self._start(loaded, job)
             batcher = loaded.batcher
-            batcher.parallel = self.parallel
-            while batcher.can_admit() and (job := self._queue.get_nowait()) is not None:
-                self._start(loaded, job)
-            self.threads_used = 1 if self._contention.update() else self.threads
-            if self.threads_used != loaded.ctx.threads:
-                loaded.ctx.set_threads(self.threads_used)
-                scan = True
             try:
+                batcher.parallel = self.parallel
+                while batcher.can_admit() and (job := self._queue.get_nowait()) is not None:
+                    self._start(loaded, job)
+                self.threads_used = 1 if self._contention.update() else self.threads
+                if self.threads_used != loaded.ctx.threads:
+                    loaded.ctx.set_threads(self.threads_used)
+                    scan = True
                 batcher.step()
-            except Exception as exc:  # a bug, not a model fault: fail these requests, keep serving
-                log.exception("inference step failed")
-                batcher.close(ModelError(f"inference failed: {type(exc).__name__}"))
-            if scan:
-                clock.rescan()
-                scan = False
-            now_ns = clock.read_ns()
-            batcher.settle(now_ns - last_ns)
-            last_ns = now_ns
+                if scan:
+                    clock.rescan()
+                    scan = False
+                now_ns = clock.read_ns()
+                batcher.settle(now_ns - last_ns)
+                last_ns = now_ns
+            except Exception as exc:  # a bug outside any one request: fail the running ones, keep serving
+                log.exception("the inference loop failed; its running requests fail, the service goes on")
+                try:
+                    batcher.close(ModelError(f"inference failed: {type(exc).__name__}"))
+                except Exception:
+                    log.exception("failing the running requests failed too")
 
     def _start(self, loaded: _Loaded, job: Job) -> None:
         if job.stopped():
