@@ -4,7 +4,9 @@ send through the same bridge (it is the runtime's `Messenger`).
 Agents are isolated by default: a message reaches an agent only if its sender
 (the authenticated key of the node it came from) is on that agent's allow-list,
 kept in `DATA/overlay-allow.json` (`{"<agent id>": ["<node key hex>" | "*"]}`);
-this node's own agents and API may always reach them. The runtime never sees
+this node's own agents and API may always reach them, and so may the answer to
+a message one of them sent (from the node it went to, within `ANSWER_WINDOW_S`:
+an agent that asks another node need not allow-list it). The runtime never sees
 this module: the server hands it the node's `deliver` and hands the node it.
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from hero.runtime.events import OverlayMessage, Reply
 
 log = logging.getLogger("hero.net")
 Deliver = Callable[[str, OverlayMessage], Awaitable[Reply]]
+ANSWER_WINDOW_S = 600.0  # how long after an agent sent a message the answer to it is let in
+MAX_ASKED = 10_000  # (agent, node it asked) pairs remembered for that
 
 
 class AllowList:
@@ -83,6 +89,7 @@ class AgentBridge:
         self.overlay: Overlay | None = None
         self._deliver: Deliver | None = None
         self._nursery = Nursery("overlay-agents")
+        self._asked: OrderedDict[tuple[str, str], float] = OrderedDict()  # (our agent, node key or ip) -> sent at
         self.delivered = 0
         self.refused = 0
         self.sent = 0
@@ -106,7 +113,7 @@ class AgentBridge:
             return False
         assert self.overlay is not None
         local = message.src_pk == self.overlay.public_key
-        if not local and not self.allow.allows(agent, message.src_pk):
+        if not local and not self._answers(agent, message) and not self.allow.allows(agent, message.src_pk):
             self.refused += 1
             log.info("overlay: message for agent %s from %s refused (not on its allow-list)", agent[:12],
                      message.src_pk[:12])
@@ -115,6 +122,14 @@ class AgentBridge:
                                src_agent=message.src_agent, reply=message.reply)
         self._nursery.spawn(self._run(agent, event, message), name=f"overlay-event:{agent[:8]}")
         return True
+
+    def _answers(self, agent: str, message: InboundMessage) -> bool:
+        """Whether `message` is an answer to `agent`, from a node `agent` sent to lately."""
+        if not message.reply:
+            return False
+        now = time.monotonic()
+        return any(now - self._asked.get((agent, where), -ANSWER_WINDOW_S) < ANSWER_WINDOW_S
+                   for where in (message.src_pk.lower(), message.src_ip))
 
     async def _run(self, agent_id: str, event: OverlayMessage, message: InboundMessage) -> None:
         assert self._deliver is not None and self.overlay is not None
@@ -137,6 +152,12 @@ class AgentBridge:
         if len(payload) > MAX_MESSAGE_BYTES:
             raise BadRequest(f"a message is at most {MAX_MESSAGE_BYTES} bytes", field="payload")
         target = await self.overlay.target(to, agent)
+        where = target.key.lower() if target.key else target.ip
+        if where is not None:
+            self._asked[(sender, where)] = time.monotonic()
+            self._asked.move_to_end((sender, where))
+            while len(self._asked) > MAX_ASKED:
+                self._asked.popitem(last=False)
         answer = await self.overlay.send(target, topic, payload, sender=sender, wait_s=wait_s)
         self.sent += 1
         if answer is None:
