@@ -29,7 +29,8 @@ from hero.skills.remote import RemoteTools
 
 log = logging.getLogger("hero.agents")
 SYSTEM = "You are a helpful personal assistant. Answer briefly and kindly."
-HISTORY_WINDOW = 40  # entries offered to the LLM; the LLM service trims further to fit its context
+HISTORY_WINDOW = 40  # at most this many history entries are offered to the LLM (it trims further to fit)
+HISTORY_STEP = 20  # the window's start moves this many entries at a time: consecutive turns share their prompt
 PROMPT_KINDS = ("chat", "reminder", "stopped")  # what the model sees of the history (not errors, not overlay)
 
 
@@ -95,7 +96,7 @@ class Assistant(ChatAgent):
             options["grammar"] = gbnf(tools)
         parts: list[str] = []
         call = False
-        async for delta in self.ctx.stream_llm(await self.prompt(skills, tools), reply, **options):
+        async for delta in self.ctx.stream_llm(await self.prompt(skills, tools, event.text), reply, **options):
             if not parts and not call and delta.lstrip().startswith("{") and tools:
                 call = True
             parts.append(delta)
@@ -190,20 +191,32 @@ class Assistant(ChatAgent):
             await self.ctx.persist()
         reply.write(json.dumps({"result": result}))
 
-    async def prompt(self, skills: AgentSkills | None = None, tools: list[Any] | None = None) -> list[dict[str, str]]:
+    async def prompt(self, skills: AgentSkills | None = None, tools: list[Any] | None = None,
+                     text: str = "") -> list[dict[str, str]]:
+        """The model's messages: the system prompt (with what the skills add for `text`, the message it answers, and
+        the tools), then the history window."""
         system = SYSTEM
         if skills is not None:
-            lines = await skills.prompt()
+            lines = await skills.prompt(text)
             if lines:
                 system += " " + " ".join(lines)
         if tools:
             system += "\n" + tools_prompt(tools)
         history = [
             {"role": entry.role, "content": entry.content}
-            for entry in self.history.recent(HISTORY_WINDOW)
+            for entry in self.history.recent(len(self.history) - window_start(len(self.history)))
             if entry.kind in PROMPT_KINDS and entry.content
         ]
         return [{"role": "system", "content": system}, *history]
+
+
+def window_start(entries: int) -> int:
+    """Where the history offered to the model begins: a multiple of `HISTORY_STEP`, the first that leaves at
+    most `HISTORY_WINDOW` entries. It stays put for `HISTORY_STEP` entries (ten turns), so the next turn's
+    prompt begins as this one's did and the model's service reuses it, instead of sliding each turn."""
+    if entries <= HISTORY_WINDOW:
+        return 0
+    return -(-(entries - HISTORY_WINDOW) // HISTORY_STEP) * HISTORY_STEP
 
 
 def _migrate(state: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ async def test_notes_remember_search_and_facts_in_the_prompt() -> None:
 async def test_help_lists_the_skills_commands_and_tools() -> None:
     async with local_agent(SHIPPED) as agent:
         text = await agent.chat("/help")
-    for expected in ("reminders 1.0.0", "notes 1.0.0", "ask 1.0.0", "energy 1.0.0", "calc 1.0.0", "/remind in 10m",
+    for expected in ("reminders 1.0.0", "notes 1.0.1", "ask 1.0.0", "energy 1.0.0", "calc 1.0.0", "/remind in 10m",
                      "/call notes.search", "/ask AGENT_ID"):
         assert expected in text
     async with local_agent(SHIPPED) as agent:

@@ -8,6 +8,7 @@ schema first, whoever made them.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -25,6 +26,7 @@ from hero.skills.tools import Tool, check_result
 
 log = logging.getLogger("hero.skills")
 LEGACY_TIMERS = {"reminder": "reminders"}  # timers set before skills had names of their own
+MAX_PROMPT_LINE = 2000  # characters one skill's prompt line may add (about 500 tokens)
 
 
 class AgentSkills:
@@ -110,18 +112,21 @@ class AgentSkills:
                     return _as_text(answer)
         return None
 
-    async def prompt(self) -> list[str]:
-        """What the agent's skills add to the model's system prompt."""
+    async def prompt(self, text: str = "") -> list[str]:
+        """What the agent's skills add to the model's system prompt when it answers `text`; a line longer than
+        `MAX_PROMPT_LINE` characters is clipped (a skill's line must never crowd the conversation out)."""
         lines: list[str] = []
         for skill in self.skills:
             for handler in skill.prompts:
+                args = (text,) if _takes_text(handler) else ()
                 try:
-                    line = await self.context(skill).call(handler, what="prompt")
+                    line = await self.context(skill).call(handler, *args, what="prompt")
                 except HeroError as exc:
                     log.warning("agent %s: %s", self.ctx.agent_id[:12], exc.message)
                     continue
                 if line:
-                    lines.append(str(line))
+                    line = str(line)
+                    lines.append(line if len(line) <= MAX_PROMPT_LINE else line[:MAX_PROMPT_LINE - 1] + "…")
         return lines
 
     # timers and overlay messages
@@ -177,6 +182,16 @@ def _args_hint(tool: Tool) -> str:
     props: dict[str, Any] = tool.schema.get("properties", {})
     required: Sequence[str] = tool.schema.get("required", [])
     return "{" + ", ".join(f'"{n}"{"" if n in required else "?"}' for n in props) + "}"
+
+
+@functools.cache
+def _takes_text(fn: Callable[..., Any]) -> bool:
+    """Whether a prompt handler takes the message being answered (`fn(ctx, text)`) or not (`fn(ctx)`)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
 def _keywords(fn: Callable[..., Any]) -> Callable[..., Any]:

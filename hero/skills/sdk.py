@@ -78,7 +78,8 @@ def on_overlay(topic: str) -> Callable[[F], F]:
 
 
 def prompt(fn: F) -> F:
-    """Called as `fn(ctx)` when the model is asked; returns a line for its system prompt, or None."""
+    """Called as `fn(ctx)`, or `fn(ctx, text)` with the message the model is to answer, when the model is asked;
+    returns a line for its system prompt (keep it short: at most 2,000 characters are used), or None."""
     return _mark(fn, Mark("prompt"))
 
 

@@ -1,5 +1,7 @@
-"""Notes: "remember that …" keeps a note (the latest ones go into every prompt), "/search words" finds notes by
-full-text search, ranked with BM25 in DuckDB; "forget everything" clears them.
+"""Notes: "remember that …" keeps a note, "/search words" finds notes by full-text search, ranked with BM25 in
+DuckDB; "forget everything" clears them. The model sees some notes as facts: those sharing words with the message
+it answers, then the latest, within a budget of about 300 tokens (a long note is clipped there, never dropped from
+the notes), so no note can crowd the conversation out of the model's context.
 
 The notes live in the skill's state (persisted with the agent); each search
 builds a DuckDB index in memory, in a worker thread (a plain function), so it
@@ -20,7 +22,9 @@ REMEMBER = re.compile(r"^\s*remember(?: that)?\s+(.+?)\s*$", re.IGNORECASE)
 FORGET = re.compile(r"^\s*forget everything\s*$", re.IGNORECASE)
 RECALL = re.compile(r"^\s*(?:what do you know about|recall|search (?:my )?notes for)\s+(.+?)\??\s*$", re.IGNORECASE)
 MAX_NOTES = 2000
-IN_PROMPT = 10  # the latest notes the model sees as facts
+IN_PROMPT = 10  # notes the model sees as facts, at most
+PROMPT_CHARS = 1200  # what the facts may take of the prompt: about 300 tokens
+NOTE_CHARS = 400  # of one note, in the prompt
 K1, B = 1.2, 0.75  # BM25
 
 BM25 = f"""
@@ -145,9 +149,34 @@ async def recall(ctx: SkillContext, count: int = 5) -> list[str]:
 
 
 @prompt
-async def facts(ctx: SkillContext) -> str | None:
-    notes = _notes(ctx)[-IN_PROMPT:]
-    return "Facts about the user: " + "; ".join(n["text"] for n in notes) if notes else None
+def facts(ctx: SkillContext, text: str) -> str | None:
+    chosen = facts_for(_notes(ctx), text)
+    return "Facts about the user: " + "; ".join(chosen) if chosen else None
+
+
+def facts_for(notes: list[dict[str, Any]], text: str) -> list[str]:
+    """The notes' texts for the prompt: those sharing the most words with `text` first, then the latest, each
+    clipped to `NOTE_CHARS`, together within `PROMPT_CHARS`."""
+    asked = {w for w in words_of(text) if len(w) > 2}
+    scored = [(len(asked & set(words_of(n["text"]))), i) for i, n in enumerate(notes)] if asked else []
+    relevant = [i for score, i in sorted(scored, reverse=True) if score > 0][:IN_PROMPT]
+    taken = set(relevant)
+    order = relevant + [i for i in range(len(notes) - 1, -1, -1) if i not in taken]
+    out: list[str] = []
+    left = PROMPT_CHARS
+    for i in order[:IN_PROMPT]:
+        note = _clip(notes[i]["text"], min(NOTE_CHARS, left))
+        if len(note) < 20 and len(note) < len(notes[i]["text"]):
+            break  # too little room left for this note to say anything
+        out.append(note)
+        left -= len(note) + 2
+        if left <= 0:
+            break
+    return out
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
 
 
 def _listing(notes: list[dict[str, Any]]) -> str:
