@@ -158,7 +158,7 @@ async def test_a_failed_hibernation_keeps_the_agent_in_memory_and_retries_until_
             (backends / f"gone-{n:02d}").rename(backends / f"{n:02d}")
     await eventually(lambda: not node.is_active(agent))  # the next try succeeds
     state = json.loads(await store.get(state_key(agent)))
-    assert state["count"] == 1 and [m["content"] for m in state["history"]] == ["hello"]
+    assert state["count"] == 1 and [m["content"] for m in state["history"]["open"]] == ["hello"]
     await node.aclose()
 
 
@@ -252,7 +252,7 @@ async def test_a_lone_surrogate_in_a_stored_history_is_repaired_on_read_and_on_a
     reply = await node.deliver(agent, ChatMessage("Say hello"))  # the LLM sees the repaired history
     assert (await asyncio.wait_for(reply.text(), 60)).strip()
     stored = json.loads(await store.get(state_key(agent)))
-    assert stored["history"][0]["content"] == "hi \ufffd"
+    assert stored["history"]["open"][0]["content"] == "hi \ufffd"
     assert [n["text"] for n in stored["skills"]["notes"]["notes"]] == ["likes \ufffd tea"]  # facts became notes
     json.dumps(stored, ensure_ascii=False).encode()
     await node.aclose()

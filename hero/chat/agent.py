@@ -13,7 +13,10 @@ class ChatAgent(Agent):
 
     def __init__(self, ctx: AgentContext) -> None:
         super().__init__(ctx)
-        self.history = ChatHistory(ctx.state, ctx.publish)
+        self.history = ChatHistory(ctx.state, ctx.publish, ctx.seal, ctx.load, ctx.agent_id)
+
+    async def on_activate(self) -> None:
+        await self.history.warm()
 
     def on_failure(self, notice: str) -> None:
         self.history.add("assistant", notice, kind="error")

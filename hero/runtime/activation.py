@@ -15,6 +15,14 @@ node loses (`drop`) takes its agent out of memory unwritten.
 Faults cost only the agent they touch: an agent whose objects cannot be read is
 damaged (`damage.py`); a hibernation whose write fails keeps the agent in memory
 and is tried again after a back-off (`backoff.py`), so nothing it accepted is lost.
+
+Persistence: the state (the agent's head) is one object rewritten on each
+`persist`; what an agent seals (`AgentContext.seal`, such as a full segment of
+its chat history) is written once, put-if-absent, as its own immutable object
+before the head that refers to it, so a crash in between leaves an object the
+next seal finds equal and keeps. Old versions of the head hold nothing the
+newest does not, so all but the newest `head_versions` are pruned in the
+background (every `PRUNE_SLACK` writes, and after hibernation).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hero.errors import AgentRefused, HeroError, SpecRefused, Unavailable
+from hero.errors import AgentRefused, Conflict, HeroError, SpecRefused, Unavailable
 from hero.identity import check_agent_id
 from hero.runtime.agent import Agent, AgentContext
 from hero.runtime.backoff import Backoff
@@ -36,16 +44,18 @@ from hero.runtime.damage import DamagedAgents
 from hero.runtime.durable_timers import DurableTimers
 from hero.runtime.eager import AgentTask
 from hero.runtime.events import Event, Reply
-from hero.runtime.keys import STATE, TIMERS, state_key
+from hero.runtime.keys import STATE, TIMERS, agent_key, state_key
 from hero.runtime.leases import Leases
 from hero.runtime.report import NodeStats
 from hero.runtime.state import decode_state, encode_state
 from hero.seams.directory import Lease
 from hero.seams.power import Metering
 from hero.seams.skills import SpecVerifier
-from hero.seams.store import StateStore
+from hero.seams.store import StateStore, VersionPruning
 
 log = logging.getLogger("hero.runtime")
+HEAD_VERSIONS = 4  # versions of an agent's head (its state object) kept; older ones are pruned
+PRUNE_SLACK = 32  # head writes beyond `head_versions` before a prune runs while the agent stays in memory
 
 
 @dataclass(eq=False)
@@ -64,6 +74,10 @@ class Activation:
     hibernating: bool = False
     failures: int = 0  # failed hibernations in a row
     retry_at: float = 0.0  # monotonic; no hibernation is tried before it
+    sealing: list[tuple[str, bytes]] = field(default_factory=list)  # sealed objects not written yet, oldest first
+    head_version: int = 0  # the version of the head last written or read
+    pruned_at: int = 0  # the head version the last prune kept from (0: none since activation)
+    pruning: bool = False
 
 
 # Builds an activated agent from its id, lease and decoded state (the node wires the context's services).
@@ -93,6 +107,7 @@ class Activations:
         metering: Metering | None,
         spawn: Callable[[Coroutine[Any, Any, None], str], object],
         verifier: SpecVerifier | None = None,
+        head_versions: int = HEAD_VERSIONS,
     ) -> None:
         self.store = store
         self.node_id = node_id
@@ -109,6 +124,7 @@ class Activations:
         self._metering = metering
         self._spawn = spawn
         self._verifier = verifier
+        self.head_versions = max(1, head_versions)
         self._activating: dict[str, asyncio.Future[Activation]] = {}
         self._hibernating: dict[str, asyncio.Future[None]] = {}
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -156,17 +172,18 @@ class Activations:
             await self._timers.load(agent_id)  # the retry: raises AgentDamaged while still unreadable
         if self._verifier is not None:
             await self._verify(agent_id)
-        floor, raw, state, repaired = await self._read(agent_id)
+        floor, raw, state, repaired, version = await self._read(agent_id)
         lease, lapsed = await self._leases.acquire(agent_id, floor=floor)
         try:
             if lapsed:  # its last owner vanished: what it wrote last may have landed after we read
-                _, raw, state, repaired = await self._read(agent_id)
+                _, raw, state, repaired, version = await self._read(agent_id)
                 await self._timers.load(agent_id)
             act = self._build(agent_id, lease, state)
         except BaseException:
             await self._leases.release(lease)
             raise
         act.persisted = raw
+        act.head_version = version
         if self._metering is not None and raw:
             self._metering.charge_storage(agent_id, len(raw))
         self.active[agent_id] = act
@@ -174,20 +191,26 @@ class Activations:
         self._stats.activations += 1
         if repaired:
             log.warning("agent %s: invalid Unicode in its stored state was replaced with U+FFFD", agent_id)
+        if repaired or act.sealing:  # text repaired, or a state in an older layout moved into sealed objects
             try:
                 await self.persist(act)
             except HeroError as exc:
-                log.warning("agent %s: the repaired state is written later: %s", agent_id, exc.message)
+                log.warning("agent %s: the state is written later: %s", agent_id, exc.message)
+        try:
+            await act.agent.on_activate()
+        except Exception:
+            log.exception("agent %s: on_activate failed; it runs without what it would have read", agent_id[:12])
         return act
 
-    async def _read(self, agent_id: str) -> tuple[int, bytes, dict[str, Any], bool]:
-        """The stored state: its epoch (the floor for the lease), bytes, decoded form, and whether text was repaired."""
+    async def _read(self, agent_id: str) -> tuple[int, bytes, dict[str, Any], bool, int]:
+        """The stored state: its epoch (the floor for the lease), bytes, decoded form, whether text was repaired,
+        and its version (0: none yet)."""
         async with self._damaged.reading(agent_id, STATE):
             head = await self.store.latest(state_key(agent_id))
-            floor, raw = (head[0].epoch, head[1]) if head else (0, b"")
+            floor, raw, version = (head[0].epoch, head[1], head[0].version) if head else (0, b"", 0)
             state, repaired = decode_state(raw)
         self._damaged.clear(agent_id)
-        return floor, raw, state, repaired
+        return floor, raw, state, repaired, version
 
     async def _verify(self, agent_id: str) -> None:
         """Ask the skills part whether the agent's spec verifies; refused, the agent is not built (503)."""
@@ -214,15 +237,73 @@ class Activations:
         return state
 
     async def persist(self, act: Activation) -> None:
-        """Write the agent's state if it changed since it was last written, under the agent's lease."""
+        """Write what the agent sealed since, then its state if it changed since it was last written, under the
+        agent's lease."""
         data = encode_state(act.ctx.state)
-        if data == act.persisted:
+        if data == act.persisted and not act.sealing:
             return
         self._leases.check(act.lease)
-        await self.store.put(state_key(act.agent_id), data, epoch=act.lease.epoch)
+        while act.sealing:
+            name, sealed = act.sealing[0]
+            await self._write_sealed(act, name, sealed)
+            act.sealing.pop(0)
+        version = await self.store.put(state_key(act.agent_id), data, epoch=act.lease.epoch)
         act.persisted = data
+        act.head_version = version.version
         if self._metering is not None:
             self._metering.charge_storage(act.agent_id, len(data))
+        if version.version - max(act.pruned_at, 1) >= self.head_versions + PRUNE_SLACK:
+            self.prune_head(act)
+
+    def seal(self, act: Activation, name: str, data: bytes) -> None:
+        """Queue an immutable object of the agent, written before its next head (`persist`)."""
+        act.sealing.append((name, data))
+
+    async def _write_sealed(self, act: Activation, name: str, data: bytes) -> None:
+        """Write a sealed object once: put-if-absent. One already there with the same bytes (written before a
+        crash that came before the head recorded it) is kept; a different one no head ever recorded is replaced."""
+        key = agent_key(act.agent_id, name)
+        try:
+            await self.store.put(key, data, epoch=act.lease.epoch, expect=0)
+        except Conflict:
+            if await self.store.get(key) == data:
+                return
+            log.warning("agent %s: %s held an object no state referred to; it is replaced", act.agent_id[:12], name)
+            await self.store.put(key, data, epoch=act.lease.epoch)
+        if self._metering is not None:
+            self._metering.charge_storage(act.agent_id, len(data))
+
+    async def read_sealed(self, agent_id: str, name: str) -> bytes:
+        """A sealed object of the agent: from memory if it is not written yet, else from the store (its error if
+        it cannot be read: that object is lost, the agent is not damaged)."""
+        act = self.active.get(agent_id)
+        if act is not None:
+            for queued, data in act.sealing:
+                if queued == name:
+                    return data
+        return await self.store.get(agent_key(agent_id, name))
+
+    def prune_head(self, act: Activation) -> None:
+        """Drop old versions of the agent's head in the background (one prune per agent at a time)."""
+        if (act.pruning or self.closing or not isinstance(self.store, VersionPruning)
+                or act.head_version <= self.head_versions):
+            return  # at shutdown the next activation's writes prune it
+        act.pruning = True
+        self._spawn(self._prune(act), f"prune:{act.agent_id[:8]}")
+
+    async def _prune(self, act: Activation) -> None:
+        assert isinstance(self.store, VersionPruning)
+        keep_from = act.head_version
+        try:
+            removed = await self.store.prune(state_key(act.agent_id), self.head_versions)
+        except HeroError as exc:  # a backend down: the next prune tries again
+            log.warning("agent %s: old versions of its state not pruned: %s", act.agent_id[:12], exc.message)
+        else:
+            act.pruned_at = keep_from
+            if removed:
+                log.debug("agent %s: %d old versions of its state pruned", act.agent_id[:12], removed)
+        finally:
+            act.pruning = False
 
     # hibernation
 
@@ -259,6 +340,8 @@ class Activations:
             return False
         self.active.pop(act.agent_id, None)
         self.known[act.agent_id] = wall(act.last_event)
+        if act.head_version > max(act.pruned_at, self.head_versions):
+            self.prune_head(act)
         await self._leases.release(act.lease, keep_for_timers=bool(self._timers.schedule.pending(act.agent_id)))
         act.task.close()
         self._stats.hibernations += 1  # events sent meanwhile wait in `activate` for a fresh activation

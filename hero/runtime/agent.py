@@ -36,6 +36,8 @@ class AgentContext:
         publish: Callable[[object], None],
         messenger: Messenger | None = None,
         services: Mapping[str, object] | None = None,
+        seal: Callable[[str, bytes], None] | None = None,
+        load: Callable[[str], Awaitable[bytes]] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.services: Mapping[str, object] = services or {}  # node-wide services for agents (e.g. "skills")
@@ -46,10 +48,25 @@ class AgentContext:
         self._unschedule = unschedule
         self._publish = publish
         self._messenger = messenger
+        self._seal = seal
+        self._load = load
 
     async def persist(self) -> None:
         """Write the state now (nothing is written if it did not change): what the agent accepted survives a crash."""
         await self._persist()
+
+    def seal(self, name: str, data: bytes) -> None:
+        """Keep `data` as the agent's immutable object `name` (such as a sealed history segment): written once,
+        before the next write of the state, which may then refer to it; a crash in between writes it again."""
+        if self._seal is None:
+            raise Unavailable("this agent's runtime keeps no sealed objects")
+        self._seal(name, data)
+
+    async def load(self, name: str) -> bytes:
+        """An object kept with `seal` (one not written yet too). Raises the store's error if it cannot be read."""
+        if self._load is None:
+            raise Unavailable("this agent's runtime keeps no sealed objects")
+        return await self._load(name)
 
     def publish(self, item: object) -> None:
         """Tell the agent's live listeners (its user's devices) about `item`; they subscribe by its type."""
@@ -94,6 +111,10 @@ class Agent(ABC):
     def on_failure(self, notice: str) -> None:  # noqa: B027 - an optional hook; an agent with no user to tell skips it
         """A turn raised, or a timer was set aside: `notice` says so in the user's words. The runtime persists
         the state after this, so what the agent keeps of it (a chat agent: one error entry) is durable."""
+
+    async def on_activate(self) -> None:  # noqa: B027 - an optional hook; most agents need nothing more
+        """Called once the agent is built, before its first turn: read what its turns will want at once (a chat
+        agent: the newest sealed part of its history). A failure here is logged and the agent runs anyway."""
 
     async def on_hibernate(self) -> None:  # noqa: B027 - an optional hook; most agents keep state as it is
         """Called before the state is written for hibernation; override to compact state."""

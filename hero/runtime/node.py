@@ -231,6 +231,8 @@ class Node:
             publish=lambda item: self._subscriptions.publish(agent_id, item),
             messenger=self.messenger,
             services=self.services,
+            seal=lambda name, data: self._activations.seal(act, name, data),
+            load=lambda name: self._activations.read_sealed(agent_id, name),
         )
         act = Activation(agent_id, lease, ctx)
         act.agent = self.agent_factory(ctx)
@@ -383,6 +385,11 @@ class Node:
         """The agent's state without activating it: the live one if it is in memory (read it, do not change
         it), else the stored one with invalid text repaired. Raises `AgentDamaged` if it cannot be read."""
         return await self._activations.read_state(agent_id)
+
+    async def read_sealed(self, agent_id: str, name: str) -> bytes:
+        """A sealed object of the agent (a segment of its history), written or still queued; the store's error if
+        it cannot be read (that object is lost; the agent is not damaged)."""
+        return await self._activations.read_sealed(agent_id, name)
 
     def subscribe(self, agent_id: str, kind: type[T]) -> Subscription[T]:
         """What the agent publishes of `kind` from now on. Registered before this returns."""

@@ -1,11 +1,13 @@
 """The web ↔ chat seam: every agent's chat history as the edge reads it (pages, entries missed, live entries).
 
-`hero.chat.histories.Histories` implements it; reading never activates an agent.
+`hero.chat.histories.Histories` implements it; reading never activates an agent. The history is
+kept as append-only segments (`hero.chat.segments`): `page` reads the segments the page shows, newest
+first (and a few probes to find where `before` falls), never the whole history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hero.errors import HeroError
@@ -58,6 +60,16 @@ class Live(Protocol[T_co]):
 class ChatHistories(Protocol):
     async def page(self, agent_id: str, *, limit: int, before: int | None = None) -> Page:
         """The newest `limit` entries older than `before` (every entry if None), oldest first."""
+        ...
+
+    def stream(self, agent_id: str) -> AsyncIterator[Entry]:
+        """Every entry, oldest first, read one sealed segment at a time (never the whole history in memory).
+
+        A segment that cannot be read is one entry of kind `missing` naming its range; the rest streams on."""
+        ...
+
+    async def search(self, agent_id: str, query: str, *, limit: int = 10) -> Sequence[Entry]:
+        """The newest `limit` entries holding every word of `query`, newest first, segment by segment."""
         ...
 
     async def after(self, agent_id: str, seq: int) -> Sequence[Entry]:

@@ -1,4 +1,4 @@
-"""`hero storage …`: put, get, versions, keys, status, scrub, gc and the fragment server.
+"""`hero storage …`: put, get, versions, keys, status, scrub, gc, migrate and the fragment server.
 
 Each handler opens the node's QSS on `--data` (keys from DATA/keys, backends
 from DATA/storage.toml or the 20 default directories), runs one operation
@@ -71,6 +71,10 @@ def add_storage_parser(subparsers: Any) -> None:
                     help="seconds an unreferenced fragment must be old before it is removed (default 3600)")
     _common(gc)
     gc.set_defaults(func=cmd_gc)
+
+    migrate = sub.add_parser("migrate", help="cut every agent's history still kept in one object into segments")
+    _common(migrate)
+    migrate.set_defaults(func=cmd_migrate)
 
     serve = sub.add_parser("serve", help="run a fragment server other nodes can use as a backend")
     serve.add_argument("--dir", type=Path, required=True, help="where fragments are kept")
@@ -241,6 +245,16 @@ def cmd_gc(args: argparse.Namespace) -> int:
     _emit(args, out, f"{out['versions_removed']} versions and {out['fragments_removed']} fragments removed "
                      f"from {out['objects']} objects; {out['orphans_removed']} orphan fragments removed")
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from hero.chat.migrate import migrate_all  # the layout is chat's; the store only runs the command
+
+    out = _run(args, migrate_all).to_json()
+    skipped = "".join(f"\n  skipped {agent[:16]}…: {why}" for agent, why in out["skipped"].items())
+    _emit(args, out, f"{len(out['migrated'])} agents migrated ({out['segments_written']} segments written); "
+                     f"{out['already']} already in segments{skipped}")
+    return 1 if out["skipped"] else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
