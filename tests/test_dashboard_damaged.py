@@ -4,23 +4,20 @@ how many there are and why."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from hero.identity import NodeKeys
 from hero.runtime.keys import timers_key
 from hero.server import open_store
+from tests.browserkit import browser_page
 from tests.conftest import add_user, auth, make_config, operator_token, serving
 from tests.test_runtime_faults import rot
 
-CHROMIUM = Path("/usr/bin/chromium")
-
 
 async def test_status_and_dashboard_show_each_damaged_agent_and_why(tmp_path: Path):
-    assert os.access(CHROMIUM, os.X_OK), "run scripts/install-browser.sh (Debian's chromium) before the browser tests"
     config = make_config(tmp_path)
     carol = add_user(config.data_dir, "carol")
     store = await open_store(config, NodeKeys.load_or_create(config.data_dir))
@@ -40,19 +37,10 @@ async def test_status_and_dashboard_show_each_damaged_agent_and_why(tmp_path: Pa
         assert "timers unreadable" in damaged["reason"] and "only 15 of the 16" in damaged["reason"]
         assert damaged["since"] > 0
 
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
-            try:
-                page = await browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                await page.goto(f"http://127.0.0.1:{config.port}/dashboard?token={token}")
-                await expect(page.locator("#agents-damaged")).to_have_text("1")
-                listed = page.get_by_role("list", name="Damaged agents (not run until their storage reads again)")
-                await expect(listed.locator("li")).to_have_count(1)
-                await expect(listed).to_contain_text("carol")
-                await expect(listed).to_contain_text("timers unreadable")
-                await expect(listed).to_contain_text("only 15 of the 16")
-                assert errors == [], errors
-            finally:
-                await browser.close()
+        async with browser_page(f"http://127.0.0.1:{config.port}/dashboard?token={token}") as page:
+            await expect(page.locator("#agents-damaged")).to_have_text("1")
+            listed = page.get_by_role("list", name="Damaged agents (not run until their storage reads again)")
+            await expect(listed.locator("li")).to_have_count(1)
+            await expect(listed).to_contain_text("carol")
+            await expect(listed).to_contain_text("timers unreadable")
+            await expect(listed).to_contain_text("only 15 of the 16")
