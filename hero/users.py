@@ -144,8 +144,8 @@ class Registry:
         head = await self.store.latest(user_key(check_agent_id(subject)))
         if head is not None:
             self._apply(Record.parse(head[1]))
-        else:  # deleted (here or by another node), or never added
-            self._drop(subject)
+        elif (known := self._records.get(subject)) is not None and known.revoked_at is not None:
+            self._drop(subject)  # deleted (a deletion revokes first); a new user's first write may still be on its way
 
     def catch_up(self) -> None:
         """Apply what another process on this data dir changed (`DATA/users.changed` grew): one stat when
