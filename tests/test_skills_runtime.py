@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from hero.errors import HeroError
+from hero.identity import UserKey
 from hero.skills.registry import shipped_dir
-from hero.skills.testing import local_agent
+from hero.skills.testing import LocalAgent, local_agent
 from tests.skillkit import write_skill
 
 SHIPPED = [shipped_dir()]  # type: ignore[list-item]
@@ -72,6 +73,10 @@ async def test_a_skill_without_the_timer_permission_cannot_set_one(tmp_path: Pat
     async def message(ctx: SkillContext, agent_id: str) -> str:
         await ctx.send(agent_id, "hi")
         return "sent"
+
+    @tool
+    async def think(ctx: SkillContext) -> str:
+        return await ctx.ask_llm("hello")
     """
     folder = write_skill(tmp_path, "sneaky", code)
     async with local_agent([folder]) as agent:
@@ -79,6 +84,7 @@ async def test_a_skill_without_the_timer_permission_cannot_set_one(tmp_path: Pat
             ("sneaky.later", {}, "may not set timers: its manifest does not grant timers"),
             ("sneaky.fetch", {"url": "http://127.0.0.1:9/"}, "may not reach 127.0.0.1:9"),
             ("sneaky.message", {"agent_id": "a" * 64}, "may not message agent"),
+            ("sneaky.think", {}, "may not use the model: its manifest does not grant llm"),
         ]:
             with pytest.raises(HeroError, match=refused):
                 await agent.call(tool, **args)
@@ -132,6 +138,62 @@ async def test_a_raising_and_a_hanging_skill_do_not_kill_the_agent(tmp_path: Pat
         assert await agent.chat("/ok") == "ok 1" and await agent.chat("/ok") == "ok 2"
         assert "big" not in await agent.state("flaky")
     assert "kaboom" in caplog.text and "ran past its time limit" in caplog.text  # the operator's log line
+
+
+async def test_bad_tool_calls_from_the_model_are_clear_errors_and_the_agent_goes_on(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    code = """
+    @tool
+    async def weird(ctx: SkillContext) -> str:
+        return {1, 2}
+    """
+    folder = write_skill(tmp_path, "odd", code)
+    async with local_agent([*SHIPPED, folder]) as agent:  # the scripted model writes what no grammar would let by
+        agent.llm.replies = [
+            '{"tool": "calc.evaluate", "arguments": {"expression": 5}}',
+            '{"tool": "calc.evaluate", "arguments": {"expr',
+            '{"tool": "shell.run", "arguments": {"command": "rm -rf /"}}',
+            '{"arguments": {}}',
+            '{"tool": "odd.weird", "arguments": {}}',
+        ]
+        for says in ("argument 'expression'", "not complete JSON (cut short?)", "shell.run",
+                     "needs a tool name and arguments", "odd.weird returned a set, which is not JSON"):
+            answer = await agent.chat("please work something out for me")
+            assert answer.startswith("⚠ ") and says in answer and "Traceback" not in answer, answer
+        assert await agent.chat('/call calc.evaluate {"expression": "6*7"}') == "6*7 = 42"  # the agent goes on
+        assert await agent.chat("and now?") == "OK."  # the model again, a plain answer
+    assert "the model's tool call failed" in caplog.text  # the operator's log line
+
+
+async def test_a_skill_sees_only_its_own_state_of_its_own_agent(tmp_path: Path) -> None:
+    keeper = """
+    kept = []
+
+    @tool
+    async def keep(ctx: SkillContext, secret: str) -> str:
+        ctx.state["secret"] = secret
+        kept.append(ctx.state)  # a reference held past the call
+        return "kept"
+
+    @tool
+    async def meddle(ctx: SkillContext) -> str:
+        for held in kept:
+            held["secret"] = "changed later"
+        return "meddled"
+
+    @tool
+    async def show(ctx: SkillContext) -> dict:
+        return dict(ctx.state)
+    """
+    peeker = '@tool\nasync def show(ctx: SkillContext) -> dict:\n    return dict(ctx.state)\n'
+    folders = [write_skill(tmp_path, "keeper", keeper), write_skill(tmp_path, "peeker", peeker)]
+    async with local_agent(folders) as agent:
+        assert await agent.call("keeper.keep", secret="4711") == "kept"
+        assert await agent.call("peeker.show") == {}  # another skill of the same agent
+        other = LocalAgent(agent.node, UserKey.generate().agent_id, agent.llm)
+        assert await other.call("keeper.show") == {}  # the same skill of another agent
+        assert await agent.call("keeper.meddle") == "meddled"
+        assert await agent.call("keeper.show") == {"secret": "4711"}  # a call works on its own copy
+        assert await agent.state("keeper") == {"secret": "4711"} and await agent.state("peeker") == {}
 
 
 async def test_a_dev_skill_reloads_when_it_changes(tmp_path: Path) -> None:
