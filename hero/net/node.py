@@ -24,7 +24,8 @@ from hero.net.link import Link, LinkProtocol, handshake
 from hero.net.locator import RECORD_TTL_S, AgentLocator
 from hero.net.messages import MessageService
 from hero.net.peers import Dialer, Endpoint
-from hero.net.routing import Router, RouterConfig
+from hero.net.routes import RouterConfig
+from hero.net.routing import Router
 from hero.net.session import KIND_IPV6, KIND_MESSAGE, Sessions
 from hero.net.wire import (
     AgentQuery,

@@ -34,7 +34,7 @@ MAX_RECORDS = 100_000
 
 
 class RecordError(ValueError):
-    pass
+    """A record that is malformed, expired or not signed by whom it claims."""
 
 
 def grant_message(agent: bytes, authority: bytes) -> bytes:

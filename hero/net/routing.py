@@ -16,11 +16,21 @@ fallbacks are kept, not recomputed); TLVs are batched into one packet per peer.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
-from hero.identity import overlay_address
-from hero.net.address import Identity, subnet_of, verify
+from hero.net.address import Identity
+from hero.net.routes import (
+    HYSTERESIS,
+    MAX_METRIC,
+    Peer,
+    PeerState,
+    Route,
+    RouterConfig,
+    RouterStats,
+    Subnet,
+    Verified,
+    seqno_newer,
+)
 from hero.net.wire import (
     METRIC_INFINITE,
     Hello,
@@ -31,83 +41,6 @@ from hero.net.wire import (
     Update,
     update_signed_bytes,
 )
-
-Peer = Hashable
-Subnet = bytes  # the 8 leading bytes of a /64
-HYSTERESIS = 10
-MAX_METRIC = 0xFFFE
-
-
-def seqno_newer(a: int, b: int) -> bool:
-    """a is newer than b in 16-bit modular order."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000
-
-
-@dataclass
-class RouterConfig:
-    hello_interval_s: float = 0.5
-    dead_after_s: float = 1.5  # three missed hellos
-    update_interval_s: float = 60.0
-    hold_factor: float = 3.5
-    seqno_bump_min_s: float = 1.0
-    request_dedup_s: float = 2.0
-
-
-@dataclass
-class RouterStats:
-    bad_signature: int = 0
-    bad_subnet: int = 0
-    infeasible: int = 0
-    seqno_requests_sent: int = 0
-    seqno_bumps: int = 0
-    updates_sent: int = 0
-    hellos_sent: int = 0
-    tlvs_sent: int = 0
-    packets_sent: int = 0
-
-
-class Verified:
-    """Signatures and key-derived subnets already checked (a simulation shares one among its routers)."""
-
-    LIMIT = 200_000
-
-    def __init__(self) -> None:
-        self.signatures: set[bytes] = set()
-        self.subnets: dict[bytes, bytes] = {}
-
-    def add(self, key: bytes) -> None:
-        if len(self.signatures) >= self.LIMIT:
-            self.signatures.clear()
-        self.signatures.add(key)
-        if len(self.subnets) >= self.LIMIT:
-            self.subnets.clear()
-
-
-@dataclass
-class _PeerState:
-    static_cost: int
-    added: float
-    hello_seqno: int = 0
-    next_hello: float = 0.0
-    sent: dict[int, float] = field(default_factory=dict)
-    last_ihu: float | None = None
-    rtt_ms: float | None = None
-
-    @property
-    def cost(self) -> int:
-        return self.static_cost + (round(self.rtt_ms) if self.rtt_ms is not None else 1000)
-
-
-@dataclass
-class Route:
-    subnet: Subnet
-    peer: Peer
-    router_id: bytes
-    seqno: int
-    advertised: int
-    signature: bytes
-    expires: float
-    feasible: bool = True
 
 
 class Router:
@@ -133,7 +66,7 @@ class Router:
         self._own_sig = self._sign_own()
         self._last_bump = -1e9
         self._bump_due: float | None = None
-        self.peers: dict[Peer, _PeerState] = {}
+        self.peers: dict[Peer, PeerState] = {}
         self.routes: dict[Subnet, dict[Peer, Route]] = {}
         self.selected: dict[Subnet, Route] = {}
         self._announced: dict[Subnet, int] = {}  # metric of the last update sent for a selected route
@@ -147,7 +80,7 @@ class Router:
 
     def add_peer(self, peer: Peer, static_cost: int, now: float) -> None:
         """A new link: hello at once; the table follows the first IHU, when the link has a measured cost."""
-        self.peers[peer] = _PeerState(static_cost, now, next_hello=now)
+        self.peers[peer] = PeerState(static_cost, now, next_hello=now)
 
     def remove_peer(self, peer: Peer, now: float) -> None:
         """A hard failure (EOF, reset, dead): its routes go at once and fallbacks take over."""
@@ -219,27 +152,6 @@ class Router:
             for subnet in [s for s, by in self.routes.items() if peer in by]:
                 self._select(subnet, now)
 
-    def _valid(self, update: Update) -> bool:
-        """The subnet is the router key's own /64 (Mycelium's check) and, unless retracted, the origin signed it."""
-        public = update.router_id[:32]
-        subnet = self._verified.subnets.get(public)
-        if subnet is None:
-            subnet = self._verified.subnets[public] = overlay_address(public).packed[:8]
-        if update.plen != 64 or update.prefix[:8] != subnet:
-            self.stats.bad_subnet += 1
-            return False
-        if update.retraction:
-            return True
-        key = update.signature + update.router_id + update.seqno.to_bytes(2, "big")
-        if key in self._verified.signatures:
-            return True
-        if not verify(public, update_signed_bytes(64, update.prefix, update.router_id, update.seqno),
-                      update.signature):
-            self.stats.bad_signature += 1
-            return False
-        self._verified.add(key)
-        return True
-
     def _feasible(self, subnet: Subnet, router_id: bytes, seqno: int, advertised: int) -> bool:
         """Babel's feasibility condition: the metric the neighbour advertises (not ours through it, which
         adds the link's cost) must be below what we last announced for this seqno. Comparing our own
@@ -252,7 +164,7 @@ class Router:
 
     def _on_update(self, peer: Peer, update: Update, now: float) -> None:
         subnet = update.prefix[:8]
-        if not self._valid(update) or subnet == self.own:
+        if not self._verified.valid(update, self.stats) or subnet == self.own:
             return
         by_peer = self.routes.setdefault(subnet, {})
         entry = by_peer.get(peer)
@@ -483,7 +395,3 @@ class Router:
                     "seqno": route.seqno,
                 })
         return rows
-
-
-def own_subnet(identity: Identity) -> ipaddress.IPv6Network:
-    return subnet_of(identity.address)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hero.net.address import Identity
-from hero.net.routing import Peer, Router, RouterConfig, Verified
+from hero.net.routes import Peer, RouterConfig, Verified
+from hero.net.routing import Router
 from hero.net.wire import Hello, Ihu, Tlv, Update, encode_control
 
 STATIC_COST = 10
