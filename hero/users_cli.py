@@ -38,7 +38,12 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not (data / "keys").exists():
         raise UsageError(f"{data} is not a node's data dir (no keys)")
-    with NodeLock.acquire(data, port=0), open_users(data) as users:
+    try:
+        lock = NodeLock.acquire(data, port=0)
+    except UsageError as exc:
+        raise UsageError(f"{exc.message}; a running node deletes through its API (DELETE /api/me), "
+                         "or stop it first") from None
+    with lock, open_users(data) as users:
         agent_id = users.get(args.name).agent_id
 
         async def delete(registry: Registry) -> dict[str, Any]:

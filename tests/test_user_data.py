@@ -18,6 +18,7 @@ import httpx
 from hero.chat.agent import ChatAgent
 from hero.errors import HeroError
 from hero.identity import NodeKeys
+from hero.nodelock import NodeLock
 from hero.runtime.events import ChatMessage, Event, Reply
 from hero.skills.context import SLOT
 from hero.store.backends.calls import GetFragments
@@ -260,6 +261,10 @@ async def test_hero_user_delete_purge_on_a_stopped_node(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--purge" in refused.stderr and len(refused.stderr.splitlines()) == 1
     unknown = hero_cli("user", "delete", "nobody", "--purge", "--data", data, check=False)
     assert unknown.returncode == 2 and "nobody" in unknown.stderr and len(unknown.stderr.splitlines()) == 1
+
+    with NodeLock.acquire(config.data_dir, port=config.port):  # a running node: it must delete through its API
+        running = hero_cli("user", "delete", "alice", "--purge", "--data", data, check=False)
+    assert running.returncode == 2 and "in use" in running.stderr and len(running.stderr.splitlines()) == 1
 
     done = json.loads(hero_cli("user", "delete", "alice", "--purge", "--data", data, "--json").stdout)
     assert done["agent_id"] == alice["agent_id"] and done["store"]["objects"] == len(found.oids)
