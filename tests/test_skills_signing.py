@@ -75,6 +75,31 @@ def test_a_node_loads_trusted_bundles_and_lists_the_refused_ones_without_running
     assert any("skill calc: the name is taken by the shipped skill" in r["reason"] for r in reasons)
 
 
+def test_a_skill_installed_as_a_package_loads_through_its_entry_point(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """What `pip install` leaves in site-packages (the package folder, its dist-info with `entry_points.txt` in
+    the `hero.skills` group), found on the path: the signed package loads, the unsigned one and the entry point
+    whose package is missing are refused and listed, and none of them stops the others."""
+    dev = nacl.signing.SigningKey.generate()
+    site = tmp_path / "site-packages"
+    sign(write_skill(site, "hero_greeter", CODE), dev)
+    write_skill(site, "hero_unsigned", CODE)
+    for dist, target in (("hero_greeter", "greeter = hero_greeter"), ("hero_unsigned", "unsigned = hero_unsigned"),
+                         ("hero_gone", "gone = hero_gone_missing")):
+        info = site / f"{dist}-1.0.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0.0\n")
+        (info / "entry_points.txt").write_text(f"[hero.skills]\n{target}\n")
+    monkeypatch.syspath_prepend(str(site))
+    registry = SkillRegistry(trusted=lambda: {dev.verify_key.encode().hex()}, entry_points=True)
+    registry.load()
+    skill = registry.get("hero_greeter")
+    assert skill is not None and skill.source == "entry point" and skill.key == dev.verify_key.encode().hex()
+    assert registry.get("hero_unsigned") is None
+    reasons = " | ".join(r["reason"] for r in registry.describe()["refused"])
+    assert "skill hero_unsigned: unsigned" in reasons
+    assert "skill package gone: 'hero_gone_missing' is not an installed package" in reasons
+
+
 async def test_an_agent_spec_needs_k_of_n_signatures_and_its_history_is_append_only(store) -> None:  # type: ignore[no-untyped-def]
     node = NodeKeys.load_or_create(store.data_dir)
     owner, third, stranger = UserKey.generate(), nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
