@@ -53,6 +53,7 @@ class HostActor:
         from hero.server import check_config, first_start, listen, open_node, raise_file_limit
 
         config = self.config
+        _serve_at_normal_priority()
         raise_file_limit()
         check_config(config)
         self._stack.enter_context(NodeLock.acquire(config.data_dir, port=config.port))
@@ -91,6 +92,21 @@ class HostActor:
         """Another node changed the user registry: read `subject` again (the cluster's broadcast)."""
         if self._parts is not None:
             await self._parts.users.refresh(subject)
+
+
+def _serve_at_normal_priority() -> None:
+    """Ray starts its workers at nice 15; a node serving people runs at the priority a lone `hero up` has, so a
+    busy machine's batch work does not slow its answers (threads started later inherit it)."""
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [str(os.getpid())]:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, int(tid)) > 0:
+                os.setpriority(os.PRIO_PROCESS, int(tid), 0)
+        except PermissionError:
+            log.warning("the node runs at Ray's worker priority (nice 15): start Ray with RAY_worker_niceness=0 "
+                        "or give the node CAP_SYS_NICE")
+            return
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
 
 
 def serve_on_ray(config: NodeConfig, *, announce: Callable[[str], None]) -> None:

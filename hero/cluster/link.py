@@ -107,6 +107,17 @@ class ClusterLink:
     async def suspect(self, node_id: str) -> bool:
         return await self.directory.suspect(node_id)
 
+    async def gone(self, node_id: str) -> None:
+        """Returns once `node_id` is no longer among the live nodes (it stopped renewing: its leases lapsed). A node
+        not in this node's view yet (it joined since the last renewal) is looked for again after the next one."""
+        if not self._live(node_id):
+            await self.directory.renewed()
+        while self._live(node_id):
+            await self.directory.renewed()
+
+    def _live(self, node_id: str) -> bool:
+        return any(n.get("node_id") == node_id for n in self.directory.nodes)
+
     def anchored(self, agent_id: str) -> AbstractAsyncContextManager[None]:
         anchored: AbstractAsyncContextManager[None] = self.node.anchored(agent_id)
         return anchored

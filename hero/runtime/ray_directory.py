@@ -200,6 +200,7 @@ class RayDirectory:
         self.info: Callable[[], dict[str, Any]] = dict
         self.nodes: list[dict[str, Any]] = []
         self.generation = 0
+        self._renewed: asyncio.Event | None = None  # set (and replaced) at each renewal: `nodes` is new
 
     @property
     def ttl_s(self) -> float:
@@ -235,7 +236,16 @@ class RayDirectory:
         answer = await self.call("renew", owner, self.info(), dict(held), list(timers), self._ttl_s)
         self.nodes = list(answer["nodes"])
         self.generation = int(answer.get("generation", 0))
+        if self._renewed is not None:
+            self._renewed.set()
+            self._renewed = None
         return Renewal(lost=list(answer["lost"]), adopt=list(answer["adopt"]))
+
+    async def renewed(self) -> None:
+        """Returns after this node's next renewal (when `nodes` is the cluster's view again)."""
+        if self._renewed is None:
+            self._renewed = asyncio.Event()
+        await self._renewed.wait()
 
     async def release(self, agent_id: str, owner: str, epoch: int, *, orphan: bool = False) -> None:
         await self.call("release", agent_id, owner, epoch, orphan)

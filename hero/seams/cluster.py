@@ -35,6 +35,11 @@ class ClusterRouting(Protocol):
         """`node_id` could not be reached: True if it is gone (its leases are free now)."""
         ...
 
+    async def gone(self, node_id: str) -> None:
+        """Returns once `node_id` has left the cluster's live nodes (it stopped renewing, e.g. frozen): a request
+        sent there is not waited for any longer."""
+        ...
+
     def anchored(self, agent_id: str) -> AbstractAsyncContextManager[None]:
         """Hold the agent here while an event stream for it is open (LeaseHeld if it runs elsewhere)."""
         ...

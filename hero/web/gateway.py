@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from starlette.datastructures import Headers
@@ -116,7 +116,7 @@ class Gateway:
                     self._owners.pop(agent_id, None)
                     continue
             node_id, url = target
-            outcome = await self._forward(scope, receive, send, url, body)
+            outcome = await self._forward(scope, receive, send, node_id, url, body)
             if outcome == "answered":
                 self.forwarded += 1
                 return
@@ -200,20 +200,40 @@ class Gateway:
 
         await self.app(scope, receive, watch)
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, url: str, body: bytes) -> str:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, node_id: str, url: str,
+                       body: bytes) -> str:
         """Relay the request to `url` and its answer back: "answered"; or, with nothing sent yet, "unreachable"
-        (no answer) or "moved" (that node does not host the agent: 409 lease_held)."""
+        (no answer, or its node left the cluster while we waited: frozen, cut off) or "moved" (that node does
+        not host the agent: 409 lease_held). A node that leaves mid-answer ends the answer there."""
         target = url.rstrip("/") + scope["raw_path"].decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP]
         headers.append((ROUTED, self.cluster.node_id.encode()))
         request = self.client.build_request(scope["method"], target, headers=headers, content=body)
+        gone = asyncio.ensure_future(self.cluster.gone(node_id))
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            log.warning("gateway: node at %s does not answer (%s)", url, type(exc).__name__)
+            return await self._exchange(request, receive, send, url, gone)
+        finally:
+            gone.cancel()
+            await asyncio.gather(gone, return_exceptions=True)
+
+    async def _exchange(self, request: httpx.Request, receive: Receive, send: Send, url: str,
+                        gone: asyncio.Future[None]) -> str:
+        sending = asyncio.ensure_future(self.client.send(request, stream=True))
+        try:
+            await asyncio.wait([sending, cast("asyncio.Future[Any]", gone)], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not sending.done():
+                sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+        if sending.cancelled():
+            log.warning("gateway: node at %s left the cluster before it answered", url)
             return "unreachable"
+        if isinstance(sending.exception(), httpx.TransportError):
+            log.warning("gateway: node at %s does not answer (%s)", url, type(sending.exception()).__name__)
+            return "unreachable"
+        response = sending.result()
         try:
             read = await response.aread() if response.status_code == 409 else None
             if read is not None and _is_lease_held(read):
@@ -221,15 +241,19 @@ class Gateway:
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in HOP]})
             relay = asyncio.ensure_future(self._relay(response, send, read))
-            gone = asyncio.ensure_future(_disconnected(receive))
+            left = asyncio.ensure_future(_disconnected(receive))
             try:
-                await asyncio.wait([relay, gone], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([relay, left, cast("asyncio.Future[Any]", gone)],
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (relay, gone):
+                for task in (relay, left):
                     task.cancel()
-                await asyncio.gather(relay, gone, return_exceptions=True)
+                await asyncio.gather(relay, left, return_exceptions=True)
             if relay.done() and not relay.cancelled() and relay.exception() is not None:
                 log.warning("gateway: the stream from %s broke: %r", url, relay.exception())
+            elif gone.done():
+                log.warning("gateway: node at %s left the cluster mid-answer", url)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
         return "answered"

@@ -77,8 +77,8 @@ class HeroNode:
     """One `hero up --ray` process (the host actor it creates runs the node)."""
 
     def __init__(self, tmp: Path, name: str, ray: str, key_file: Path, backends: Path, *, ttl_s: float = 3.0,
-                 idle_after_s: float = 300.0, port: int | None = None, cluster_url: str = "",
-                 data_dir: Path | None = None) -> None:
+                 idle_after_s: float = 300.0, port: int | None = None, cluster_url: str = "", settings: str = "",
+                 power: str = "", data_dir: Path | None = None) -> None:
         self.name = name
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -86,7 +86,8 @@ class HeroNode:
         shared_storage(self.data, backends)
         (self.data / "hero.toml").write_text(
             f'[node]\nagent = "{AGENT}"\ncluster_key = "{key_file}"\ncluster_url = "{cluster_url}"\n'
-            f"idle_after_s = {idle_after_s}\nn_ctx = 512\nmax_tokens = 8\nllm_parallel = 1\n"
+            f"idle_after_s = {idle_after_s}\nn_ctx = 512\nmax_tokens = 8\nllm_parallel = 1\n{settings}\n"
+            + (f"[power]\n{power}\n" if power else "")
         )
         self.log = open(tmp / f"{name}.log", "w")  # closed in stop() or kill()
         env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "PYTHONPATH": str(ROOT)}

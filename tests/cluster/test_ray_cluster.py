@@ -41,7 +41,12 @@ class Cluster:
         node = HeroNode(self.tmp, name, self.ray.address, self.key_file, self.tmp / "backends", ttl_s=TTL_S,
                         idle_after_s=IDLE_S, **kwargs)
         self.nodes[name] = node
-        return node.wait_ready()
+        node.wait_ready()
+        deadline = time.monotonic() + 10
+        while node.node_id not in {n["node_id"] for n in self.status()} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(TTL_S / 3 + 0.3)  # every node renewed since: it is in their view too
+        return node
 
     def user(self, name: str, *, home: str | None = None) -> dict[str, str]:
         """A new user, added with `hero user add` on node a's data dir (the registry is in the shared store)."""
@@ -185,6 +190,62 @@ def test_sixteen_concurrent_first_messages_across_nodes_give_one_activation(clus
     assert len({served_by(a) for a in answers}) == 1
     assert activations() - before == 1
     assert len(messages(nodes[1], user["token"])) == 32  # every turn's writes landed
+
+
+def test_a_frozen_host_is_not_waited_for_the_agent_answers_from_another_node(cluster: Cluster) -> None:
+    c = cluster.nodes["c"]
+    user = cluster.user("frozen", home=f"{os.uname().nodename}:{c.port}")
+    assert served_by(chat(cluster.nodes["a"], user["token"], "before")) == c.node_id
+    assert c.pid is not None
+    os.kill(c.pid, signal.SIGSTOP)  # alive to the kernel (its socket still accepts), silent to everyone
+    try:
+        started = time.monotonic()
+        again = chat(cluster.nodes["a"], user["token"], "after")
+        took = time.monotonic() - started
+    finally:
+        os.kill(c.pid, signal.SIGCONT)
+    assert (again.status_code, reply_text(again)) == (200, "echo after"), again.text
+    assert served_by(again) != c.node_id
+    assert took <= TTL_S + TTL_S / 3 + 2.0  # its lease lapses, this node's view drops it at its next renewal
+    assert messages(cluster.nodes["a"], user["token"]) == ["before", "echo before", "after", "echo after"]
+    deadline = time.monotonic() + 3 * TTL_S
+    while c.node_id not in {n["node_id"] for n in cluster.status()} and time.monotonic() < deadline:
+        time.sleep(0.3)  # thawed, it renews and rejoins (having lost the agent)
+    assert c.node_id in {n["node_id"] for n in cluster.status()}
+    assert reply_text(chat(c, user["token"], "thawed")) == "echo thawed"  # it serves again, from wherever it runs
+
+
+def test_a_node_over_its_power_budget_gets_no_new_agents_and_hands_its_idle_ones_off(cluster: Cluster) -> None:
+    base = (Path(__file__).resolve().parents[2] / "hardware" / "zos-edge-60w.toml").read_text()
+    profile = cluster.tmp / "hot.toml"  # its budget is below what it draws idle: always over
+    profile.write_text("\n".join(line for line in base.splitlines() if not line.startswith("budget_w"))
+                       + "\nbudget_w = " + str(_idle_w(base) + 0.5) + "\n")
+    hot = cluster.start("hot", settings=f'profile = "{profile}"', power="early_hibernate_after_s = 1")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(
+            n["node_id"] == hot.node_id and n.get("over_budget") for n in cluster.status()):
+        time.sleep(0.5)
+    newcomer = cluster.user("newcomer")
+    assert served_by(chat(hot, newcomer["token"], "hi")) != hot.node_id  # placed where there is headroom
+    settler = cluster.user("settler")
+    direct = httpx.post(hot.url + "/v1/chat/completions", trust_env=False, timeout=60, json={
+        "model": "hero", "messages": [{"role": "user", "content": "here"}]},
+        headers={"Authorization": f"Bearer {settler['token']}", "x-hero-routed": "test"})  # answered right here
+    assert (direct.status_code, served_by(direct)) == (200, hot.node_id)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(
+            settler["agent_id"] in n["agents"] for n in cluster.status() if n["node_id"] == hot.node_id):
+        time.sleep(0.5)  # idle on a node over its budget: hibernated early, its lease given back
+    moved = chat(hot, settler["token"], "where now?")
+    assert (moved.status_code, reply_text(moved)) == (200, "echo where now?")
+    assert served_by(moved) != hot.node_id
+    assert messages(hot, settler["token"]) == ["here", "echo here", "where now?", "echo where now?"]
+    hot.stop()
+    del cluster.nodes["hot"]
+
+
+def _idle_w(profile: str) -> float:
+    return float(next(line.split("=")[1] for line in profile.splitlines() if line.startswith("idle_w")))
 
 
 def test_kill_9_of_the_host_the_agent_answers_from_another_node_with_its_history_and_its_timer_fires(
