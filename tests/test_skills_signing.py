@@ -136,6 +136,21 @@ def test_skill_new_then_test_pass_on_a_fresh_scaffold_in_under_10_seconds(tmp_pa
     assert bad.returncode == 2 and bad.stderr.startswith("hero: skill name 'Hello!'")
 
 
+@pytest.mark.model
+def test_skill_test_with_model_runs_the_real_default_model(tmp_path: Path) -> None:
+    hero_cli("skill", "new", "hello", "--dir", str(tmp_path))
+    (tmp_path / "hello" / "tests" / "test_model.py").write_text(
+        "from hero.skills.testing import local_agent\n\n\n"
+        "async def test_the_model_answers():\n"
+        "    async with local_agent() as agent:\n"
+        "        assert type(agent.llm).__name__ == 'LLMService'\n"
+        "        assert await agent.chat('hello there')\n")
+    scripted = hero_cli("skill", "test", str(tmp_path / "hello"), check=False)
+    assert scripted.returncode != 0 and "1 failed, 2 passed" in scripted.stdout, scripted.stdout
+    real = hero_cli("skill", "test", str(tmp_path / "hello"), "--model")
+    assert "3 passed" in real.stdout, real.stdout + real.stderr
+
+
 def test_sign_trust_install_and_list_from_the_command_line(tmp_path: Path) -> None:
     data = tmp_path / "data"
     key_file = tmp_path / "dev.key"
