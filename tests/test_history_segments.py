@@ -14,9 +14,12 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+import pytest
+
+from hero.chat import segments
 from hero.chat.agent import ChatAgent
 from hero.chat.histories import Histories
-from hero.chat.segments import KEEP_OPEN, SEGMENT_ENTRIES, segment_name
+from hero.chat.segments import KEEP_OPEN, segment_name
 from hero.identity import NodeKeys
 from hero.runtime.activation import HEAD_VERSIONS, PRUNE_SLACK
 from hero.runtime.events import ChatMessage, Event, Reply
@@ -29,6 +32,12 @@ from tests.doubles import ScriptedLLM
 from tests.store.helpers import stored_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
+SEGMENT_ENTRIES = 64  # segments this small here (the node's are larger), so tests cross many seals quickly
+
+
+@pytest.fixture(autouse=True)
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segments, "SEGMENT_ENTRIES", SEGMENT_ENTRIES)
 
 
 class Echo(ChatAgent):
@@ -205,7 +214,7 @@ async def test_hero_storage_migrate_moves_old_agents_and_is_idempotent(tmp_path:
     data = tmp_path / "data"
     store = await open_store(data)
     agent = new_agent()
-    entries = await store_old_layout(store, agent, 400)
+    entries = await store_old_layout(store, agent, 2_500)  # the CLI cuts with the node's own bounds
     await store.aclose()
     first = json.loads(hero_cli("storage", "migrate", "--data", str(data), "--json").stdout)
     again = json.loads(hero_cli("storage", "migrate", "--data", str(data), "--json").stdout)
@@ -268,8 +277,10 @@ CRASHER = """
 import asyncio, os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from tests.test_history_segments import Recording, node_over, turns
+from tests.test_history_segments import SEGMENT_ENTRIES, Recording, node_over, turns
 from tests.store.helpers import open_store
+import hero.chat.segments
+hero.chat.segments.SEGMENT_ENTRIES = SEGMENT_ENTRIES  # as the test that restarts it
 
 class KillAfterSeal(Recording):
     async def put(self, key, data, *, epoch, expect=None):

@@ -34,8 +34,8 @@ from hero.errors import HeroError
 log = logging.getLogger("hero.chat")
 
 SLOT = "history"  # the state's key for the history's head
-SEGMENT_ENTRIES = 128  # a sealed segment holds at most this many entries …
-SEGMENT_BYTES = 64 << 10  # … or the fewest whose JSON reaches this size
+SEGMENT_ENTRIES = 1024  # a sealed segment holds at most this many entries …
+SEGMENT_BYTES = 128 << 10  # … or the fewest whose JSON reaches this size
 KEEP_OPEN = 1  # entries always left in the open segment after a seal (the newest, maybe not yet written)
 WARM = 64  # newest entries an agent in memory keeps for its prompts, from the newest segment if the open is short
 HEAD_HASHES = 4  # hashes of the newest sealed segments the head keeps (older ones are chained in the segments)

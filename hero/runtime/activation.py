@@ -78,6 +78,7 @@ class Activation:
     head_version: int = 0  # the version of the head last written or read
     pruned_at: int = 0  # the head version the last prune kept from (0: none since activation)
     pruning: bool = False
+    prune_again: bool = False
 
 
 # Builds an activated agent from its id, lease and decoded state (the node wires the context's services).
@@ -284,24 +285,32 @@ class Activations:
         return await self.store.get(agent_key(agent_id, name))
 
     def prune_head(self, act: Activation) -> None:
-        """Drop old versions of the agent's head in the background (one prune per agent at a time)."""
-        if (act.pruning or self.closing or not isinstance(self.store, VersionPruning)
-                or act.head_version <= self.head_versions):
-            return  # at shutdown the next activation's writes prune it
+        """Drop old versions of the agent's head in the background: one prune per agent at a time, and one asked
+        for while another runs goes after it (the one at hibernation must see the last write)."""
+        if self.closing or not isinstance(self.store, VersionPruning) or act.head_version <= self.head_versions:
+            return  # at shutdown: the next activation's writes prune it
+        if act.pruning:
+            act.prune_again = True
+            return
         act.pruning = True
         self._spawn(self._prune(act), f"prune:{act.agent_id[:8]}")
 
     async def _prune(self, act: Activation) -> None:
         assert isinstance(self.store, VersionPruning)
-        keep_from = act.head_version
         try:
-            removed = await self.store.prune(state_key(act.agent_id), self.head_versions)
-        except HeroError as exc:  # a backend down: the next prune tries again
-            log.warning("agent %s: old versions of its state not pruned: %s", act.agent_id[:12], exc.message)
-        else:
-            act.pruned_at = keep_from
-            if removed:
-                log.debug("agent %s: %d old versions of its state pruned", act.agent_id[:12], removed)
+            while True:
+                act.prune_again = False
+                keep_from = act.head_version
+                try:
+                    removed = await self.store.prune(state_key(act.agent_id), self.head_versions)
+                except HeroError as exc:  # a backend down: the next prune tries again
+                    log.warning("agent %s: old versions of its state not pruned: %s", act.agent_id[:12], exc.message)
+                    return
+                act.pruned_at = keep_from
+                if removed:
+                    log.debug("agent %s: %d old versions of its state pruned", act.agent_id[:12], removed)
+                if not act.prune_again:
+                    return
         finally:
             act.pruning = False
 
