@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hero.clibase import open_users
 from hero.errors import UsageError
 from hero.nodelock import NodeLock
 from hero.users import Registry
@@ -31,8 +32,6 @@ def add_delete_parser(user: Any, data_arg: Any) -> None:
 
 
 def cmd_user_delete(args: argparse.Namespace) -> int:
-    from hero.cli import open_users
-
     if not args.purge:
         raise UsageError(f"deleting {args.name!r} deletes their agent and all its data for good: add --purge")
     data = Path(args.data)
