@@ -268,6 +268,9 @@ async def test_an_unreadable_segment_costs_that_range_only(store, tmp_path: Path
         s for s in range(1, 1_003) if not SEGMENT_ENTRIES < s <= 2 * SEGMENT_ENTRIES]
     page = await Histories(node).page(agent, limit=10, before=2 * SEGMENT_ENTRIES + 5)
     assert [e.kind for e in page.entries][-5:] == ["missing", "chat", "chat", "chat", "chat"] and page.has_more
+    inside = await Histories(node).page(agent, limit=3, before=SEGMENT_ENTRIES + 10)  # `before` in the lost range
+    assert [(e.seq, e.kind) for e in inside.entries] == [
+        (SEGMENT_ENTRIES - 1, "chat"), (SEGMENT_ENTRIES, "chat"), (SEGMENT_ENTRIES + 1, "missing")]
     assert (await (await node.deliver(agent, ChatMessage("still here"))).text()) == ""  # the agent keeps working
     assert (await Histories(node).entries(agent))[-1].content == "echo still here"
     await node.aclose()

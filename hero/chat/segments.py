@@ -185,8 +185,15 @@ class Segments:
         probe = min(high, max(low, -(-seq // SEGMENT_ENTRIES)))
         while low < high:
             segment = await self.get(probe)
-            if segment is None:  # cannot say which side: step down from the top
-                high = probe if probe < high else high - 1
+            if segment is None:  # unreadable: its neighbours say whether `seq` was in it
+                lower = await self.get(probe - 1) if probe > 1 else None
+                upper = await self.get(probe + 1) if probe < self.count else None
+                if lower is not None and lower.last >= seq:
+                    high = probe - 1
+                elif upper is not None and upper.first <= seq:
+                    low = probe + 1
+                else:
+                    return probe
             elif segment.first > seq:
                 high = probe - 1
             elif segment.last < seq:
