@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from hero.chat.agent import ChatAgent
+from hero.chat.segments import SEGMENT_ENTRIES
 from hero.errors import HeroError
 from hero.identity import NodeKeys
 from hero.nodelock import NodeLock
@@ -202,7 +203,7 @@ async def test_delete_me_leaves_nothing_of_the_agent_and_the_node_forgets_it(tmp
         operator = operator_token(config.data_dir)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{config.port}", timeout=60) as http:
             await chat(http, alice["token"], "note the door code is 4711")
-            await chat(http, alice["token"], "bulk 700")  # sealed history segments too, not only the head
+            await chat(http, alice["token"], f"bulk {2 * SEGMENT_ENTRIES + 1}")  # sealed segments, not just a head
             await chat(http, bob["token"], "hello from bob")
             await parts.node.hibernate(alice["agent_id"])
             await chat(http, alice["token"], "awake again")  # in memory when deleted
