@@ -110,6 +110,18 @@ async def test_eight_agents_at_once_each_get_the_reply_they_would_get_alone(llm:
     assert llm.stats.steps - steps < steps_alone / 2  # they really were decoded together
 
 
+async def test_a_caller_that_falls_behind_gets_the_waiting_text_in_one_delta(llm: LLMService):
+    """A slow consumer (a busy event loop, a slow client) is not handed one delta per decode step it missed."""
+    alone = await ask(llm, agent(300), PROMPTS[0], 24)
+    deltas = []
+    async for delta in llm.stream(agent(301), [{"role": "user", "content": PROMPTS[0]}], max_tokens=24):
+        deltas.append(delta)
+        if len(deltas) == 1:
+            await until(lambda: llm.running == 0)  # the reply ends while this caller is away
+    assert "".join(deltas) == alone
+    assert len(deltas) == 2
+
+
 async def test_a_long_reply_does_not_starve_a_short_one(llm: LLMService):
     finished: list[str] = []
 

@@ -45,6 +45,7 @@ class Model:
         self.eos = C.llama_vocab_eos(self.vocab)
         self.eot = C.llama_vocab_eot(self.vocab)
         self._pieces: list[bytes | None] = [None] * self.n_vocab
+        self._eog = bytearray(self.n_vocab)  # per token: 0 not asked yet, 1 no, 2 yes (one C call a token saved)
         texts = (C.llama_vocab_get_text(self.vocab, t) or b"" for t in range(self.n_vocab))
         self.max_piece_bytes = max(1, max(len(text) for text in texts))  # bounds the bytes one token covers
 
@@ -97,7 +98,10 @@ class Model:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="ignore")
 
     def is_eog(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_eog(self.vocab, token))
+        known = self._eog[token]
+        if not known:
+            known = self._eog[token] = 2 if C.llama_vocab_is_eog(self.vocab, token) else 1
+        return known == 2
 
 
 @dataclass

@@ -243,13 +243,21 @@ class LLMService:
             raise self._overloaded() from None  # filled up while the prompt was being built
         self.requests_total += 1
         try:
+            held: object = None
             while True:
-                item = await job.out.get()
+                item, held = (held if held is not None else await job.out.get()), None
                 if item is END:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item  # type: ignore[misc]
+                text = str(item)
+                while not job.out.empty():  # a caller that fell behind gets one delta, not one per step
+                    more = job.out.get_nowait()
+                    if not isinstance(more, str):
+                        held = more
+                        break
+                    text += more
+                yield text
         finally:
             job.cancelled = True
             self._queue.remove(agent_id, job)
