@@ -79,6 +79,7 @@ class Phase:
     cpu_s: float
     ttft: list[float]
     per_request_tps: list[float]
+    inference_cpu_s: float | None = None  # of cpu_s, the inference thread's and its compute threads'
 
     @property
     def aggregate_tps(self) -> float:
@@ -98,6 +99,8 @@ class Phase:
             "ttft_p50_s": round(pct(self.ttft, 50), 3) if self.ttft else None,
             "ttft_p99_s": round(pct(self.ttft, 99), 3) if self.ttft else None,
             "cpu_s_per_1k_tokens": round(self.cpu_per_1k, 2),
+            "inference_cpu_s_per_1k_tokens": (round(1000 * self.inference_cpu_s / self.tokens, 2)
+                                              if self.inference_cpu_s is not None and self.tokens else None),
         }
 
 
@@ -230,6 +233,17 @@ class HeroNode:
         t = self.ps.cpu_times()
         return t.user + t.system
 
+    def inference_cpu(self) -> float:
+        """CPU-seconds of the node's inference thread and the compute threads it started (all named hero-llm)."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                if (task / "comm").read_text().strip() == "hero-llm":
+                    total += int((task / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+        return total / 1e9
+
     def close(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
@@ -266,13 +280,13 @@ async def hero_phase(node: HeroNode, concurrency: int, rounds: int, max_tokens: 
 
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(base_url=node.url, timeout=600, limits=limits) as http:
-        cpu, wall = node.cpu(), time.perf_counter()
+        cpu, inference, wall = node.cpu(), node.inference_cpu(), time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        wall, cpu = time.perf_counter() - wall, node.cpu() - cpu
+        wall, cpu, inference = time.perf_counter() - wall, node.cpu() - cpu, node.inference_cpu() - inference
     ttft = [r[0] for r in results]
     rates = [(n - 1) / (end - (start + t)) for t, end, n, start in results if n > 1 and end > start + t]
     return Phase(f"hero: {concurrency} concurrent agents", len(results), sum(r[2] for r in results), wall, cpu,
-                 ttft, rates)
+                 ttft, rates, inference)
 
 
 # ---- prompt reuse over a 20-turn conversation ----
@@ -415,6 +429,10 @@ def report(runs: dict[str, list[Phase]], args: argparse.Namespace, max_tokens: i
     print(f"8 agents vs 1 agent, aggregate: {ratios['hero8_vs_hero1_aggregate']:.2f}  [target >= 1.5]")
     print(f"TTFT p99, 8 agents vs 1 agent: {ratios['ttft_p99_hero8_vs_hero1']:.2f}  [target <= 1.5]")
     print(f"CPU-s per 1k tokens, 1/4/8/16 agents: {' / '.join(f'{c:.2f}' for c in cpu_falls)}  [target: falling]")
+    inference = [r[f"hero{c}"]["inference_cpu_s_per_1k_tokens"] for c in CONCURRENCY]
+    print(f"... of which the inference thread: {' / '.join(f'{c:.2f}' for c in inference)}  (ceiling 1 / 8 / 16: "
+          f"{r['ceiling1']['cpu_s_per_1k_tokens']:.2f} / {r['ceiling8']['cpu_s_per_1k_tokens']:.2f} / "
+          f"{r['ceiling16']['cpu_s_per_1k_tokens']:.2f})")
 
 
 if __name__ == "__main__":
