@@ -8,10 +8,13 @@ the cluster key can run code on the cluster. Ray is imported here, and only when
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import socket
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 
 from hero.cluster.key import ClusterKey
 from hero.errors import UsageError
@@ -45,16 +48,31 @@ def connect(address: str, key: ClusterKey, *, env: Mapping[str, str] | None = No
     if ray.is_initialized():
         return
     try:
-        ray.init(
-            address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=log_to_driver,
-            configure_logging=False,
-        )
+        with _quiet_stderr():  # Ray's C++ client logs each retry of a refused join: our error says it once
+            ray.init(
+                address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                configure_logging=False,
+            )
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-        detail = str(exc).split(".")[0].strip() or type(exc).__name__
+        detail = re.split(r"\.(?:\s|$)", str(exc).strip())[0].strip() or type(exc).__name__  # its first sentence
         raise UsageError(
             f"cannot join the Ray cluster at {address}: {detail} (is it running, and started with this cluster "
             "key's token? see hero cluster ray-start)"
         ) from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 goes nowhere while the block runs (native code writes there, not to sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def disconnect() -> None:

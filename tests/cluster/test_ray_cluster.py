@@ -327,9 +327,9 @@ def test_a_host_nobody_can_reach_is_a_503_with_retry_after_within_the_bound(clus
 
 def test_a_node_that_cannot_reach_the_cluster_says_so_with_a_503(cluster: Cluster) -> None:
     user = cluster.user("cutoff")
-    raylet = cluster.ray.cluster.head_node.all_processes["raylet"][0].process.pid
-    directory = [p for p in psutil.Process(raylet).children(recursive=True)
-                 if "_DirectoryActor" in " ".join(p.cmdline())]
+    raylets = [node.all_processes["raylet"][0].process.pid for node in cluster.ray.cluster.list_all_nodes()]
+    directory = [p for raylet in raylets for p in psutil.Process(raylet).children(recursive=True)
+                 if "_DirectoryActor" in " ".join(p.cmdline())]  # on whichever Ray node it runs
     assert len(directory) == 1
     directory[0].send_signal(signal.SIGSTOP)
     try:
@@ -338,3 +338,22 @@ def test_a_node_that_cannot_reach_the_cluster_says_so_with_a_503(cluster: Cluste
         directory[0].send_signal(signal.SIGCONT)
     assert response.status_code == 503, response.text
     assert "cluster directory" in response.json()["error"]["message"] and response.headers["retry-after"]
+
+
+def test_the_cluster_refuses_a_process_without_its_key(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    other = cluster.tmp / "other.key"
+    ClusterKey.generate().write(other)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "HERO_CLUSTER"))}
+    for args in (["cluster", "status", "--ray", cluster.ray.address, "--cluster-key", str(other)],
+                 ["up", "--ray", cluster.ray.address, "--data", str(cluster.tmp / "keyless"), "--no-overlay"]):
+        done = subprocess.run([sys.executable, "-m", "hero.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
+        assert ("cannot join the Ray cluster at " + cluster.ray.address in done.stderr
+                or "needs the cluster's key" in done.stderr), done.stderr
