@@ -196,6 +196,42 @@ def test_manifest_signature_detects_tampering_and_unknown_signers(tmp_path):
         manifest.open_manifest(b"garbage" * 20, {keys.node_id})
 
 
+def _signed(body: dict, keys: NodeKeys) -> bytes:
+    import json
+    import struct
+
+    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    head = manifest.MANIFEST_MAGIC + struct.pack(">I", len(payload)) + payload
+    return head + keys.sign(head)
+
+
+def test_a_manifest_keeps_fragment_hashes_as_raw_bytes_and_format_1_manifests_still_open(tmp_path):
+    keys = NodeKeys.load_or_create(tmp_path)
+    rnd = random.Random(7)
+    seg = manifest.SegmentRecord(40_000, True, os.urandom(24), 40_016,
+                                 tuple(rnd.randbytes(32).hex() for _ in range(20)),
+                                 tuple(f"local-{i:02d}" for i in range(20)))
+    record = manifest.Manifest(OID, 1, 1, 1.7e9, None, keys.node_id, 40_000, 16, 4, "isa_l_rs_cauchy", 3,
+                               os.urandom(33), os.urandom(24), (seg,))
+    blob = manifest.sign_manifest(record, keys)
+    assert manifest.open_manifest(blob, {keys.node_id}) == record
+    # As written before (format 1: hex, one [hash, place] pair a fragment), signed then: opens as the same record.
+    old = {**record.to_json(), "format": 1}
+    old["segments"] = [{**{k: v for k, v in s.items() if k not in ("hashes", "places")},
+                        "frags": [[h, p] for h, p in zip(seg.hashes, seg.places, strict=True)]}
+                       for s in old["segments"]]
+    assert manifest.open_manifest(_signed(old, keys), {keys.node_id}) == record
+    # Stored on 5 replicas for every object version: with the hashes raw it is a quarter smaller than in hex.
+    assert len(blob) < 1_800 and len(blob) < 0.8 * len(_signed(old, keys))
+    # Hashes cut short, not base64, or places that do not match them: malformed, not a crash.
+    for broken in ({"hashes": old["segments"][0]["frags"][0][0]}, {"hashes": "%%%"},
+                   {"places": ["local-00"]}):
+        body = record.to_json()
+        body["segments"] = [{**body["segments"][0], **broken}]
+        with pytest.raises(IntegrityError, match="malformed"):
+            manifest.open_manifest(_signed(body, keys), {keys.node_id})
+
+
 def test_placement_patches_have_a_magic_of_their_own_and_patches_signed_before_still_open(tmp_path):
     from hero.store import packformat
 
