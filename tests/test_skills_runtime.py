@@ -4,6 +4,7 @@ enforced, a raising and a hanging skill, quotas, slash commands and /help, specs
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -147,6 +148,7 @@ async def test_bad_tool_calls_from_the_model_are_clear_errors_and_the_agent_goes
         return {1, 2}
     """
     folder = write_skill(tmp_path, "odd", code)
+    caplog.set_level(logging.INFO, logger="hero.agents")
     async with local_agent([*SHIPPED, folder]) as agent:  # the scripted model writes what no grammar would let by
         agent.llm.replies = [
             '{"tool": "calc.evaluate", "arguments": {"expression": 5}}',
