@@ -60,6 +60,7 @@ class Recording:
         self.data_dir = store.data_dir
         self.puts: list[tuple[str, int, float]] = []
         self.read_bytes = 0
+        self.gets: list[str] = []  # keys read by `get`, in order
 
     async def put(self, key: str, data: bytes, *, epoch: int, expect: int | None = None) -> Version:
         began = time.perf_counter()
@@ -70,6 +71,7 @@ class Recording:
     async def get(self, key: str, version: int | None = None) -> bytes:
         data = await self.store.get(key, version)
         self.read_bytes += len(data)
+        self.gets.append(key)
         return data
 
     async def latest(self, key: str) -> tuple[Version, bytes] | None:
@@ -102,9 +104,10 @@ def backend_bytes(store: QSS) -> int:
     return sum(f.stat().st_size for f in (store.data_dir / "backends").rglob("*") if f.is_file())
 
 
-def head_bound() -> int:
-    """The largest head of `Echo`: a full open segment of its entries (short ones, under 100 bytes each)."""
-    return (SEGMENT_ENTRIES + KEEP_OPEN + 2) * 100
+def head_bound(messages: int = 0) -> int:
+    """The largest head of `Echo`: a full open segment of its entries (short ones, under 100 bytes each), and
+    the first seq of each sealed segment (at most 8 bytes for each `SEGMENT_ENTRIES` of `messages`)."""
+    return (SEGMENT_ENTRIES + KEEP_OPEN + 2) * 100 + 8 * (messages // SEGMENT_ENTRIES + 1)
 
 
 def old_entries(count: int) -> list[dict[str, Any]]:
@@ -144,7 +147,7 @@ async def test_a_turn_writes_and_activation_reads_the_same_bounded_bytes_at_10_a
     per_turn_small, _, latency_small = figures[small]
     per_turn_large, max_large, latency_large = figures[large]
     assert per_turn_large <= 1.2 * per_turn_small, figures  # bytes the backends took, per turn
-    assert max_large <= head_bound(), figures  # the head is bounded, whatever the history's length
+    assert max_large <= head_bound(10_200), figures  # a full open segment and an integer a sealed one
     assert latency_large <= 2.0 * latency_small, figures  # within the noise of a shared machine
 
     for agent in (small, large):
@@ -152,7 +155,7 @@ async def test_a_turn_writes_and_activation_reads_the_same_bounded_bytes_at_10_a
     recording.read_bytes = 0
     await turns(node, large, 1)
     history_bytes = sum(len(json.dumps(e)) for e in old_entries(10_000))
-    assert recording.read_bytes <= 2 * head_bound() < history_bytes // 20  # the head and one segment (`WARM`)
+    assert recording.read_bytes <= 2 * head_bound(10_200) < history_bytes // 20  # the head and one segment (`WARM`)
     assert len(await Histories(node).entries(large)) == 10_000 + 2 * (window + 2)
     await node.aclose()
 
@@ -187,6 +190,65 @@ async def test_paging_returns_every_message_once_in_order_reading_segments_lazil
     everywhere = await chat.search(agent, "topic12", limit=100)
     assert [e.seq for e in everywhere] == list(range(2922, 0, -97))
     await node.aclose()
+
+
+def uneven_entries(count: int) -> list[dict[str, Any]]:
+    """Entries of uneven length (20 to 620 characters), so segments sealed by size hold uneven counts."""
+    return [{"seq": i, "role": "user" if i % 2 else "assistant", "content": f"m{i} " + "x" * ((i * 37) % 600),
+             "ts": 1_700_000_000.0 + i, "kind": "chat"} for i in range(1, count + 1)]
+
+
+async def test_a_page_from_a_deep_before_reads_at_most_two_segments(store, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(segments, "SEGMENT_BYTES", 4 << 10)  # sealed by size: 10 to 40 entries a segment
+    recording = Recording(store)
+    node = node_over(recording, idle_after_s=3600)
+    agent = new_agent()
+    entries = uneven_entries(3_000)
+    await store.put(state_key(agent), json.dumps({"history": entries, "skills": {}}).encode(), epoch=1)
+    await turns(node, agent, 1)  # activated: migrated into 100+ segments
+    assert await node.hibernate(agent)
+    chat = Histories(node)
+    for before in (2_950, 2_000, 1_234, 500, 77, 12):
+        recording.gets.clear()
+        page = await chat.page(agent, limit=10, before=before)
+        assert [e.seq for e in page.entries] == list(range(max(1, before - 10), before))
+        assert [e.to_json() for e in page.entries] == entries[max(0, before - 11) : before - 1]
+        sealed = [key for key in recording.gets if "/history/" in key]
+        assert len(sealed) <= 2, (before, sealed)  # the segment `before` falls in, and the one before it
+    await node.aclose()
+
+
+@pytest.mark.parametrize("recorded", ["all", "newest", "none"])
+async def test_before_finds_its_segment_whatever_the_head_records_of_first_seqs(recorded: str,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    """Heads sealed before they recorded each segment's first seq (or only the newest ones') still page right."""
+    from hero.chat.segments import Segments, migrate, seal, sealable
+
+    monkeypatch.setattr(segments, "SEGMENT_BYTES", 2 << 10)
+    entries = uneven_entries(600)
+    head, seals = migrate(entries[:400])
+    if recorded != "all":
+        del head["firsts"]  # as sealed by the first segment layout
+    if recorded == "newest":
+        head["open"].extend(entries[400:])
+        while count := sealable(head["open"]):
+            seals.append(seal(head, count))
+        assert 0 < len(head["firsts"]) < head["count"]
+    stored = dict(seals)
+    reads: list[str] = []
+
+    async def load(name: str) -> bytes:
+        reads.append(name)
+        return stored[name]
+
+    reader = Segments("agent", head, load)
+    by_segment = {name: json.loads(data) for name, data in seals}
+    for seq in range(1, head["last_seq"] + 1, 7):
+        reads.clear()
+        found = by_segment[segment_name(await reader.locate(seq))]
+        assert found["first"] <= seq <= found["last"]
+        if recorded == "all":
+            assert reads == []  # straight from the head
 
 
 async def test_migration_keeps_every_message_and_resumes_after_a_crash_half_way(store):

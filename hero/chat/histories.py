@@ -4,15 +4,15 @@ Reading never activates an agent: the head comes from the agent's live state
 when it is in memory, else from its stored state (through the runtime's
 `read_state`, which says when the agent is damaged), and sealed segments are
 read one at a time through `read_sealed`, newest first for a page, so a page
-costs the segments it shows (plus a few probes to find where `before` falls),
-never the whole history. A segment that cannot be read is one `missing` entry
+costs the segments it shows (the head records each segment's first seq, so
+`before` maps straight to its segment), never the whole history. A segment that cannot be read is one `missing` entry
 naming its range; the rest of the history reads as usual.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -49,7 +49,7 @@ class Histories:
         """The agent's whole history, oldest first (tests and small tools; `stream` for a large one)."""
         return [entry async for entry in self.stream(agent_id)]
 
-    async def stream(self, agent_id: str) -> AsyncIterator[HistoryEntry]:
+    async def stream(self, agent_id: str) -> AsyncGenerator[HistoryEntry, None]:
         """Every entry, oldest first, one sealed segment in memory at a time (an export of a huge history)."""
         open_entries, segments = await self._open(agent_id)
         async for entry in segments.oldest_first():
@@ -116,10 +116,11 @@ class Histories:
     async def _open(self, agent_id: str) -> tuple[list[dict[str, Any]], Segments]:
         """The open entries (a copy: a live agent's turns go on adding) and a reader of the sealed segments."""
         head, in_memory = stored_head(await self._agents.read_state(agent_id))
-        sealed = {key: head[key] for key in ("count", "last_seq", "hashes")}
+        sealed = {"count": head["count"], "last_seq": head["last_seq"], "hashes": list(head["hashes"]),
+                  "firsts": list(head.get("firsts", []))}
 
         async def load(name: str) -> bytes:
             data = in_memory.get(name)
             return data if data is not None else await self._agents.read_sealed(agent_id, name)
 
-        return list(head["open"]), Segments(agent_id, {**sealed, "hashes": list(sealed["hashes"])}, load)
+        return list(head["open"]), Segments(agent_id, sealed, load)

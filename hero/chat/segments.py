@@ -4,10 +4,12 @@ New entries go to the open segment, kept in the head (`state["history"]`, writte
 every turn). Once the open segment's oldest entries fill a segment (a count or a
 size bound) with a newer entry after them (`KEEP_OPEN`: a seal never holds an
 entry no head has written yet), those oldest entries are sealed: written once, as their own immutable object
-`agent/<id>/history/<n>`, and the head keeps only a bounded record of them (how
-many, the last sealed seq, the hashes of the newest few). So a turn writes a
-bounded number of bytes whatever the history's length, and reading the history
-reads segments one at a time, newest first for pages, oldest first for an export.
+`agent/<id>/history/<n>`, and the head keeps only a small record of them (how
+many, the last sealed seq, the hashes of the newest few, and each one's first seq:
+one integer a segment of up to `SEGMENT_ENTRIES` entries, so a page from any
+`before` goes straight to its segment). So a turn writes a bounded number of bytes
+whatever the history's length, and reading the history reads segments one at a
+time, newest first for pages, oldest first for an export.
 
 Which entries are sealed depends only on the open segment's oldest entries (the
 smallest prefix that reaches `SEGMENT_ENTRIES` or `SEGMENT_BYTES`), and a segment's
@@ -20,6 +22,7 @@ entry) is cut into the same segments on first activation (`migrate`).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,7 +51,7 @@ def segment_name(n: int) -> str:
 
 
 def new_head() -> dict[str, Any]:
-    return {"open": [], "count": 0, "sealed_entries": 0, "last_seq": 0, "hashes": []}
+    return {"open": [], "count": 0, "sealed_entries": 0, "last_seq": 0, "hashes": [], "firsts": []}
 
 
 def is_head(value: object) -> bool:
@@ -88,7 +91,7 @@ def seal(head: dict[str, Any], count: int) -> tuple[str, bytes]:
     hashes: list[str] = head["hashes"]
     data = encode_segment(n, entries, hashes[-1] if hashes else "")
     head.update(count=n, sealed_entries=head["sealed_entries"] + len(entries), last_seq=entries[-1]["seq"],
-                hashes=[*hashes, digest(data)][-HEAD_HASHES:])
+                hashes=[*hashes, digest(data)][-HEAD_HASHES:], firsts=[*head.get("firsts", []), entries[0]["seq"]])
     return segment_name(n), data
 
 
@@ -139,6 +142,10 @@ class Segments:
         self.last_seq: int = head["last_seq"]
         hashes: list[str] = head["hashes"]
         self._known = {self.count - len(hashes) + 1 + i: h for i, h in enumerate(hashes)}
+        # The first seq of segments `_first_n` … `count`: all of them, but for segments sealed before heads
+        # recorded it (those are found by a search that reads segments).
+        self._firsts: list[int] = list(head.get("firsts", []))[-self.count :] if self.count else []
+        self._first_n = self.count - len(self._firsts) + 1
         self._load = load
         self._read: dict[int, Segment | None] = {}  # this reader's segments, so a page reads each once
 
@@ -161,8 +168,14 @@ class Segments:
         self._read[n] = segment
         return segment
 
+    def _first(self, n: int) -> int | None:
+        return self._firsts[n - self._first_n] if self._first_n <= n <= self.count else None
+
     async def gap(self, n: int) -> HistoryEntry:
-        """The entry standing for unreadable segment `n`: its range from its neighbours."""
+        """The entry standing for unreadable segment `n`: its range from the head, else from its neighbours."""
+        first, after = self._first(n), self.last_seq + 1 if n == self.count else self._first(n + 1)
+        if first is not None and after is not None:
+            return gap_entry(first, max(first, after - 1), n)
         lower = await self.get(n - 1) if n > 1 else None
         upper = await self.get(n + 1) if n < self.count else None
         first = lower.last + 1 if lower is not None else (1 if n == 1 else 0)
@@ -179,9 +192,14 @@ class Segments:
         return [HistoryEntry.from_json(item) for item in segment.entries]
 
     async def locate(self, seq: int) -> int:
-        """The segment that holds `seq` (or the newest one before it): a guess from the count bound, then a
-        binary search; each probe reads one segment."""
-        low, high = 1, self.count
+        """The segment that holds `seq` (or the newest one before it), from the first seqs the head records:
+        no segment read. Among segments sealed before heads recorded them: a guess from the count bound, then
+        a binary search, each probe reading one segment."""
+        if self._firsts and seq >= self._firsts[0]:
+            return self._first_n + bisect.bisect_right(self._firsts, seq) - 1
+        low, high = 1, self._first_n - 1
+        if high < low:
+            return 1
         probe = min(high, max(low, -(-seq // SEGMENT_ENTRIES)))
         while low < high:
             segment = await self.get(probe)

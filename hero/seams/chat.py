@@ -2,12 +2,13 @@
 
 `hero.chat.histories.Histories` implements it; reading never activates an agent. The history is
 kept as append-only segments (`hero.chat.segments`): `page` reads the segments the page shows, newest
-first (and a few probes to find where `before` falls), never the whole history.
+first (the head says which segment `before` falls in), never the whole history; `stream` reads each
+segment once, oldest first (an export).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hero.errors import HeroError
@@ -62,8 +63,9 @@ class ChatHistories(Protocol):
         """The newest `limit` entries older than `before` (every entry if None), oldest first."""
         ...
 
-    def stream(self, agent_id: str) -> AsyncIterator[Entry]:
-        """Every entry, oldest first, read one sealed segment at a time (never the whole history in memory).
+    def stream(self, agent_id: str) -> AsyncGenerator[Entry, None]:
+        """Every entry, oldest first, read one sealed segment at a time (never the whole history in memory); the
+        head is read at the first entry, so what is added after that is not in it. Close it if you stop early.
 
         A segment that cannot be read is one entry of kind `missing` naming its range; the rest streams on."""
         ...

@@ -1,10 +1,10 @@
 """The user's data is theirs: `GET /api/me/export` (all of it as one JSON document) and `DELETE /api/me`.
 
-The export is streamed: its history is read a page at a time through the chat seam and
-never held whole. A first pass pages back from the newest entry and keeps only where each
-page begins (one integer a page); the second reads those pages again, oldest first, and
-writes each out as it comes. The history is the one it was when the export began: entries
-added meanwhile are in the next export, never half in this one.
+The export is streamed: its history is read oldest first through the chat seam's `stream`,
+one sealed segment at a time, each segment read once, and written out `EXPORT_PAGE` entries
+a piece, so it is never held whole. The history is the one it was when the export began (the
+stream reads the head once, before the answer starts): entries added meanwhile are in the
+next export, never half in this one.
 
 Deleting asks for `confirm=<your user name>`, so a stray request (or a stolen token used
 carelessly) cannot erase a life's history by itself.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from starlette.requests import Request
@@ -22,42 +23,31 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from hero.errors import BadRequest, InvalidField, Unavailable
-from hero.seams.chat import ChatHistories
+from hero.seams.chat import Entry
 from hero.web.auth import require_user
 from hero.web.parts import parts
 
-EXPORT_PAGE = 500  # history entries read, and written out, at a time
+EXPORT_PAGE = 500  # history entries written out at a time
 FORMAT = "hero-export/1"
 
 
-async def history_bounds(chat: ChatHistories, agent_id: str, *, page: int = EXPORT_PAGE) -> list[int]:
-    """Where each page of the history ends (its `before`), newest page first: one integer a page is all that is
-    kept. The first bound is one past the newest entry, so what is added meanwhile stays out."""
-    first = await chat.page(agent_id, limit=page)
-    if not first.entries:
-        return []
-    bounds = [first.entries[-1].seq + 1]
-    cursor = first.next_before if first.has_more else None
-    while cursor is not None:
-        bounds.append(cursor)
-        older = await chat.page(agent_id, limit=page, before=cursor)
-        cursor = older.next_before if older.has_more else None
-    return bounds
-
-
-async def history_json(chat: ChatHistories, agent_id: str, bounds: list[int], *, page: int = EXPORT_PAGE,
+async def history_json(entries: AsyncIterator[Entry], *, page: int = EXPORT_PAGE,
                        counted: list[int] | None = None) -> AsyncIterator[str]:
-    """The history as the members of a JSON array, oldest first, one piece a page."""
+    """`entries` as the members of a JSON array, `page` entries a piece."""
+    batch: list[str] = []
     first = True
-    for before in reversed(bounds):
-        entries = (await chat.page(agent_id, limit=page, before=before)).entries
-        if not entries:
-            continue
-        text = ",".join(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) for e in entries)
-        yield text if first else "," + text
-        first = False
+    async for entry in entries:
+        batch.append(json.dumps(entry.to_json(), ensure_ascii=False, separators=(",", ":")))
+        if len(batch) == page:
+            yield ("" if first else ",") + ",".join(batch)
+            first = False
+            if counted is not None:
+                counted[0] += len(batch)
+            batch = []
+    if batch:
+        yield ("" if first else ",") + ",".join(batch)
         if counted is not None:
-            counted[0] += len(entries)
+            counted[0] += len(batch)
 
 
 async def export(request: Request) -> Response:
@@ -66,20 +56,32 @@ async def export(request: Request) -> Response:
     if edge.data is None:
         raise Unavailable("this node cannot export user data")
     chat, agent_id = edge.chat, claims.sub
-    bounds = await history_bounds(chat, agent_id)  # before the answer starts: a damaged agent is a clean error
-    head = {
-        "format": FORMAT,
-        "exported": round(time.time(), 3),
-        "user": {"name": claims.name, "agent_id": agent_id},
-        **(await edge.data.skill_state(agent_id)),
-    }
+    entries = chat.stream(agent_id)
+    try:  # the head is read before the answer starts: a damaged agent is a clean error
+        oldest = await anext(entries, None)
+        head = {
+            "format": FORMAT,
+            "exported": round(time.time(), 3),
+            "user": {"name": claims.name, "agent_id": agent_id},
+            **(await edge.data.skill_state(agent_id)),
+        }
+    except BaseException:
+        await entries.aclose()
+        raise
+
+    async def history() -> AsyncIterator[Entry]:
+        if oldest is not None:
+            yield oldest
+            async for entry in entries:
+                yield entry
 
     async def body() -> AsyncIterator[str]:
-        yield json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1] + ',"history":['
-        counted = [0]
-        async for piece in history_json(chat, agent_id, bounds, counted=counted):
-            yield piece
-        yield f'],"history_count":{counted[0]}}}'
+        async with aclosing(entries):
+            yield json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1] + ',"history":['
+            counted = [0]
+            async for piece in history_json(history(), counted=counted):
+                yield piece
+            yield f'],"history_count":{counted[0]}}}'
 
     filename = f"hero-export-{claims.name}.json"
     return StreamingResponse(
