@@ -43,7 +43,10 @@ def connect(address: str, key: ClusterKey, *, env: Mapping[str, str] | None = No
         raise UsageError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
     os.environ.update(auth_env(key))
     os.environ.update(env or {})
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("Ray is not installed: pip install 'hero[cluster]' (or ray>=2.60)") from None
 
     if ray.is_initialized():
         return
