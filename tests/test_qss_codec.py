@@ -232,6 +232,22 @@ def test_a_manifest_keeps_fragment_hashes_as_raw_bytes_and_format_1_manifests_st
             manifest.open_manifest(_signed(body, keys), {keys.node_id})
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    segments=st.lists(
+        st.tuples(st.lists(st.binary(min_size=32, max_size=32), min_size=20, max_size=20),
+                  st.lists(st.text(max_size=12), min_size=20, max_size=20)),
+        min_size=1, max_size=4),
+)
+def test_a_signed_manifest_opens_as_the_record_it_was_for_any_hashes_and_places(tmp_path_factory, segments):
+    keys = NodeKeys.load_or_create(tmp_path_factory.getbasetemp() / "manifest-keys")
+    records = tuple(manifest.SegmentRecord(1000 + i, bool(i % 2), bytes(24), 1016 + i, tuple(h.hex() for h in hashes),
+                                           tuple(places)) for i, (hashes, places) in enumerate(segments))
+    record = manifest.Manifest(OID, 2, 1, 1.7e9, "ab" * 32, keys.node_id, 4000, 16, 4, "isa_l_rs_cauchy", 3,
+                               bytes(33), bytes(24), records)
+    assert manifest.open_manifest(manifest.sign_manifest(record, keys), {keys.node_id}) == record
+
+
 def test_placement_patches_have_a_magic_of_their_own_and_patches_signed_before_still_open(tmp_path):
     from hero.store import packformat
 
