@@ -9,7 +9,9 @@ Three parts, each printing its figures and a ratio against its baseline:
             a Ping (the runtime's dispatch alone: the baseline), a plain chat turn answered by the stand-in
             model (history, persist, skills' prompt lines, the tools' grammar), a slash command of the
             bench skill (`/ok`: history, persist, one call in a skill worker), and `/call bench.echo {...}`
-            (the same, plus the arguments checked against the tool's schema). p50/p99 per event.
+            (the same, plus the arguments checked against the tool's schema). p50/p99 per event. Then another
+            agent's `/ok` alone (`beside_calm`) and while this agent's skill burns CPU for 4 s in its worker
+            thread (`beside_burning`): what a CPU-bound skill costs other agents through the GIL.
   worker    one call of a trivial function: directly, through `asyncio.to_thread`, and through the skill
             runner (a worker thread with its own loop, a time limit, thread CPU charged): the runner's
             overhead over a plain thread hop.
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.assistant import SYSTEM  # noqa: E402
+from hero.identity import UserKey  # noqa: E402
 from hero.runtime.events import ChatMessage, Ping  # noqa: E402
 from hero.skills.grammar import gbnf, tools_prompt  # noqa: E402
 from hero.skills.registry import SkillRegistry, shipped_dir  # noqa: E402
@@ -48,6 +51,14 @@ BENCH_SKILL = '''from hero.skills import SkillContext, command, tool
 @command("ok")
 def ok(ctx: SkillContext, text: str) -> str:
     return "ok"
+
+@command("burn")
+def burn(ctx: SkillContext, text: str) -> str:
+    import time
+    until = time.monotonic() + float(text)
+    while time.monotonic() < until:
+        pass
+    return "burnt"
 
 @tool
 def echo(ctx: SkillContext, x: int, label: str = "") -> dict:
@@ -100,6 +111,18 @@ async def dispatch(n: int) -> list[dict[str, Any]]:
                 rounds["plain"] += await timed(agent, lambda i: ChatMessage(f"tell me something {i}"), n // 3)
                 rounds["slash"] += await timed(agent, lambda i: ChatMessage("/ok"), n // 3)
                 rounds["call"] += await timed(agent, lambda i: ChatMessage(f'/call bench.echo {{"x": {i}}}'), n // 3)
+            # another agent's slash commands while this agent's skill burns CPU in its worker thread (the GIL)
+            other = LocalAgent(agent.node, UserKey.generate().agent_id, agent.llm)
+            await timed(other, lambda i: ChatMessage("/ok"), 3)  # activated, its spec recorded
+            for _ in range(3):
+                rounds.setdefault("beside_calm", []).extend(await timed(other, lambda i: ChatMessage("/ok"), n // 6))
+                burning = asyncio.ensure_future(agent.chat("/burn 4", timeout_s=60))
+                await asyncio.sleep(0.05)
+                beside: list[float] = []
+                while not burning.done():
+                    beside += await timed(other, lambda i: ChatMessage("/ok"), 1)
+                rounds.setdefault("beside_burning", []).extend(beside[:-1])  # the last may outlive the burn
+                assert await burning == "burnt"
     return [figure(f"dispatch.{k}", v) for k, v in rounds.items()]
 
 
@@ -217,6 +240,9 @@ async def main() -> None:
     print(f"slash command / Ping      {ratio(by, 'dispatch.slash', 'dispatch.ping')} (p50)")
     print(f"slash command / plain turn {ratio(by, 'dispatch.slash', 'dispatch.plain')} (p50)")
     print(f"/call tool / slash command {ratio(by, 'dispatch.call', 'dispatch.slash')} (p50)")
+    print(f"another agent's slash command beside a CPU-bound skill / calm "
+          f"{ratio(by, 'dispatch.beside_burning', 'dispatch.beside_calm')} (p50), "
+          f"{ratio(by, 'dispatch.beside_burning', 'dispatch.beside_calm', 'p99_ms')} (p99)")
     print(f"skill runner / to_thread   {ratio(by, 'worker.runner_sync', 'worker.to_thread')} sync, "
           f"{ratio(by, 'worker.runner_async', 'worker.to_thread')} async (p50)")
     if "grammar.grammar" in by:
