@@ -211,7 +211,7 @@ def test_unknown_profile_lists_the_available_ones(tmp_path):
         ([], "missing command: up, user, operator, agents, storage, calibrate"),
         (["user"], "user: missing action: add, list, revoke, token"),
         (["operator"], "operator: missing action: token"),
-        (["storage"], "storage: missing action: put, get, versions, keys, status, scrub, gc, serve"),
+        (["storage"], "storage: missing action: put, get, versions, keys, status, scrub, gc, migrate, serve"),
     ],
 )
 def test_a_missing_command_is_one_usage_line(args, needle):
