@@ -1,9 +1,10 @@
 """Activation and hibernation: which agents are in memory, loading them on demand, writing them back when idle.
 
-An agent is activated by its first event: its spec is verified (the skills part
-says whether it may run; a refused one is never built), its state is read from the store, a
+An agent is activated by its first event: its state is read from the store, a
 lease taken (its epoch above every epoch already in the store, so older owners
-are fenced out) and the agent object built; concurrent first events share one
+are fenced out), its spec verified under that lease (the skills part says whether
+it may run; a refused one is never built; only the holder makes a default spec)
+and the agent object built; concurrent first events share one
 activation. After `idle_after_s` seconds without an event it hibernates: its
 state goes to the store, the object and its task are dropped, the lease is
 released (or kept for its durable timers: `leases.py`). Nothing polls: one loop
@@ -171,11 +172,11 @@ class Activations:
         damage = self._damaged.get(agent_id)
         if damage is not None and damage.part == TIMERS:
             await self._timers.load(agent_id)  # the retry: raises AgentDamaged while still unreadable
-        if self._verifier is not None:
-            await self._verify(agent_id)
         floor, raw, state, repaired, version = await self._read(agent_id)
         lease, lapsed = await self._leases.acquire(agent_id, floor=floor)
         try:
+            if self._verifier is not None:  # under the lease: one node makes and records a default spec
+                await self._verify(agent_id)
             if lapsed:  # its last owner vanished: what it wrote last may have landed after we read
                 _, raw, state, repaired, version = await self._read(agent_id)
                 await self._timers.load(agent_id)

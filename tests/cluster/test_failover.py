@@ -4,6 +4,7 @@ one activation per agent, leases that lapse, fencing, failover with history, tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -104,3 +105,30 @@ async def test_a_timer_of_a_dead_node_fires_on_another(tmp_path: Path) -> None:
                 break
         assert b.stats.timers_fired == 1 and a.stats.timers_fired == 0
         assert [e.content for e in await history(b, agent)][-1] == "timer wake"
+
+
+class CountingVerifier:
+    """The runtime's spec verifier seam, counting who asks: a default spec is made by whoever verifies first."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def verify(self, agent_id: str) -> None:
+        self.asked.append(agent_id)
+        await asyncio.sleep(0.01)  # a store round trip: the other nodes' first events arrive meanwhile
+
+
+async def test_only_the_node_that_wins_the_lease_verifies_the_agents_spec(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 3) as nodes:
+        verifiers = [CountingVerifier() for _ in nodes]
+        for node, verifier in zip(nodes, verifiers, strict=True):
+            node._activations._verifier = verifier
+        agent = new_agent()
+
+        async def send(i: int) -> None:
+            with contextlib.suppress(LeaseHeld):
+                await (await nodes[i % 3].deliver(agent, ChatMessage(f"m{i}"))).text()
+
+        await asyncio.gather(*(send(i) for i in range(16)))
+        host = next(i for i, n in enumerate(nodes) if n.is_active(agent))
+        assert [len(v.asked) for v in verifiers] == [1 if i == host else 0 for i in range(3)]
