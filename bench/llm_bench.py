@@ -297,9 +297,11 @@ TURNS = [f"Tell me one short fact about the number {n}." for n in range(1, 21)]
 async def conversation(threads: int, mode: str, turns: int = 20) -> dict[str, Any]:
     """One agent's conversation through the LLM service; returns prompt tokens computed and their time.
 
-    `fresh`: every turn from a new agent id (nothing to reuse: the baseline); `resident`: the same agent,
-    its cells kept between turns; `restored`: the same agent, but two other agents take both sequences
-    between its turns, so its state is saved and restored each turn.
+    `fresh`: every turn from a new agent id, two other agents taking both sequences between turns (nothing
+    to reuse: the baseline; without them the new agent would take over the cells its predecessor left, which
+    hold the same conversation); `resident`: the same agent, its cells kept between turns; `restored`: the
+    same agent, the two others taking both sequences between its turns, so its state is saved and restored.
+    The two others share no prompt start with it or with each other (their own system prompts).
     """
     from hero.scheduler.llm import LLMService
 
@@ -323,9 +325,10 @@ async def conversation(threads: int, mode: str, turns: int = 20) -> dict[str, An
             prompt_s += (first or time.perf_counter()) - started
             computed += llm.stats.prompt_tokens - before
             history.append({"role": "assistant", "content": "".join(parts).strip()})
-            if mode == "restored":
-                for other in ("b", "c"):
-                    async for _ in llm.stream(other * 64, [{"role": "user", "content": "Say ok."}], max_tokens=2):
+            if mode != "resident":
+                for other, role in (("b", "Answer in French."), ("c", "Reply with one word.")):
+                    async for _ in llm.stream(other * 64, [{"role": "system", "content": role},
+                                                          {"role": "user", "content": "Say ok."}], max_tokens=2):
                         pass
         return {"mode": mode, "turns": turns, "prompt_tokens_last_turn": usage["prompt_tokens"],
                 "prompt_tokens_computed": computed, "time_to_first_token_s": round(prompt_s, 3),
