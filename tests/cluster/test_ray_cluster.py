@@ -134,6 +134,33 @@ def test_any_node_serves_any_user_from_the_node_hosting_the_agent(cluster: Clust
     assert {n["node_id"]: n["agents"] for n in shown["nodes"]}[host] == listed[host]
 
 
+def test_the_dashboard_shows_the_clusters_nodes(cluster: Cluster) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_browser import ARGS, CHROMIUM
+
+    a = cluster.nodes["a"]
+    operator = next(line.split("token=")[1] for line in a.lines if "Dashboard:" in line)
+    live = cluster.view()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{a.url}/dashboard?token={operator}")
+            card = page.get_by_role("region", name="Cluster nodes")
+            expect(card).to_be_visible(timeout=20_000)
+            rows = card.locator("tbody tr")
+            expect(rows).to_have_count(len(live))
+            expect(rows.filter(has_text="(this node)")).to_have_count(1)
+            for node in cluster.nodes.values():
+                expect(card).to_contain_text(node.url.removeprefix("http://"))
+            assert errors == []
+        finally:
+            browser.close()
+
+
 def test_the_event_stream_through_another_node_gets_the_agents_messages(cluster: Cluster) -> None:
     user = cluster.user("listener")
     host = served_by(chat(cluster.nodes["a"], user["token"], "hello"))
