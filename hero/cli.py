@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import sys
@@ -22,7 +23,8 @@ from hero.users import USER_TTL, Users
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=argv[0] if argv else None)
     try:
         args = parser.parse_args(argv)
         return args.func(args)
@@ -33,9 +35,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None) -> Parser:
+    """Every command; or, when `only` names a part's command, that part's alone, so `hero net up` imports
+    the overlay and not the store, skills or model stack."""
     parser = Parser(prog="hero", description="Hero: personal AI agents on a small edge node")
     sub = parser.add_subparsers(parser_class=Parser, metavar="COMMAND", required=True)
+    if only in EXTENSIONS:
+        _extension(EXTENSIONS[only])(sub)
+        return parser
+    from hero.net.cli import add_overlay_flags  # `hero up` takes `hero net up`'s flags
 
     up = sub.add_parser("up", help="run the node")
     data_arg(up)
@@ -47,10 +55,7 @@ def build_parser() -> Parser:
     up.add_argument("--profile", help="hardware profile name or TOML path (default zos-edge-60w)")
     up.add_argument("-v", "--verbose", action="store_true", help="log more")
     up.add_argument("--no-overlay", action="store_true", help="run no overlay node inside")
-    up.add_argument("--peers", nargs="*", metavar="tcp://HOST:PORT", help="overlay static peers")
-    up.add_argument("--tcp-listen-port", type=int, help="overlay TCP port (default 9651)")
-    up.add_argument("--api-addr", help="overlay message API HOST:PORT (default 127.0.0.1:8989)")
-    up.add_argument("--no-tun", action="store_true", help="overlay without a TUN device")
+    add_overlay_flags(up)
     up.add_argument("--overlay-daemon", metavar="URL",
                     help="ride a Mycelium daemon instead of running an overlay: its REST API, e.g. http://127.0.0.1:8989")
     up.add_argument("--ray", metavar="HOST:PORT", help="join the cluster whose Ray head is there (needs its key)")
@@ -107,22 +112,27 @@ def build_parser() -> Parser:
     agents.add_argument("--url", help="the running node (default http://HOST:PORT from the config)")
     agents.set_defaults(func=cmd_agents)
 
-    for extension in _extensions():
-        extension(sub)
+    for where in dict.fromkeys(EXTENSIONS.values()):
+        _extension(where)(sub)
     return parser
 
 
-def _extensions() -> list[Callable[[Any], None]]:
-    """Sub-commands contributed by parts (storage, power, net, cluster, bench)."""
-    from hero.bench.cli import add_bench_parser
-    from hero.cluster.cli import add_cluster_parser
-    from hero.net.cli import add_net_parser
-    from hero.power.cli import add_power_parser
-    from hero.skills.cli import add_skill_parser
-    from hero.store.cli import add_storage_parser
+# Sub-commands contributed by parts: command → the module and function that add it (in `hero --help` order).
+EXTENSIONS: dict[str, tuple[str, str]] = {
+    "storage": ("hero.store.cli", "add_storage_parser"),
+    "calibrate": ("hero.power.cli", "add_power_parser"),
+    "net": ("hero.net.cli", "add_net_parser"),
+    "cluster": ("hero.cluster.cli", "add_cluster_parser"),
+    "bench": ("hero.bench.cli", "add_bench_parser"),
+    "skill": ("hero.skills.cli", "add_skill_parser"),
+    "agent": ("hero.skills.cli", "add_skill_parser"),
+}
 
-    return [add_storage_parser, add_power_parser, add_net_parser, add_cluster_parser, add_bench_parser,
-            add_skill_parser]
+
+def _extension(where: tuple[str, str]) -> Callable[[Any], None]:
+    module, function = where
+    adder: Callable[[Any], None] = getattr(importlib.import_module(module), function)
+    return adder
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -155,6 +165,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         overlay_api=args.api_addr,
         overlay_peers=" ".join(args.peers) if args.peers is not None else None,
         overlay_tun="off" if args.no_tun else None,
+        overlay_key_file=args.key_file, overlay_tun_name=args.tun_name, overlay_tun_mtu=args.tun_mtu,
+        overlay_hello_interval_s=args.hello_interval,
         dev_skills=" ".join(str(p) for p in args.dev_skills) if args.dev_skills else None,
         ray=args.ray, cluster_key=args.cluster_key, lease_ttl_s=args.lease_ttl_s,
     )

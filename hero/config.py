@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hero.errors import UsageError
+from hero.net.tun import MAX_MTU, MIN_MTU, MTU
 from hero.power.config import PowerConfig, parse_power_table
 
 log = logging.getLogger("hero")
@@ -47,6 +48,10 @@ class NodeConfig:
     overlay_peers: str = ""  # static peers, space-separated tcp://HOST:PORT
     overlay_tun: str = "on"  # "off": the message overlay without a TUN device
     overlay_daemon: str = "http://127.0.0.1:8989"  # the Mycelium daemon's REST API, when overlay = "external"
+    overlay_key_file: str = ""  # the overlay's raw 32-byte X25519 secret, created if missing; "" = the node's own
+    overlay_tun_name: str = "hero0"
+    overlay_tun_mtu: int = MTU  # MIN_MTU..MAX_MTU
+    overlay_hello_interval_s: float = 0.5  # a peer is dead after 3 missed hellos
     cpu_parts_hz: float = 0.0  # > 0: sample the node's CPU by part at this rate (benchmarks); 0 = off
     agent: str = DEFAULT_AGENT  # the agent factory, `module:function` (hero.runtime.factory)
     dev_skills: str = ""  # dev mode: skill folders (space-separated), loaded unsigned and reloaded when changed
@@ -131,6 +136,12 @@ def _apply(config: NodeConfig, values: dict[str, Any], origin: str) -> NodeConfi
         raise UsageError(f"{origin}: spec_threshold must be >= 1")
     if result.overlay not in ("on", "off", "external"):
         raise UsageError(f"{origin}: overlay must be on, off or external")
+    if not 0 <= result.overlay_port < 65536:
+        raise UsageError(f"{origin}: overlay_port must be 0..65535")
+    if not MIN_MTU <= result.overlay_tun_mtu <= MAX_MTU:
+        raise UsageError(f"{origin}: overlay_tun_mtu must be {MIN_MTU}..{MAX_MTU}")
+    if not result.overlay_hello_interval_s > 0:
+        raise UsageError(f"{origin}: overlay_hello_interval_s must be > 0")
     if not result.lease_ttl_s >= 1:
         raise UsageError(f"{origin}: lease_ttl_s must be >= 1")
     return result

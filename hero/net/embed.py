@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 
 import nacl.signing
 
 from hero.config import NodeConfig
 from hero.errors import UsageError
 from hero.identity import NodeKeys
-from hero.net.address import Identity
+from hero.net.address import Identity, load_or_create_key
 from hero.net.agents import AgentBridge, Deliver
 from hero.net.external import ExternalOverlay
 from hero.net.overlay import Overlay
@@ -37,11 +38,17 @@ async def start_overlay(config: NodeConfig, keys: NodeKeys, bridge: AgentBridge,
     if config.overlay == "external":
         overlay = ExternalOverlay(config.overlay_daemon)
     else:
-        overlay = OverlayService(Identity(bytes(keys.overlay)), OverlaySettings(
+        identity = (load_or_create_key(Path(config.overlay_key_file)) if config.overlay_key_file
+                    else Identity(bytes(keys.overlay)))
+        overlay = OverlayService(identity, OverlaySettings(
             peers=tuple(config.overlay_peers.split()),
             tcp_listen_port=config.overlay_port,
             api_addr=config.overlay_api or None,
             tun=config.overlay_tun != "off",
+            tun_name=config.overlay_tun_name,
+            tun_mtu=config.overlay_tun_mtu,
+            hello_interval_s=config.overlay_hello_interval_s,
+            dead_after_s=3 * config.overlay_hello_interval_s,
         ))
         overlay.agents = bridge
         locator = overlay.node.agents
