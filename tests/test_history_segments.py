@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 
 from hero.chat import segments
-from hero.chat.agent import ChatAgent
 from hero.chat.histories import Histories
 from hero.chat.segments import KEEP_OPEN, segment_name
 from hero.identity import NodeKeys
 from hero.runtime.activation import HEAD_VERSIONS, PRUNE_SLACK
-from hero.runtime.events import ChatMessage, Event, Reply
+from hero.runtime.events import ChatMessage
 from hero.runtime.keys import agent_key, state_key
 from hero.runtime.node import Node
 from hero.seams.store import Version
 from hero.store.qss import QSS
+from tests import doubles
 from tests.conftest import hero_cli, new_agent
 from tests.doubles import ScriptedLLM
 from tests.store.helpers import stored_fragment
@@ -40,16 +40,10 @@ def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(segments, "SEGMENT_ENTRIES", SEGMENT_ENTRIES)
 
 
-class Echo(ChatAgent):
-    """A turn as the assistant does it: the user's entry persisted, then the answer persisted."""
+class Echo(doubles.Echo):
+    """A turn as the assistant does it (the user's entry persisted, then the answer), answering nothing aloud."""
 
-    async def handle(self, event: Event, reply: Reply) -> None:
-        if isinstance(event, ChatMessage):
-            self.history.add("user", event.text)
-            await self.ctx.persist()
-            reply.accept()
-            self.history.add("assistant", f"echo {event.text}")
-            await self.ctx.persist()
+    silent = True
 
 
 class Recording:

@@ -11,14 +11,17 @@ from hero.chat.agent import ChatAgent
 from hero.chat.histories import Histories
 from hero.errors import AgentError, StaleEpoch
 from hero.runtime.directory import Directory
-from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
+from hero.runtime.events import ChatMessage, Event, Ping, Reply
 from hero.runtime.keys import state_key, timers_key
 from tests.conftest import history, make_node, new_agent
+from tests.doubles import Echo
 
 
-class Recorder(ChatAgent):
+class Recorder(Echo):
     """Test agent: echoes chat, records turn overlap, raises on 'boom', sets a timer on 'timer <seconds> <name>'."""
 
+    sets_timers = True
+    think_s = 0.01
     running = 0
     overlap = 0
 
@@ -26,22 +29,9 @@ class Recorder(ChatAgent):
         Recorder.running += 1
         Recorder.overlap = max(Recorder.overlap, Recorder.running)
         try:
-            if isinstance(event, ChatMessage):
-                if event.text == "boom":
-                    raise ValueError("agent bug")
-                self.history.add("user", event.text)
-                await self.ctx.persist()
-                reply.accept()
-                if event.text.startswith("timer "):
-                    _, delay_s, name = event.text.split()
-                    await self.ctx.set_timer(float(delay_s), name)
-                await asyncio.sleep(0.01)
-                reply.write(f"echo {event.text}")
-                self.history.add("assistant", f"echo {event.text}")
-                await self.ctx.persist()
-            elif isinstance(event, TimerFired):
-                self.history.add("assistant", f"timer {event.name}", kind="reminder")
-                await self.ctx.persist()
+            if isinstance(event, ChatMessage) and event.text == "boom":
+                raise ValueError("agent bug")
+            await super().handle(event, reply)
         finally:
             Recorder.running -= 1
 

@@ -19,10 +19,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from hero.chat.agent import ChatAgent
-from hero.runtime.events import ChatMessage, Event, Reply
 from hero.web.openapi import routed
 from tests.conftest import add_user, auth, make_config, serving
+from tests.doubles import Echo
 
 EXAMPLES_PER_MODE = 20  # per operation, positive and negative: about 500 requests in all
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -59,21 +58,6 @@ async def test_openapi_json_describes_every_route_its_auth_and_errors(node):
     assert "Retry-After" in chat["responses"]["429"]["headers"]
     params = {p["name"] for p in doc["paths"]["/api/me/messages"]["get"]["parameters"]}
     assert params == {"limit", "before"}
-
-
-class Echo(ChatAgent):
-    """Keeps and answers each message without the LLM, so fuzzing spends its time on the HTTP edge."""
-
-    async def handle(self, event: Event, reply: Reply) -> None:
-        if isinstance(event, ChatMessage):
-            self.history.add("user", event.text)
-            await self.ctx.persist()
-            reply.accept()
-            reply.write(f"heard {len(event.text)} characters")
-            self.history.add("assistant", "heard")
-            await self.ctx.persist()
-        else:
-            reply.accept()
 
 
 def fuzz(base_url: str, doc: dict[str, Any], token_for: dict[str, Callable[[], str]]) -> tuple[int, list[str]]:

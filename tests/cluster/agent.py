@@ -3,22 +3,8 @@ the model, is under test), and sets a durable timer when asked ('timer <seconds>
 
 from __future__ import annotations
 
-from hero.chat.agent import ChatAgent
-from hero.runtime.events import ChatMessage, Event, Reply, TimerFired
+from tests import doubles
 
 
-class Echo(ChatAgent):
-    async def handle(self, event: Event, reply: Reply) -> None:
-        if isinstance(event, ChatMessage):
-            self.history.add("user", event.text)
-            await self.ctx.persist()
-            reply.accept()
-            if event.text.startswith("timer "):
-                _, delay_s, name = event.text.split()
-                await self.ctx.set_timer(float(delay_s), name)
-            reply.write(f"echo {event.text}")
-            self.history.add("assistant", f"echo {event.text}")
-            await self.ctx.persist()
-        elif isinstance(event, TimerFired):
-            self.history.add("assistant", f"timer {event.name}", kind="reminder")
-            await self.ctx.persist()
+class Echo(doubles.Echo):
+    sets_timers = True
