@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 from starlette.types import ASGIApp
 
+from hero.cluster.key import ClusterKey
 from hero.cluster.placement import place
 from hero.config import NodeConfig
 from hero.runtime.ray_directory import RayDirectory
@@ -56,7 +57,8 @@ class ClusterLink:
         parts.users.spend_shared = self.directory.spend_nonce
         parts.node.leases.shed = self.over_budget
         parts.app.state.cluster = self
-        self.gateway = Gateway(parts.app, self, parts.users, max_body=self.config.max_body_bytes)
+        route_key = ClusterKey.load(self.config.cluster_key).derive("hero-cluster/gateway-route")
+        self.gateway = Gateway(parts.app, self, parts.users, max_body=self.config.max_body_bytes, route_key=route_key)
         return self.gateway
 
     async def aclose(self) -> None:

@@ -5,7 +5,9 @@ A request that reaches a user's own agent (chat, `/api/me` and what is under it,
 first: if this node runs the agent, the app answers it here; if another node holds the agent's lease,
 the request goes there as it came (the same token: every node of a cluster verifies every token),
 and the answer, a stream included, comes back byte for byte; if no node holds it, placement picks the
-node it wakes on. A request this node sent on (`x-hero-routed`) is answered where it lands. A node that
+node it wakes on. A request a gateway of this cluster sent on carries a marker (`x-hero-routed`, an HMAC
+keyed from the cluster key: `hero.web.routemark`) and is answered where it lands; a marker a client made
+is dropped, and its request routed like any other. A node that
 cannot be reached is reported to the directory, which frees its agents at once if it is gone; the
 request waits for that, up to `failover_wait_s`, then is a 503 with Retry-After. An agent this node
 thought free but that another node took meanwhile (the app's 409 `lease_held`) is asked for again.
@@ -30,10 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hero.errors import HeroError, LeaseHeld, Unavailable
 from hero.seams.cluster import ClusterRouting
 from hero.seams.users import UserRegistry
+from hero.web.routemark import RouteMarker
 
 log = logging.getLogger("hero.web")
 
-ROUTED = b"x-hero-routed"  # set on a request a gateway sent on: it is answered where it lands
+ROUTED = b"x-hero-routed"  # the marker on a request a gateway sent on: it is answered where it lands
 NODE = b"x-hero-node"  # on an agent's answer: the node that ran it (an operator sees where a request went)
 AGENT_PATHS = ("/v1/chat/completions", "/api/me", "/mcp")
 EVENTS = "/api/me/events"
@@ -50,10 +53,12 @@ class _Moved(Exception):
 class Gateway:
     """ASGI middleware around the node's app."""
 
-    def __init__(self, app: ASGIApp, cluster: ClusterRouting, users: UserRegistry, *, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, cluster: ClusterRouting, users: UserRegistry, *, max_body: int,
+                 route_key: bytes) -> None:
         self.app = app
         self.cluster = cluster
         self.users = users
+        self.marker = RouteMarker(route_key, cluster.node_id)
         self.max_body = max_body
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), limits=httpx.Limits(
             max_connections=512, max_keepalive_connections=64), trust_env=False)
@@ -74,9 +79,14 @@ class Gateway:
         if agent_id is None:  # not a user's token: the app answers (401, 403…)
             await self.app(scope, receive, send)
             return
-        if ROUTED.decode() in headers:  # sent here by another node's gateway: answered here, whatever comes
-            await self._here(scope, receive, send, agent_id)
-            return
+        marker = headers.get(ROUTED.decode())
+        if marker is not None:
+            if self.marker.check(marker, scope["method"], path, agent_id):  # sent here by a gateway: answered here
+                await self._here(scope, receive, send, agent_id)
+                return
+            log.warning("gateway: dropped an x-hero-routed header no gateway of this cluster made (client %s)",
+                        (scope.get("client") or ("?",))[0])
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != ROUTED]}
         body, whole = await _read_body(receive, self.max_body)
         if not whole:  # too large: the app says so (413), here
             await self.app(scope, _replay(body, receive), send)
@@ -116,7 +126,7 @@ class Gateway:
                     self._owners.pop(agent_id, None)
                     continue
             node_id, url = target
-            outcome = await self._forward(scope, receive, send, node_id, url, body)
+            outcome = await self._forward(scope, receive, send, node_id, url, body, agent_id)
             if outcome == "answered":
                 self.forwarded += 1
                 return
@@ -201,7 +211,7 @@ class Gateway:
         await self.app(scope, receive, watch)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, node_id: str, url: str,
-                       body: bytes) -> str:
+                       body: bytes, agent_id: str) -> str:
         """Relay the request to `url` and its answer back: "answered"; or, with nothing sent yet, "unreachable"
         (no answer, or its node left the cluster while we waited: frozen, cut off) or "moved" (that node does
         not host the agent: 409 lease_held). A node that leaves mid-answer ends the answer there."""
@@ -209,7 +219,7 @@ class Gateway:
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP]
-        headers.append((ROUTED, self.cluster.node_id.encode()))
+        headers.append((ROUTED, self.marker.make(scope["method"], scope["path"], agent_id)))
         request = self.client.build_request(scope["method"], target, headers=headers, content=body)
         gone = asyncio.ensure_future(self.cluster.gone(node_id))
         try:
