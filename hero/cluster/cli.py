@@ -38,7 +38,8 @@ def add_cluster_parser(sub: Any) -> None:
     where.add_argument("--head", action="store_true", help="start the cluster's head")
     where.add_argument("--address", metavar="HOST:PORT", help="join the cluster whose head is there")
     start.add_argument("--port", type=int, default=6379, help="the head's port (default 6379)")
-    start.add_argument("--profile", help="hardware profile whose power budget the node offers (hero_watts)")
+    start.add_argument("--profile", help="the machine's hardware profile: the node offers its power budget "
+                       "(hero_watts) and its name (hero_profile:NAME); default: the default profile")
     start.add_argument("--block", action="store_true", help="stay in the foreground until stopped")
     start.add_argument("ray_args", nargs=argparse.REMAINDER, help="after --: more `ray start` arguments")
     start.set_defaults(func=cmd_ray_start)
@@ -89,10 +90,10 @@ def cmd_ray_start(args: argparse.Namespace) -> int:
         raise UsageError("the `ray` command is not installed (pip install ray)")
     command = [ray, "start", "--disable-usage-stats"]
     command += ["--head", f"--port={args.port}"] if args.head else [f"--address={args.address}"]
-    if args.profile:
-        from hero.power.profiles import load_profile
+    from hero.cluster.resources import node_resources
+    from hero.power.profiles import load_profile
 
-        command.append("--resources=" + json.dumps({"hero_watts": load_profile(args.profile).budget_w}))
+    command.append("--resources=" + json.dumps(node_resources(load_profile(args.profile))))
     if args.block:
         command.append("--block")
     command += [a for a in args.ray_args if a != "--"]

@@ -3,7 +3,8 @@ its store, its web API), never one actor per agent.
 
 `hero up --ray ADDRESS` joins the cluster (Ray's token authentication, the token derived from the
 cluster key), then asks Ray for one actor on this machine (`node:<ip>`), with the power budget of
-the node's hardware profile as its `hero_watts` when the cluster's nodes offer that resource. The
+the node's hardware profile as its `hero_watts`, and its profile, when this machine's Ray nodes offer them
+(`hero.cluster.resources`). The
 actor opens the node on its data dir, joins the cluster directory and serves the web API on
 `--port`, behind the gateway. The `hero up` process stays as its owner: Ctrl-C or SIGTERM stops the
 node cleanly (agents hibernate, leases go back, timers go to other nodes); if either process dies,
@@ -115,6 +116,7 @@ def serve_on_ray(config: NodeConfig, *, announce: Callable[[str], None]) -> None
 
     from hero.cluster.connect import connect
     from hero.cluster.key import ClusterKey
+    from hero.cluster.resources import actor_resources
     from hero.power.profiles import load_profile
     from hero.runtime.ray_directory import NAMESPACE, host_name
     from hero.server import check_config
@@ -124,9 +126,7 @@ def serve_on_ray(config: NodeConfig, *, announce: Callable[[str], None]) -> None
     config = replace(config, data_dir=Path(config.data_dir).resolve())
     node_id = NodeKeys.load_or_create(config.data_dir).node_id
     connect(config.ray, key, log_to_driver=True)
-    resources = {f"node:{ray.util.get_node_ip_address()}": 0.001}
-    if any("hero_watts" in n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")):
-        resources["hero_watts"] = load_profile(config.profile).budget_w
+    resources = actor_resources(load_profile(config.profile), ray.util.get_node_ip_address(), ray.nodes())
     actor: Any = ray.remote(HostActor)
     host = actor.options(
         name=host_name(node_id), namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, max_restarts=0,

@@ -18,7 +18,9 @@ import httpx
 
 from hero.cluster.connect import auth_env
 from hero.cluster.key import ClusterKey
+from hero.cluster.resources import WATTS, node_resources
 from hero.identity import NodeKeys
+from hero.power.profiles import load_profile
 from tests.conftest import ROOT, free_port
 
 AGENT = "tests.cluster.agent:Echo"
@@ -26,7 +28,8 @@ SHARED_BACKENDS = 6  # k=4 + m=2: small and quick; every node lists the same dir
 
 
 class RayCluster:
-    """`nodes` Ray nodes on this machine, each offering `watts` of hero_watts; `address` is the head's."""
+    """`nodes` Ray nodes on this machine, each offering `watts` of hero_watts and the default hardware profile;
+    `address` is the head's."""
 
     def __init__(self, key: ClusterKey, *, nodes: int = 2, watts: float = 60.0) -> None:
         self.key = key
@@ -41,7 +44,8 @@ class RayCluster:
             os.environ[name] = value
         from ray.cluster_utils import Cluster
 
-        args = {"num_cpus": 1, "resources": {"hero_watts": self.watts}, "object_store_memory": 80 << 20}
+        resources = {**node_resources(load_profile()), WATTS: self.watts}  # as `hero cluster ray-start` declares
+        args = {"num_cpus": 1, "resources": resources, "object_store_memory": 80 << 20}
         self.cluster = Cluster(initialize_head=True, connect=False, head_node_args={**args, "include_dashboard": False})
         for _ in range(self.nodes - 1):
             self.cluster.add_node(**args)

@@ -134,6 +134,18 @@ def test_any_node_serves_any_user_from_the_node_hosting_the_agent(cluster: Clust
     assert {n["node_id"]: n["agents"] for n in shown["nodes"]}[host] == listed[host]
 
 
+def test_a_routing_marker_a_client_sets_is_ignored(cluster: Cluster) -> None:
+    user = cluster.user("sneaky")
+    host = served_by(chat(cluster.nodes["a"], user["token"], "one"))
+    other = next(n for n in cluster.nodes.values() if n.node_id != host)
+    body = {"model": "hero", "messages": [{"role": "user", "content": "here, please"}]}
+    for forged in (other.node_id, f"{host}.{int(time.time() * 1000)}.{'0' * 64}"):  # a client cannot skip placement
+        response = httpx.post(other.url + "/v1/chat/completions", json=body, timeout=60, trust_env=False,
+                              headers={"Authorization": f"Bearer {user['token']}", "x-hero-routed": forged})
+        assert (response.status_code, served_by(response)) == (200, host), response.text
+    assert cluster.holders(user["agent_id"]) == [cluster.by_id(host).name]
+
+
 def test_the_dashboard_shows_the_clusters_nodes(cluster: Cluster) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -159,6 +171,49 @@ def test_the_dashboard_shows_the_clusters_nodes(cluster: Cluster) -> None:
             assert errors == []
         finally:
             browser.close()
+
+
+RESOURCES = """
+import json, sys, time
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+deadline = time.monotonic() + 60
+while not any(sys.argv[2] in n["Resources"] for n in ray.nodes() if n["Alive"]) and time.monotonic() < deadline:
+    time.sleep(0.5)
+print(json.dumps({"nodes": [n["Resources"] for n in ray.nodes() if n["Alive"]],
+                  "total": ray.cluster_resources(), "available": ray.available_resources()}))
+"""
+
+
+def test_ray_nodes_carry_their_hardware_profile_and_power_budget_and_host_actors_use_them(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    from hero.cluster.resources import WATTS, node_resources, profile_resource
+    from hero.power.profiles import load_profile
+    from tests.conftest import ROOT
+
+    small, default = load_profile("sbc-15w"), load_profile()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HERO_CLUSTER_KEY": str(cluster.key_file)}
+    host = cluster.ray.address.rpartition(":")[0]
+    joined = subprocess.Popen(  # a Ray node for a 15 W board, as an operator starts it
+        [sys.executable, "-m", "hero.cli", "cluster", "ray-start", "--address", cluster.ray.address, "--profile",
+         "sbc-15w", "--block", "--", "--num-cpus=0", f"--node-ip-address={host}", "--object-store-memory=80000000"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        done = subprocess.run([sys.executable, "-c", RESOURCES, cluster.ray.address, profile_resource(small)],
+                              capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        os.killpg(joined.pid, signal.SIGTERM)
+        joined.wait(timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout)
+    assert node_resources(small) == {WATTS: 15.0, "hero_profile:sbc-15w": 1.0}
+    assert any(r.get(WATTS) == 15.0 and r.get("hero_profile:sbc-15w") == 1.0 for r in seen["nodes"]), seen["nodes"]
+    hosts = len(cluster.view())  # every live Hero node's host actor holds its budget and its profile
+    total, available = seen["total"], seen["available"]
+    assert total[WATTS] - available[WATTS] == pytest.approx(hosts * default.budget_w)
+    assert total[profile_resource(default)] - available[profile_resource(default)] == pytest.approx(hosts * 0.001)
 
 
 def test_the_event_stream_through_another_node_gets_the_agents_messages(cluster: Cluster) -> None:
