@@ -82,12 +82,14 @@ class HeroNode:
 
     def __init__(self, tmp: Path, name: str, ray: str, key_file: Path, backends: Path, *, ttl_s: float = 3.0,
                  idle_after_s: float = 300.0, port: int | None = None, cluster_url: str = "", settings: str = "",
-                 power: str = "", data_dir: Path | None = None) -> None:
+                 power: str = "", data_dir: Path | None = None, storage: str = "") -> None:
         self.name = name
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data = data_dir or tmp / name
         shared_storage(self.data, backends)
+        if storage:  # the cluster's store is elsewhere (fragment servers)
+            (self.data / "storage.toml").write_text(storage)
         (self.data / "hero.toml").write_text(
             f'[node]\nagent = "{AGENT}"\ncluster_key = "{key_file}"\ncluster_url = "{cluster_url}"\n'
             f"idle_after_s = {idle_after_s}\nn_ctx = 512\nmax_tokens = 8\nllm_parallel = 1\n{settings}\n"
