@@ -25,6 +25,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from hero.identity import UserKey
 from hero.runtime.events import ChatMessage
 from hero.server import Parts
+from hero.web.app import STATIC
 from tests.conftest import ROOT, add_user, make_config, operator_token, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -460,6 +461,8 @@ async def test_pwa_manifest_service_worker_and_offline_shell(site: Site, browser
         )
         paths = {u.removeprefix(site.base) for u in cached}
         assert {"/", "/dashboard", "/static/chat.js", "/static/app.css", "/manifest.webmanifest"} <= paths
+        modules = {f"/static/{p.relative_to(STATIC)}" for p in STATIC.rglob("*.js") if p.name != "sw.js"}
+        assert modules <= paths, modules - paths  # every module the pages import works offline
         assert not any("token" in u for u in cached)  # sign-in links are never stored
         await page.context.set_offline(True)
         await page.reload()

@@ -1,9 +1,14 @@
 // The chat app: sign-in, history, streamed replies with stop, live events, the agent's power footprint.
+// Its parts: the message log (lib/messagelog.js), the power footprint (lib/footprint.js), QR sign-in (lib/scan.js).
 import {
-  ApiError, TokenStore, follow, fmtEnergyWh, fmtWatts, getJSON, readEvents, registerServiceWorker, request,
-  tokenFromInput,
+  ApiError, TokenStore, follow, getJSON, readEvents, registerServiceWorker, request, tokenFromInput,
 } from "./lib/api.js";
+import { showFootprint } from "./lib/footprint.js";
 import { signInWithKey } from "./lib/keylogin.js";
+import {
+  append, drop, followNewest, log, mark, messageElement, receive, resetLog, revealNewest, showEarlier, showPage,
+} from "./lib/messagelog.js";
+import { canScan, startScan, stopScan } from "./lib/scan.js";
 
 const $ = (id) => document.getElementById(id);
 const tokens = new TokenStore("hero.token");
@@ -12,15 +17,9 @@ const FOOTPRINT_MS = 10000;
 
 const state = {
   me: null,
-  lastSeq: 0,
-  oldestSeq: null,
-  bySeq: new Map(), // seq -> element
-  pendingUser: [], // our own messages not yet confirmed by the event stream: {el, text}
-  pendingReply: [], // our own replies (streaming or done) not yet confirmed
   sending: null, // AbortController of the reply being streamed
   events: null, // AbortController of the live event stream
   footprintTimer: null,
-  stick: true, // the log follows the newest message (until the reader scrolls up to older ones)
 };
 
 // ---------- views ----------
@@ -61,130 +60,15 @@ function setLive(kind) {
   el.textContent = { live: "Live", connecting: "Connecting…", offline: "Offline" }[kind] || kind;
 }
 
-// ---------- messages ----------
-
-const LABELS = {
-  user: "You said", assistant: "Your agent said", reminder: "Reminder from your agent", error: "Error",
-  stopped: "Your agent said (stopped)",
-};
-const MARKED = new Set(["reminder", "error", "stopped"]); // kinds with a style of their own (app.css)
-
-function messageElement({ role, content = "", kind = "chat", ts, seq }) {
-  const el = document.createElement("article");
-  el.className = `msg ${role === "user" ? "user" : "assistant"}`;
-  if (MARKED.has(kind)) el.classList.add(kind);
-  const label = document.createElement("span");
-  label.className = "visually-hidden";
-  label.textContent = (LABELS[kind] || LABELS[role] || role) + ": ";
-  const body = document.createElement("span");
-  body.className = "body";
-  body.textContent = content;
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  const time = document.createElement("time");
-  const when = ts ? new Date(ts * 1000) : new Date();
-  time.dateTime = when.toISOString();
-  time.textContent = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  meta.append(time);
-  el.append(label, body, meta);
-  if (seq) setSeq(el, seq);
-  return el;
-}
-
-/** Mark a reply of the live stream as the history has it (stopped, error): its style and its spoken label. */
-function mark(el, kind) {
-  el.classList.add(kind);
-  el.querySelector(".visually-hidden").textContent = LABELS[kind] + ": ";
-}
-
-function setSeq(el, seq) {
-  el.dataset.seq = String(seq);
-  state.bySeq.set(seq, el);
-  state.lastSeq = Math.max(state.lastSeq, seq);
-  if (state.oldestSeq === null || seq < state.oldestSeq) state.oldestSeq = seq;
-}
-
-// ---------- keeping the newest message in view ----------
-// The log follows its newest message unless the reader has scrolled up. Whatever changes the log's size
-// (the power footprint appearing above it, a banner, the phone's keyboard, the composer growing) or its
-// content (a new bubble, a streamed token, a reply marked stopped) brings the newest message back in view;
-// a check made before such a change ("were we near the bottom?") cannot see it, so observers do the work.
-
-function nearBottom() {
-  const log = $("log");
-  return log.scrollHeight - log.scrollTop - log.clientHeight < 80;
-}
-
-function scrollToNewest() {
-  const log = $("log");
-  log.scrollTop = log.scrollHeight;
-}
-
-function keepNewestInView() {
-  if (state.stick) scrollToNewest();
-}
-
-/** Load, send, stop and pushed messages always show the newest message, wherever the reader was. */
-function revealNewest() {
-  state.stick = true;
-  scrollToNewest();
-}
-
-function followNewest() {
-  const log = $("log");
-  // A scroll by the reader decides whether to follow; our own scrolls end at the bottom, so they keep it on.
-  log.addEventListener("scroll", () => { state.stick = nearBottom(); }, { passive: true });
-  new ResizeObserver(keepNewestInView).observe(log);
-  new MutationObserver(keepNewestInView).observe(log, { childList: true, subtree: true, characterData: true });
-}
-
-function append(el) {
-  $("empty").hidden = true;
-  $("log").append(el);
-  return el;
-}
-
-/** A message from the history or the event stream: confirm our own pending bubble, or add it (false: known). */
-function receive(m) {
-  if (state.bySeq.has(m.seq)) return false;
-  if (m.role === "user") {
-    const i = state.pendingUser.findIndex((p) => p.text === m.content);
-    if (i >= 0) {
-      const [p] = state.pendingUser.splice(i, 1);
-      setSeq(p.el, m.seq);
-      return true;
-    }
-  } else if (m.role === "assistant" && m.kind !== "reminder" && state.pendingReply.length) {
-    const p = state.pendingReply.shift();
-    p.final = true; // deltas still in flight must not be appended after the agent's final text
-    if (m.content || !p.el.querySelector(".body").textContent) p.el.querySelector(".body").textContent = m.content;
-    if (m.kind === "error" || m.kind === "stopped") mark(p.el, m.kind);
-    setSeq(p.el, m.seq);
-    return true;
-  }
-  append(messageElement(m));
-  return true;
-}
+// ---------- history ----------
 
 async function loadHistory() {
-  const page = await getJSON(tokens.get(), "/api/me/messages?limit=100");
-  for (const m of page.messages) receive(m);
-  $("more").hidden = !page.has_more;
-  $("empty").hidden = page.messages.length > 0;
-  revealNewest();
+  showPage(await getJSON(tokens.get(), "/api/me/messages?limit=100"));
 }
 
 async function loadEarlier() {
-  if (state.oldestSeq === null) return;
-  const log = $("log");
-  const before = log.scrollHeight;
-  const page = await getJSON(tokens.get(), `/api/me/messages?limit=100&before=${state.oldestSeq}`);
-  const older = document.createDocumentFragment();
-  for (const m of page.messages) if (!state.bySeq.has(m.seq)) older.append(messageElement(m));
-  state.stick = false; // the reader asked for older messages: stay with them
-  log.insertBefore(older, log.querySelector(".msg"));
-  $("more").hidden = !page.has_more;
-  log.scrollTop += log.scrollHeight - before; // keep the reader's place
+  if (log.oldestSeq === null) return;
+  showEarlier(await getJSON(tokens.get(), `/api/me/messages?limit=100&before=${log.oldestSeq}`));
 }
 
 // ---------- sending ----------
@@ -207,8 +91,8 @@ async function send() {
   const mine = { el: append(messageElement({ role: "user", content: text })), text };
   const reply = { el: append(messageElement({ role: "assistant" })), final: false };
   reply.el.classList.add("streaming");
-  state.pendingUser.push(mine);
-  state.pendingReply.push(reply);
+  log.pendingUser.push(mine);
+  log.pendingReply.push(reply);
   const body = reply.el.querySelector(".body");
   let accepted = false;
   try {
@@ -238,8 +122,8 @@ async function send() {
       revealNewest();
     } else if (!accepted) {
       // Nothing reached the agent: take the bubbles back, keep the text in the composer.
-      drop(mine, state.pendingUser);
-      drop(reply, state.pendingReply);
+      drop(mine, log.pendingUser);
+      drop(reply, log.pendingReply);
       if (err instanceof ApiError && err.status === 401) {
         showSignIn(err.message, { expired: true });
       } else if (err instanceof ApiError && err.status === 429) {
@@ -261,13 +145,6 @@ async function send() {
   }
 }
 
-function drop(item, list) {
-  const i = list.indexOf(item);
-  if (i >= 0) list.splice(i, 1);
-  item.el.remove();
-  if (!$("log").querySelector(".msg")) $("empty").hidden = false;
-}
-
 function stop() {
   state.sending?.abort();
 }
@@ -286,7 +163,7 @@ function connectEvents() {
   state.events = controller;
   follow("/api/me/events", {
     token: () => tokens.get(),
-    lastId: () => state.lastSeq,
+    lastId: () => log.lastSeq,
     signal: controller.signal,
     onState: setLive,
     onEvent: (ev) => {
@@ -299,21 +176,7 @@ function connectEvents() {
 async function refreshFootprint() {
   if (document.visibilityState !== "visible" || !tokens.get()) return;
   try {
-    const p = await getJSON(tokens.get(), "/api/me/power");
-    $("fp-watts").textContent = fmtWatts(p.watts);
-    $("fp-today").textContent = fmtEnergyWh(p.wh_today);
-    const avg = p.node_average?.watts;
-    $("fp-avg").textContent = fmtWatts(avg);
-    const cmp = $("fp-cmp");
-    if (avg > 0) {
-      const ratio = p.watts / avg;
-      cmp.dataset.level = ratio > 1.25 ? "high" : ratio < 0.8 ? "low" : "even";
-      cmp.textContent = ratio > 1.25 ? `${ratio.toFixed(1)}× the average`
-        : ratio < 0.8 ? "below the average" : "about the average";
-    } else {
-      cmp.textContent = "";
-    }
-    $("footprint").hidden = false;
+    showFootprint(await getJSON(tokens.get(), "/api/me/power"));
   } catch (err) {
     $("footprint").hidden = true; // this node does not meter power (404), or we are offline
     if (err instanceof ApiError && err.status === 401) showSignIn(err.message, { expired: true });
@@ -328,15 +191,6 @@ function stopSession() {
   state.sending?.abort();
   clearInterval(state.footprintTimer);
   state.footprintTimer = null;
-}
-
-function resetLog() {
-  for (const el of [...$("log").querySelectorAll(".msg")]) el.remove();
-  state.bySeq.clear();
-  state.pendingUser = [];
-  state.pendingReply = [];
-  state.lastSeq = 0;
-  state.oldestSeq = null;
 }
 
 async function start() {
@@ -388,40 +242,6 @@ async function signOut() {
   resetLog();
   if (token) request(token, "/api/auth/logout", { method: "POST" }).catch(() => {});
   showSignIn("");
-}
-
-// ---------- QR scanning (where the browser can: BarcodeDetector, e.g. Chrome on Android) ----------
-
-let scanStream = null;
-
-async function startScan() {
-  try {
-    const detector = new BarcodeDetector({ formats: ["qr_code"] });
-    scanStream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
-    const video = $("scan-video");
-    video.srcObject = scanStream;
-    $("scanner").hidden = false;
-    await video.play();
-    while (scanStream) {
-      const codes = await detector.detect(video).catch(() => []);
-      const token = codes.map((c) => tokenFromInput(c.rawValue)).find(Boolean);
-      if (token) {
-        stopScan();
-        await signInWithToken(token);
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  } catch (err) {
-    stopScan();
-    $("signin-error").textContent = `Cannot scan: ${err.message}. Paste the token instead.`;
-  }
-}
-
-function stopScan() {
-  scanStream?.getTracks().forEach((t) => t.stop());
-  scanStream = null;
-  $("scanner").hidden = true;
 }
 
 // ---------- wiring ----------
@@ -479,9 +299,11 @@ function wire() {
       }
     });
   }
-  if ("BarcodeDetector" in window && navigator.mediaDevices?.getUserMedia) {
+  if (canScan()) {
     $("scan").hidden = false;
-    $("scan").addEventListener("click", startScan);
+    $("scan").addEventListener("click", () => startScan(signInWithToken, (err) => {
+      $("signin-error").textContent = `Cannot scan: ${err.message}. Paste the token instead.`;
+    }));
     $("scan-cancel").addEventListener("click", stopScan);
   }
   document.addEventListener("visibilitychange", refreshFootprint);

@@ -1,7 +1,7 @@
 // Hero's service worker: the app shell works offline; live data (/api, /v1) always goes to the network.
 // Shell requests are network-first (a node on the LAN is fast and the pages stay fresh) with the cache
 // as the offline fallback. Bump VERSION when the list of shell files changes.
-const VERSION = "hero-shell-v2";
+const VERSION = "hero-shell-v3";
 const SHELL = [
   "/",
   "/dashboard",
@@ -13,6 +13,9 @@ const SHELL = [
   "/static/lib/keylogin.js",
   "/static/lib/chart.js",
   "/static/lib/panels.js",
+  "/static/lib/messagelog.js",
+  "/static/lib/footprint.js",
+  "/static/lib/scan.js",
   "/static/icons/icon.svg",
   "/static/icons/icon-192.png",
   "/static/icons/icon-512.png",
