@@ -98,7 +98,7 @@ BAD_CALLERS = {  # caller -> what the 401 must say
 }
 GOOD_CALLERS = {"user": "user", "other user": "user", "operator": "operator"}
 # Routes of optional parts this test node does not run: the right answer to a good caller is 404 naming the part.
-ABSENT_PARTS = {("GET", "/api/node/net"): "runs no overlay"}
+ABSENT_PARTS = {("GET", "/api/node/net"): "runs no overlay", ("GET", "/api/node/cluster"): "no cluster's member"}
 # Routes that destroy a user's data need a confirmation the matrix never gives: a good caller gets 400 naming it.
 UNCONFIRMED = {("DELETE", "/api/me"): "confirm"}
 
