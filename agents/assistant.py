@@ -6,9 +6,11 @@ append the user's message and persist it (the event is now accepted: it survives
 a crash), then a slash
 command (`/help`, `/call`, a skill's own), else the phrasings the skills
 understand, else a reply from the model, whose output is constrained to a valid
-call of one of the skills' tools or a plain answer; then append and persist the
-reply. A skill that fails or is refused costs that answer only: the user reads a
-one-line error, the operator the log.
+call of one of the skills' tools or a plain answer (in the model's own call
+syntax if its chat template has native tool calling, else Hero's JSON:
+hero/skills/native.py); then append and persist the reply. A skill that fails or
+is refused costs that answer only: the user reads a one-line error, the operator
+the log.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from hero.runtime.agent import AgentContext
 from hero.runtime.events import ApiRequest, ChatMessage, Event, OverlayMessage, Ping, Reply, TimerFired
 from hero.skills.agent import AgentSkills
 from hero.skills.context import slot
-from hero.skills.grammar import gbnf, parse, tools_prompt
+from hero.skills.grammar import tools_prompt
 from hero.skills.host import SkillHost, shipped_host
+from hero.skills.native import CallFormat, call_format
 from hero.skills.remote import RemoteTools
 
 log = logging.getLogger("hero.agents")
@@ -88,16 +91,23 @@ class Assistant(ChatAgent):
         await self.ctx.persist()
 
     async def model_reply(self, event: ChatMessage, reply: Reply, skills: AgentSkills) -> None:
-        """Stream the model's reply; if it is a tool call (constrained to a valid one), run the tool instead."""
+        """Stream the model's reply; if it is a tool call (constrained to a valid one), run the tool instead.
+
+        A model whose template has native tool calling gets the tools through the template and writes calls in
+        its own syntax; any other gets them in the system prompt and writes Hero's JSON call."""
         tools = skills.tools() if skills.resolved.spec.limits.get("tool_calls", "grammar") != "off" else []
+        form = call_format(self.ctx.llm.tool_syntax)
         options: dict[str, Any] = {"max_tokens": event.max_tokens, "temperature": event.temperature,
                                    "interactive": event.interactive}
         if tools:
-            options["grammar"] = gbnf(tools)
+            options["grammar"] = form.grammar(tools)
+            if form.native:
+                options["tools"] = form.specs(tools)
+        messages = await self.prompt(skills, [] if form.native else tools, event.text)
         parts: list[str] = []
         call = False
-        async for delta in self.ctx.stream_llm(await self.prompt(skills, tools, event.text), reply, **options):
-            if not parts and not call and delta.lstrip().startswith("{") and tools:
+        async for delta in self.ctx.stream_llm(messages, reply, **options):
+            if tools and not call and not "".join(parts).strip() and form.is_call(delta):
                 call = True
             parts.append(delta)
             if not call:
@@ -105,16 +115,16 @@ class Assistant(ChatAgent):
         reply.finish_reason = str(reply.usage.pop("finish_reason", "stop"))
         text = "".join(parts).strip()
         if call:
-            await self._say(reply, await self._run_call(skills, text))
+            await self._say(reply, await self._run_call(skills, form, text))
             return
         if text:  # a reply stopped before its first token leaves no entry, never an empty one
             self.history.add("assistant", text, kind="stopped" if reply.cancelled else "chat")
             await self.ctx.persist()
 
-    async def _run_call(self, skills: AgentSkills, text: str) -> str:
+    async def _run_call(self, skills: AgentSkills, form: CallFormat, text: str) -> str:
         try:
-            call = parse(text)
-            assert call is not None  # the text opens a JSON object
+            call = form.parse(text)
+            assert call is not None  # the text opens a call
             result = await skills.call_tool(call.tool, call.arguments, interactive=True)
         except HeroError as exc:
             log.info("agent %s: the model's tool call failed: %s", self.ctx.agent_id[:12], exc.message)

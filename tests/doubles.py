@@ -18,6 +18,7 @@ class ScriptedLLM:
         self.tokens = list(tokens)
         self.hold = hold
         self.prompts: list[list[dict[str, str]]] = []
+        self.tool_syntax = None  # no native tool calling: tool calls are Hero's JSON
 
     async def stream(
         self, agent_id: str, messages: list[dict[str, str]], *, should_stop: Callable[[], bool] | None = None,

@@ -31,6 +31,7 @@ from hero.scheduler.llamacpp import Context, Model
 from hero.scheduler.prompt import Prompt, PromptBuilder
 from hero.scheduler.sampling import Sampling, check_grammar
 from hero.scheduler.template import ChatTemplate
+from hero.seams.llm import ToolSyntax
 from hero.seams.power import Metering
 
 log = logging.getLogger("hero.llm")
@@ -95,6 +96,7 @@ class LLMService:
         self._loaded: _Loaded | None = None
         self._starts: OrderedDict[str, int] = OrderedDict()
         self._thread: threading.Thread | None = None
+        self.tool_syntax: ToolSyntax | None = None  # how the chat template writes a tool call; read at load
 
     # ---- what the node, the governor and the dashboard read ----
 
@@ -205,6 +207,7 @@ class LLMService:
         interactive: bool = True,
         sampling: Sampling | None = None,
         grammar: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> AsyncIterator[str]:
         """Queue a chat completion for `agent_id` and yield its text as it is generated.
 
@@ -213,7 +216,9 @@ class LLMService:
         by the time the stream ends; a `max_tokens` over the cap is clamped and
         reported as max_tokens_requested / max_tokens. With a `grammar`
         (GBNF, root rule `root`) every token is one it allows (constrained
-        decoding). Raises `Overloaded` when the queue is full, `BadRequest`
+        decoding). `tools` (OpenAI-style function specs) are rendered by the
+        model's chat template, if it has native tool calling (`tool_syntax`;
+        else a `BadRequest` naming `tools`). Raises `Overloaded` when the queue is full, `BadRequest`
         (naming `messages`) when the messages cannot fit the context, or
         (naming `grammar`) when llama.cpp cannot parse the grammar.
         """
@@ -229,7 +234,7 @@ class LLMService:
         usage = usage if usage is not None else {}
         if limit < requested:
             usage.update(max_tokens_requested=requested, max_tokens=limit)
-        prompt = await asyncio.to_thread(self._prepare, agent_id, messages, limit, grammar)
+        prompt = await asyncio.to_thread(self._prepare, agent_id, messages, limit, grammar, tools)
         if prompt.dropped or prompt.cut:
             usage.update(messages_dropped=prompt.dropped, newest_message_cut=prompt.cut)
         settings = sampling or self.sampling
@@ -274,14 +279,15 @@ class LLMService:
         )
 
     def _prepare(self, agent_id: str, messages: list[dict[str, str]], max_tokens: int,
-                 grammar: str | None = None) -> Prompt:
+                 grammar: str | None = None, tools: list[dict[str, Any]] | None = None) -> Prompt:
         """Build the prompt (and check the grammar) in a worker thread; its CPU time is the asking agent's."""
         started = time.thread_time_ns()
         loaded = self._acquire()
         try:
             if grammar is not None and not check_grammar(loaded.model, grammar):
                 raise BadRequest("the grammar does not parse (GBNF with a root rule)", field="grammar")
-            prompt = loaded.builder.build(messages, max_tokens=max_tokens, start=self._starts.get(agent_id))
+            prompt = loaded.builder.build(messages, max_tokens=max_tokens, start=self._starts.get(agent_id),
+                                          tools=tools)
         finally:
             self._release(loaded)
             if self.metering is not None:
@@ -320,6 +326,7 @@ class LLMService:
             model.chat_template(), bos=model.token_text(model.bos), eos=model.token_text(model.eos), stops=stops
         )
         builder = PromptBuilder(model, template, self.n_ctx)
+        self.tool_syntax = template.tool_syntax
         batcher = Batcher(
             ctx,
             stops=template.stops,

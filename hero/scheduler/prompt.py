@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from hero.errors import BadRequest
 from hero.scheduler.llamacpp import Model
-from hero.scheduler.template import ChatTemplate, Messages
+from hero.scheduler.template import ChatTemplate, Messages, Tools
 from hero.scheduler.trim import trim_messages
 
 _ATTEMPTS = 4  # renders per prompt at most: the per-message estimate is rarely short, and then only a little
@@ -32,9 +32,14 @@ class PromptBuilder:
         self.n_ctx = n_ctx
         template.calibrate(lambda text: len(model.tokenize(text, special=True)))
 
-    def build(self, messages: Messages, *, max_tokens: int, start: int | None = None) -> Prompt:
+    def build(self, messages: Messages, *, max_tokens: int, start: int | None = None,
+              tools: Tools | None = None) -> Prompt:
+        """The prompt of `messages` (with `tools` if the template renders them), trimmed to fit."""
         if not messages:
             raise BadRequest("messages is empty", field="messages")
+        if tools and self.template.tool_syntax is None:
+            raise BadRequest("this model's chat template has no tool calling: call tools with a grammar",
+                             field="tools")
         model = self.model
         budget = self.n_ctx - max_tokens
         tail = (budget + 1) * model.max_piece_bytes  # characters: a longer text cannot fit anyway
@@ -53,7 +58,7 @@ class PromptBuilder:
         def cut_newest(text: str, n: int) -> str:
             return model.detokenize(tokens(text)[-n:]).lstrip()
 
-        short = self.template.base
+        short = self.template.base + (self._tools_cost(tools) if tools else 0)
         for _ in range(_ATTEMPTS):
             trimmed = trim_messages(
                 messages,
@@ -63,10 +68,17 @@ class PromptBuilder:
                 cut_newest=cut_newest,
                 start=start,
             )
-            rendered = model.tokenize(self.template.render(trimmed.messages), special=True)
+            rendered = model.tokenize(self.template.render(trimmed.messages, tools), special=True)
             excess = len(rendered) - budget
             if excess <= 0:
                 return Prompt(rendered, trimmed.start, trimmed.dropped, trimmed.cut)
             short += excess
             start = None
         raise BadRequest(f"these messages do not fit the model's {self.n_ctx}-token context", field="messages")
+
+    def _tools_cost(self, tools: Tools) -> int:
+        """The tokens the template spends on `tools` (their definitions, its instructions about them)."""
+        probe = [{"role": "user", "content": "u"}]
+        count = self.model.tokenize
+        return max(0, len(count(self.template.render(probe, tools), special=True))
+                   - len(count(self.template.render(probe), special=True)))

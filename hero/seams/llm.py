@@ -5,9 +5,13 @@ figures and the governor turns its knobs (web, power → scheduler). `hero.sched
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from hero.errors import Overloaded
+
+# How a chat template writes a tool call (hero.skills.native reads and constrains each): Hermes/Qwen
+# `<tool_call>{"name", "arguments"}</tool_call>`, Llama 3.1 `{"name", "parameters"}`, Mistral `[TOOL_CALLS][...]`.
+ToolSyntax = Literal["hermes", "llama3", "mistral"]
 
 
 class LLM(Protocol):
@@ -22,9 +26,17 @@ class LLM(Protocol):
         usage: dict[str, Any] | None = None,
         interactive: bool = True,
         grammar: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> AsyncIterator[str]:
         """Stream a completion of `messages` (OpenAI-style role/content dicts) for `agent_id`, token by token;
-        with a `grammar` (GBNF), only text it allows (constrained decoding: tool calls)."""
+        with a `grammar` (GBNF), only text it allows (constrained decoding: tool calls); with `tools`
+        (OpenAI-style function specs), the model's own chat template renders them (only if `tool_syntax`)."""
+        ...
+
+    @property
+    def tool_syntax(self) -> ToolSyntax | None:
+        """How the model's chat template writes a tool call, or None: it has no native tool calling (or is not
+        loaded yet), and tool calls are Hero's grammar-constrained JSON."""
         ...
 
 

@@ -35,13 +35,14 @@ class ToolCall:
     arguments: dict[str, Any]
 
 
-def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
-    """The JSON schema of a call to any of `tools`."""
+def call_schema(tools: Sequence[Tool], *, name: str = "tool", arguments: str = "arguments") -> dict[str, Any]:
+    """The JSON schema of a call to any of `tools` (an object naming the tool under `name`, its arguments under
+    `arguments`)."""
     calls = [
         {
             "type": "object",
-            "properties": {"tool": {"const": tool.qualified}, "arguments": bounded(tool.schema)},
-            "required": ["tool", "arguments"],
+            "properties": {name: {"const": tool.qualified}, arguments: bounded(tool.schema)},
+            "required": [name, arguments],
             "additionalProperties": False,
         }
         for tool in tools
@@ -67,12 +68,18 @@ def gbnf(tools: Sequence[Tool], *, plain: bool = True) -> str:
     """The GBNF grammar of a call to one of `tools`, or (with `plain`) a plain answer instead."""
     if not tools:
         raise ValueError("a tool-call grammar needs at least one tool")
-    grammar = json_schema_to_gbnf(json.dumps(call_schema(tools)), prop_order=["tool", "arguments"])
-    lines = [STRICT_CHAR if line.startswith("char ::=") else line for line in grammar.splitlines()]
+    lines = object_rules(tools, "call" if plain else "root")
     if plain:
-        lines = [("call ::=" + line[len("root ::="):]) if line.startswith("root ::=") else line for line in lines]
         lines = ["root ::= call | plain", PLAIN, *lines]
     return "\n".join(lines) + "\n"
+
+
+def object_rules(tools: Sequence[Tool], rule: str, *, name: str = "tool", arguments: str = "arguments") -> list[str]:
+    """GBNF rules whose `rule` is a call to one of `tools` as one JSON object (see `call_schema`)."""
+    grammar = json_schema_to_gbnf(json.dumps(call_schema(tools, name=name, arguments=arguments)),
+                                  prop_order=[name, arguments])
+    lines = [STRICT_CHAR if line.startswith("char ::=") else line for line in grammar.splitlines()]
+    return [(f"{rule} ::=" + line[len("root ::="):]) if line.startswith("root ::=") else line for line in lines]
 
 
 def parse(text: str) -> ToolCall | None:

@@ -31,6 +31,7 @@ from hero.errors import HeroError
 from hero.identity import NodeKeys, UserKey
 from hero.runtime.agent import AgentContext
 from hero.runtime.events import ApiRequest, ChatMessage
+from hero.seams.llm import LLM, ToolSyntax
 from hero.seams.power import Metering
 from hero.skills.context import SkillServices
 from hero.skills.host import SkillHost
@@ -49,10 +50,13 @@ class ScriptedModel:
         self.replies: list[str] = []
         self.default = default
         self.prompts: list[list[dict[str, str]]] = []
+        self.tool_syntax: ToolSyntax | None = None  # no native tool calling: tool calls are Hero's JSON
+        self.options: list[dict[str, Any]] = []  # the options of each stream (grammar, tools …)
 
     async def stream(self, agent_id: str, messages: list[dict[str, str]], *,
                      should_stop: Callable[[], bool] | None = None, **options: Any) -> AsyncIterator[str]:
         self.prompts.append(messages)
+        self.options.append(options)
         text = self.replies.pop(0) if self.replies else self.default
         for word in text.split(" "):
             if should_stop is not None and should_stop():
@@ -117,9 +121,11 @@ def _skill_folders(paths: Sequence[Path] | None) -> list[Path]:
 
 @asynccontextmanager
 async def local_agent(paths: Sequence[Path] | None = None, *, model: bool | None = None,
-                      with_shipped: bool = False, metering: Metering | None = None) -> AsyncIterator[LocalAgent]:
+                      with_shipped: bool = False, metering: Metering | None = None,
+                      llm: LLM | None = None) -> AsyncIterator[LocalAgent]:
     """An ephemeral agent running the skills in `paths` (default: the one `hero skill test` names); with
-    `metering` (e.g. a `hero.power.ledger.Ledger`), its turns and skill calls are charged there."""
+    `metering` (e.g. a `hero.power.ledger.Ledger`), its turns and skill calls are charged there; with `llm`, a
+    model's service the caller started (and closes), e.g. another GGUF's."""
     from agents.assistant import create
     from hero.runtime.node import Node
     from hero.skills.registry import shipped_dir
@@ -130,15 +136,17 @@ async def local_agent(paths: Sequence[Path] | None = None, *, model: bool | None
         data = Path(tmp)
         keys = NodeKeys.load_or_create(data)
         store = await open_qss(data, keys)
-        llm: Any
-        if use_model:
+        model_llm: Any
+        if llm is not None:
+            model_llm = llm
+        elif use_model:
             from hero.scheduler.llm import LLMService
             from hero.scheduler.model import default_model_path
 
-            llm = LLMService(default_model_path(), n_ctx=1024, max_tokens=128, parallel=1)
-            await llm.start()
+            model_llm = LLMService(default_model_path(), n_ctx=1024, max_tokens=128, parallel=1)
+            await model_llm.start()
         else:
-            llm = ScriptedModel()
+            model_llm = ScriptedModel()
         registry = SkillRegistry(trusted=lambda: {HERO_KEY}, shipped=shipped_dir() if with_shipped else None,
                                  dev=_skill_folders(paths), entry_points=False)
         registry.load()
@@ -150,14 +158,14 @@ async def local_agent(paths: Sequence[Path] | None = None, *, model: bool | None
         def factory(ctx: AgentContext) -> Any:
             return create(ctx)
 
-        node = Node(store, llm, factory, node_id=keys.node_id, services={"skills": host}, metering=metering,
+        node = Node(store, model_llm, factory, node_id=keys.node_id, services={"skills": host}, metering=metering,
                     verifier=host)
         await node.start()
         try:
-            yield LocalAgent(node, UserKey.generate().agent_id, llm)
+            yield LocalAgent(node, UserKey.generate().agent_id, model_llm)
         finally:
             await node.aclose()
             await host.aclose()
-            if use_model:
-                await llm.aclose()
+            if use_model and llm is None:
+                await model_llm.aclose()
             await store.aclose()
