@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import httpx
 import psutil
@@ -47,18 +49,17 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def user_tokens(data: Path, count: int) -> list[str]:
-    """`count` new users in the cluster's registry (as `hero user add --data DATA` adds them): their tokens."""
+def user_tokens(data: Path, count: int, *, home: str | None = None) -> list[str]:
+    """`count` new users in the cluster's registry (as `hero user add --data DATA [--home NODE]` adds them)."""
     with open_users(data) as users:
-        return [users.issue(users.add(f"u{secrets.token_hex(4)}", UserKey.generate().agent_id))[0]
+        return [users.issue(users.add(f"u{secrets.token_hex(4)}", UserKey.generate().agent_id, home=home))[0]
                 for _ in range(count)]
 
 
-def timed_chat(client: httpx.Client, node: HeroNode, token: str, text: str, *,
-               here: bool = False) -> tuple[float, str, str]:
-    """One chat request through `node`; `here`: answered by that node (as a request another node routed there)."""
+def timed_chat(client: httpx.Client, node: HeroNode, token: str, text: str) -> tuple[float, str, str]:
+    """One chat request through `node`."""
     body = {"model": "hero", "messages": [{"role": "user", "content": text}]}
-    headers = {"Authorization": f"Bearer {token}"} | ({"x-hero-routed": "bench"} if here else {})
+    headers = {"Authorization": f"Bearer {token}"}
     started = time.perf_counter()
     response = client.post(node.url + "/v1/chat/completions", json=body, headers=headers)
     took = time.perf_counter() - started
@@ -118,26 +119,36 @@ def activation_latency(ray: RayCluster, key: ClusterKey, scratch: Path, agents: 
           f"ratio {pct(cluster, 50) / pct(embedded, 50):.2f}x")
 
 
-def host_cost(host: HeroNode, agents: int, seconds: float) -> None:
-    assert host.pid is not None
-    actor = psutil.Process(host.pid)
+def host_cost(hosts: dict[str, HeroNode], agents: int, seconds: float, windows: int) -> None:
+    """Each host actor's memory with `agents` resident agents, and its idle CPU: all hosts sampled over the same
+    windows (so the machine's load hits them alike), empty first, then with their agents."""
+    actors = {name: psutil.Process(host.pid or 0) for name, host in hosts.items()}
+    empty = cpu_shares(actors, seconds, windows)
+    uss_before = {name: actor.memory_full_info().uss for name, actor in actors.items()}
     with httpx.Client(trust_env=False, timeout=120) as client:
-        idle_before = cpu_share(actor, seconds)
-        uss_before = actor.memory_full_info().uss
-        tokens = user_tokens(host.data, agents)
-        for token in tokens:  # each agent activates on this node
-            assert timed_chat(client, host, token, "hello " * 20, here=True)[1] == host.node_id
-        uss_after = actor.memory_full_info().uss
-        idle_after = cpu_share(actor, seconds)
-    print(f"(c) host actor with {agents} resident agents: USS {uss_after / 2**20:.0f} MiB "
-          f"(+{(uss_after - uss_before) / agents / 1024:.1f} KiB per agent); idle CPU {idle_after:.2f} % of a core "
-          f"over {seconds:.0f} s (empty node {idle_before:.2f} %)  [target <= 1 %]")
+        for host in hosts.values():
+            home = f"{os.uname().nodename}:{host.port}"
+            for token in user_tokens(host.data, agents, home=home):  # each agent activates on its home
+                assert timed_chat(client, host, token, "hello " * 20)[1] == host.node_id
+    busy = cpu_shares(actors, seconds, windows)
+    for name, actor in actors.items():
+        uss = actor.memory_full_info().uss
+        print(f"(c) host actor ({name}) with {agents} resident agents: USS {uss / 2**20:.0f} MiB "
+              f"(+{(uss - uss_before[name]) / agents / 1024:.1f} KiB per agent); idle CPU median "
+              f"{median(busy[name]):.2f} % of a core over {windows} x {seconds:.0f} s "
+              f"({' / '.join(f'{v:.2f}' for v in busy[name])}; empty node {median(empty[name]):.2f} %)  "
+              "[target <= 1 %]")
 
 
-def cpu_share(process: psutil.Process, seconds: float) -> float:
-    before = sum(process.cpu_times()[:2])
-    time.sleep(seconds)
-    return (sum(process.cpu_times()[:2]) - before) / seconds * 100
+def cpu_shares(actors: dict[str, psutil.Process], seconds: float, windows: int) -> dict[str, list[float]]:
+    """% of a core each process used in each of `windows` windows of `seconds`, all sampled over the same windows."""
+    shares: dict[str, list[float]] = {name: [] for name in actors}
+    for _ in range(windows):
+        before = {name: sum(actor.cpu_times()[:2]) for name, actor in actors.items()}
+        time.sleep(seconds)
+        for name, actor in actors.items():
+            shares[name].append((sum(actor.cpu_times()[:2]) - before[name]) / seconds * 100)
+    return shares
 
 
 def failover(nodes: list[HeroNode]) -> None:
@@ -159,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     args = parser.parse_args()
-    rounds, agents, seconds = (30, 50, 5.0) if args.quick else (200, 200, 20.0)
+    rounds, agents, seconds, windows = (30, 50, 5.0, 1) if args.quick else (200, 200, 30.0, 4)
     key = ClusterKey.generate()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -173,11 +184,17 @@ def main() -> None:
                     nodes.append(HeroNode(tmp, name, ray.address, tmp / "cluster.key", tmp / "backends",
                                           ttl_s=TTL_S).wait_ready())
                 routed_overhead(nodes, rounds)
-                idle = HeroNode(tmp, "idle", ray.address, tmp / "cluster.key", tmp / "backends", ttl_s=30.0)
-                try:
-                    host_cost(idle.wait_ready(), agents, seconds)
+                hosts: dict[str, HeroNode] = {}
+                try:  # Hero's quiet Ray worker settings beside Ray's defaults (HERO_RAY_QUIET=0)
+                    for name, quiet in (("quiet", "1"), ("ray defaults", "0")):
+                        os.environ["HERO_RAY_QUIET"] = quiet
+                        hosts[name] = HeroNode(tmp, name.replace(" ", "-"), ray.address, tmp / "cluster.key",
+                                               tmp / "backends", ttl_s=30.0).wait_ready()
+                    os.environ.pop("HERO_RAY_QUIET")
+                    host_cost(hosts, agents, seconds, windows)
                 finally:
-                    idle.stop()
+                    for host in hosts.values():
+                        host.stop()
                 activation_latency(ray, key, tmp / "scratch", min(agents, 100))
                 failover(nodes)
             finally:

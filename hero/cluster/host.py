@@ -30,6 +30,11 @@ from hero.identity import NodeKeys
 
 log = logging.getLogger("hero.cluster")
 START_TIMEOUT_S = 180.0  # the first start compiles nothing, but loads the model and reads the registry
+# Ray's per-worker background work a node does without: its metrics (Hero exports its own), event-loop
+# statistics, and task events reported every second (a host actor runs few, long tasks). Measured in
+# bench/cluster_bench.py (c); HERO_RAY_QUIET=0 starts the host actor with Ray's defaults.
+QUIET_ENV = {"RAY_enable_metrics_collection": "0", "RAY_event_stats": "0",
+             "RAY_task_events_report_interval_ms": "10000", "RAY_metrics_report_interval_ms": "60000"}
 
 
 class HostActor:
@@ -130,7 +135,7 @@ def serve_on_ray(config: NodeConfig, *, announce: Callable[[str], None]) -> None
     actor: Any = ray.remote(HostActor)
     host = actor.options(
         name=host_name(node_id), namespace=NAMESPACE, num_cpus=0, max_concurrency=1000, max_restarts=0,
-        resources=resources,
+        resources=resources, runtime_env={"env_vars": QUIET_ENV} if os.environ.get("HERO_RAY_QUIET") != "0" else None,
     ).remote(config)
     try:
         asyncio.run(_run(host, announce))

@@ -24,6 +24,7 @@ from hero.power.profiles import load_profile
 from tests.conftest import ROOT, free_port
 
 AGENT = "tests.cluster.agent:Echo"
+KEY = ClusterKey.generate()  # every test cluster of a process has this key: Ray keeps a process's first token
 SHARED_BACKENDS = 6  # k=4 + m=2: small and quick; every node lists the same directories
 
 

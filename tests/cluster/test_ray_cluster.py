@@ -23,7 +23,7 @@ import pytest
 from hero.cluster.key import ClusterKey
 from hero.identity import NodeKeys
 from hero.store.qss import open_qss
-from tests.cluster.raycluster import HeroNode, RayCluster, chat, hero, reply_text
+from tests.cluster.raycluster import KEY, HeroNode, RayCluster, chat, hero, reply_text
 from tests.conftest import free_port
 
 TTL_S = 3.0
@@ -84,9 +84,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("ray")
-    key = ClusterKey.generate()
-    key.write(tmp / "cluster.key")
-    with RayCluster(key, nodes=2, watts=200.0) as ray:
+    KEY.write(tmp / "cluster.key")
+    with RayCluster(KEY, nodes=2, watts=200.0) as ray:
         found = Cluster(ray, tmp / "cluster.key", tmp, {})
         try:
             for name in "abc":
@@ -338,7 +337,8 @@ def test_a_node_over_its_power_budget_gets_no_new_agents_and_hands_its_idle_ones
     settler = cluster.user("settler")
     direct = httpx.post(hot.url + "/v1/chat/completions", trust_env=False, timeout=60, json={
         "model": "hero", "messages": [{"role": "user", "content": "here"}]},
-        headers={"Authorization": f"Bearer {settler['token']}", "x-hero-routed": "test"})  # answered right here
+        headers={"Authorization": f"Bearer {settler['token']}", "x-hero-routed": routed(
+            cluster, "POST", "/v1/chat/completions", settler["agent_id"])})  # as a gateway sends it: answered here
     assert (direct.status_code, served_by(direct)) == (200, hot.node_id)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and settler["agent_id"] in cluster.own("hot")["agents"]:
@@ -349,6 +349,14 @@ def test_a_node_over_its_power_budget_gets_no_new_agents_and_hands_its_idle_ones
     assert messages(hot, settler["token"]) == ["here", "echo here", "where now?", "echo where now?"]
     hot.stop()
     del cluster.nodes["hot"]
+
+
+def routed(cluster: Cluster, method: str, path: str, agent_id: str) -> str:
+    """The routing marker a gateway of the cluster puts on a request it sends on."""
+    from hero.web.routemark import RouteMarker
+
+    key = ClusterKey.load(cluster.key_file).derive("hero-cluster/gateway-route")
+    return RouteMarker(key, "test").make(method, path, agent_id).decode()
 
 
 def _idle_w(profile: str) -> float:
