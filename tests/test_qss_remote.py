@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import random
@@ -99,6 +100,32 @@ async def test_a_fragment_server_that_stops_is_skipped_and_reported(tmp_path: Pa
             status = await store.status()
             down = {b["name"]: b for b in status["backends"] if b["state"] == "down"}
             assert set(down) == {"remote-0", "remote-1"} and down["remote-0"]["error"]
+        finally:
+            await store.aclose()
+
+
+async def test_an_idle_connection_the_server_closed_is_not_an_outage(tmp_path: Path):
+    """A fragment server closes keep-alive connections idle past its timeout; the node's next call must not take
+    that for an outage (the backend stays up, the put lands on every server, the get answers)."""
+    data = tmp_path / "data"
+    keys = NodeKeys.load_or_create(data)
+    with ExitStack() as stack:
+        urls = [stack.enter_context(fragment_server(tmp_path / f"s{i}", [keys.node_id], keep_alive_s=1))
+                for i in range(3)]
+        (data / "storage.toml").write_text("k = 2\nm = 1\n" + remote_config(urls))
+        store = await open_store(data)
+        try:
+            for round in range(2):
+                await store.put(AGENT + "/state", b"kept warm %d" % round * 100, epoch=1)
+                await asyncio.sleep(1.6)  # every pooled connection is now closed by its server
+                assert await store.get(AGENT + "/state") == b"kept warm %d" % round * 100
+                await asyncio.sleep(1.6)
+                report = await store.put_report(AGENT + "/state", b"after idle %d" % round, epoch=1)
+                assert report.skipped == {}
+                status = await store.status()
+                assert {b["name"]: (b["state"], b["errors_total"]) for b in status["backends"]} == {
+                    f"remote-{i}": ("up", 0) for i in range(3)}
+                await asyncio.sleep(1.6)
         finally:
             await store.aclose()
 

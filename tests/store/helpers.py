@@ -112,11 +112,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def fragment_server(directory: Path, trusted: list[str], *, location: str = "remote") -> Iterator[str]:
-    """A real `hero storage serve` app under uvicorn on a free 127.0.0.1 port, in a thread; yields its URL."""
+def fragment_server(
+    directory: Path, trusted: list[str], *, location: str = "remote", keep_alive_s: int = 5
+) -> Iterator[str]:
+    """A real `hero storage serve` app under uvicorn on a free 127.0.0.1 port, in a thread; yields its URL.
+
+    `keep_alive_s` is how long the server keeps an idle connection open (uvicorn's default, 5 s, unless told).
+    """
     port = free_port()
     app = create_app(DirBackend(directory, name=f"serve-{port}", location=location, fsync=False), trusted)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           timeout_keep_alive=keep_alive_s))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import http.client
 import json
+import select
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -54,25 +55,37 @@ class RemoteBackend:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def _connection(self) -> http.client.HTTPConnection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """A pooled keep-alive connection the server has not closed (reused: True), else a new one."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                break
+            if not _closed_by_peer(conn):
+                return conn, True
+            conn.close()
         cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self._timeout_s)
+        return cls(self._host, self._port, timeout=self._timeout_s), False
 
     def _request(self, method: str, path: str, body: bytes = b"", ok: Sequence[int] = (200,)) -> tuple[int, bytes]:
         target = self._prefix + path
-        headers = reqsign.sign_headers(self._keys, method, target, body)
-        headers["Content-Length"] = str(len(body))
-        conn = self._connection()
-        try:
-            conn.request(method, target, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise BackendDown(f"backend {self.name} ({self.address}) unreachable: {exc}") from None
+        while True:
+            conn, reused = self._connection()
+            headers = reqsign.sign_headers(self._keys, method, target, body)  # signed afresh: replays are refused
+            headers["Content-Length"] = str(len(body))
+            answered = False
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                response = conn.getresponse()
+                answered = True
+                data = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if reused and not answered and isinstance(exc, _STALE):
+                    continue  # the server closed it while idle: not an outage (every call here is idempotent)
+                raise BackendDown(f"backend {self.name} ({self.address}) unreachable: {exc}") from None
+            break
         if response.will_close:
             conn.close()
         else:
@@ -151,6 +164,25 @@ class RemoteBackend:
 
     def blocking(self) -> None:
         return None  # every call is a request: awaited concurrently, not batched on a thread
+
+
+# What a request on a keep-alive connection the server has just closed fails with, before any answer. Retried
+# on another connection (only a reused one is, so this ends at a new one at the latest), as httpx and urllib3 do:
+# every call is idempotent — fragments are content-addressed, a manifest put-if-absent of the same bytes
+# answers "exists", a delete or get repeated finds the same state.
+_STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)  # RemoteDisconnected is a reset
+
+
+def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection is unusable: no socket, or readable (the server's FIN, or bytes nobody asked for)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _error_of(data: bytes) -> tuple[str, str]:
