@@ -234,11 +234,11 @@ class HeroNode:
         return t.user + t.system
 
     def inference_cpu(self) -> float:
-        """CPU-seconds of the node's inference thread and the compute threads it started (all named hero-llm)."""
+        """CPU-seconds of the node's inference thread and the compute threads it started (named hero-llm…)."""
         total = 0
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
             try:
-                if (task / "comm").read_text().strip() == "hero-llm":
+                if (task / "comm").read_text().startswith("hero-llm"):
                     total += int((task / "schedstat").read_text().split()[0])
             except OSError:
                 continue

@@ -2,8 +2,9 @@
 
 llama.cpp decodes with a team of threads that the calling thread starts
 (OpenMP in this build); their time is inference too, and the calling thread's
-clock cannot see it. The inference thread gives itself an OS thread name,
-which the threads it starts inherit, so its team is found by that name in
+clock cannot see it. The inference thread gives itself an OS thread name
+of its own (`hero-llm` and its thread id, so two services in one process
+keep apart), which the threads it starts inherit, so its team is found by that name in
 /proc and each member's on-CPU time is read from its schedstat (one `pread`
 on a kept-open file, ~1 µs). Where there is no /proc (another OS), the
 inference thread's own clock is all there is.
@@ -42,6 +43,7 @@ class InferenceClock:
     def start(self) -> None:
         """In the inference thread: take the name its compute threads will inherit."""
         self._own = threading.get_native_id()
+        self.name = f"{self.name}{self._own:x}"[:15]
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, self.name.encode()[:15], 0, 0, 0)
         self.rescan()
@@ -58,7 +60,7 @@ class InferenceClock:
                 continue
             try:
                 comm = (self.tasks / str(tid) / "comm").read_text().strip()
-                if comm == self.name[:15]:
+                if comm == self.name:
                     self._team[tid] = os.open(self.tasks / str(tid) / "schedstat", os.O_RDONLY)
             except OSError:
                 continue  # the thread ended while we looked
