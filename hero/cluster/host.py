@@ -53,7 +53,7 @@ class HostActor:
         import uvicorn
 
         from hero.cluster.key import ClusterKey
-        from hero.cluster.link import ClusterLink
+        from hero.cluster.link import ClusterLink, node_identity
         from hero.nodelock import NodeLock
         from hero.runtime.ray_directory import RayDirectory
         from hero.server import check_config, first_start, listen, open_node, raise_file_limit
@@ -66,6 +66,8 @@ class HostActor:
         sock = listen(config.host, config.port)
         key = ClusterKey.load(config.cluster_key)
         directory = RayDirectory.connect(key.cluster_id, ttl_s=config.lease_ttl_s)
+        identity = node_identity(config)  # the join (the runtime's first renewal) says where and who this node is;
+        directory.info = lambda: dict(identity)  # the link's full heartbeat replaces it once the node is wired
         parts = self._parts = await self._stack.enter_async_context(open_node(config, directory=directory))
         link = ClusterLink(config, directory, parts)
         app = link.attach()

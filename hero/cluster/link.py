@@ -37,7 +37,8 @@ class ClusterLink:
         self.directory = directory
         self.parts = parts
         self.node = parts.node
-        self.url = config.cluster_url or f"http://{_reachable(config.host)}:{config.port}"
+        self.identity = node_identity(config)
+        self.url = self.identity["url"]
         self._node_id: str = parts.node.node_id
         self.gateway: Gateway | None = None
 
@@ -78,7 +79,7 @@ class ClusterLink:
         budget = power.profile.budget_w if power is not None else 0.0
         watts = status.avg_w if status is not None else 0.0
         return {
-            "url": self.url, "name": f"{os.uname().nodename}:{self.config.port}", "pid": os.getpid(),
+            **self.identity, "pid": os.getpid(),
             "watts": round(watts, 2), "budget_w": budget, "headroom_w": round(budget - watts, 2),
             "over_budget": self.over_budget(), "active": self.node.active_count,
             "free_ram_mb": round(psutil.virtual_memory().available / 2**20),
@@ -128,6 +129,13 @@ class ClusterLink:
         """The live nodes as of the last heartbeat, this one as it is now."""
         mine = {**self.info(), "node_id": self.node_id, "agents": sorted(self.node.leases.held)}
         return [mine] + [n for n in self.directory.nodes if n.get("node_id") != self.node_id]
+
+
+def node_identity(config: NodeConfig) -> dict[str, str]:
+    """Where other nodes reach this one (`url`) and the name a user's pinned home gives (`name`): known from the
+    config alone, so the node's very first heartbeat (it joins as its runtime starts) carries them."""
+    return {"url": config.cluster_url or f"http://{_reachable(config.host)}:{config.port}",
+            "name": f"{os.uname().nodename}:{config.port}"}
 
 
 def _reachable(host: str) -> str:
