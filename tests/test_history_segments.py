@@ -134,6 +134,7 @@ async def test_a_turn_writes_and_activation_reads_the_same_bounded_bytes_at_10_a
     stored = {small: 0, large: 0}
     heads: dict[str, list[int]] = {small: [], large: []}
     seconds: dict[str, list[float]] = {small: [], large: []}
+    ratios = []  # of the two agents' median put latency, chunk by chunk: a burst of load hits both of a pair
     for n in range(0, window, chunk):
         for agent in (small, large):
             recording.puts.clear()
@@ -142,12 +143,13 @@ async def test_a_turn_writes_and_activation_reads_the_same_bounded_bytes_at_10_a
             stored[agent] += backend_bytes(store) - before
             heads[agent] += [size for key, size, _ in recording.puts if key.endswith("/state")]
             seconds[agent] += [s for _, _, s in recording.puts]
+        ratios.append(median(seconds[large][-2 * chunk:]) / median(seconds[small][-2 * chunk:]))
     figures = {agent: (stored[agent] / window, max(heads[agent]), median(seconds[agent])) for agent in stored}
-    per_turn_small, _, latency_small = figures[small]
-    per_turn_large, max_large, latency_large = figures[large]
+    per_turn_small = figures[small][0]
+    per_turn_large, max_large, _ = figures[large]
     assert per_turn_large <= 1.2 * per_turn_small, figures  # bytes the backends took, per turn
     assert max_large <= head_bound(10_200), figures  # a full open segment and an integer a sealed one
-    assert latency_large <= 2.0 * latency_small, figures  # within the noise of a shared machine
+    assert median(ratios) <= 2.0, (ratios, figures)  # within the noise of a shared machine (the old layout's grows)
 
     for agent in (small, large):
         assert await node.hibernate(agent)
