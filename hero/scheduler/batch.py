@@ -7,11 +7,7 @@ with that slot's own sampler chain. Newcomers join between steps, finished
 or cancelled requests leave at once, and a prompt is fed in chunks while
 others generate, so no stream stalls for more than one step. Decoding is
 memory-bound, so a step of eight sequences costs far less than eight steps.
-
-The inference's CPU time is charged to the agents in full: each request's
-own sampling and admission (prompt reuse) as measured, and everything else a
-step cost (the decode on every compute thread, the Python around it) split
-among its requests by the tokens each put in the batch (`settle`).
+`settle` hands each step's CPU time to `charging.py`, which splits it among the requests.
 
 Inference thread only: the service admits jobs and calls `step` and `settle`
 from its worker thread; results go back through `deliver`.
@@ -19,7 +15,6 @@ from its worker thread; results go back through `deliver`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -27,43 +22,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hero.errors import HeroError, ModelError
+from hero.scheduler.charging import StepCharges
+from hero.scheduler.job import END, Job
 from hero.scheduler.llamacpp import Context, Entry
 from hero.scheduler.prefix import MIN_SAVE_TOKENS, PrefixStore, Rates, common_prefix
-from hero.scheduler.sampling import Sampler, Sampling
+from hero.scheduler.sampling import Sampler
 from hero.scheduler.text import ReplyText
 from hero.seams.power import Metering
 
 log = logging.getLogger("hero.llm")
 
-END = object()  # delivered after a job's last text
 STEP_TARGET_S = 0.25  # while others run, a step feeds at most this much prompt: their streams barely pause
 MIN_CHUNK = 16  # prompt tokens per step at least, however slow the machine
 NEAR_END_TOKENS = 12  # hold back the unfinished word this close to max_tokens
-CHARGE_EVERY_NS = 250_000_000  # flush a running request's CPU time to the ledger this often
 CELL_BYTES_GUESS = 32_768  # a token's saved state, until a save measures it (23 KB for SmolLM2-135M)
-
-
-@dataclass(eq=False)
-class Job:
-    """One completion request, as the batcher serves it."""
-
-    agent_id: str
-    prompt: list[int]
-    max_tokens: int
-    sampling: Sampling
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[object]
-    should_stop: Callable[[], bool] | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    grammar: str | None = None  # GBNF the reply must match (constrained decoding)
-    cancelled: bool = False
-    cpu_ns: int = 0  # inference CPU charged for this request so far
-    queued_at: float = field(default_factory=time.perf_counter)
-    started_at: float = 0.0
-    first_token_at: float | None = None
-
-    def stopped(self) -> bool:
-        return self.cancelled or (self.should_stop is not None and self.should_stop())
 
 
 @dataclass(eq=False)
@@ -117,15 +89,9 @@ class Batcher:
         self.store = PrefixStore(prefix_bytes)
         self.rates = Rates()
         self.stats = stats  # the service's: it outlives a model reload
-        self.metering = metering
+        self.charges = StepCharges(metering)
         self._deliver = deliver
         self._out: list[tuple[Job, object]] = []
-        self._direct: dict[Job, int] = {}  # this iteration's CPU measured for one request (admission, sampling)
-        self._weights: dict[Job, int] = {}  # this iteration's tokens per request in the batch
-        self._ended: list[Job] = []  # requests that left in this iteration
-        self._pending: dict[str, list[int]] = {}  # agent -> [cpu ns, tokens] not yet charged
-        self._carried_ns = 0  # CPU of an iteration that served nobody: the next request's
-        self._charged_at = time.perf_counter_ns()
 
     @property
     def running(self) -> int:
@@ -160,7 +126,7 @@ class Batcher:
             self._clear(slot)
             raise
         finally:
-            self._direct[job] = self._direct.get(job, 0) + time.thread_time_ns() - started_ns
+            self.charges.measured(job, time.thread_time_ns() - started_ns)
 
     def _admit(self, slot: Slot, job: Job) -> None:
         prompt = job.prompt
@@ -251,7 +217,7 @@ class Batcher:
             for e in entries:  # the step's shared cost is split by the tokens each request put in it
                 job = self.slots[e.seq].job
                 assert job is not None
-                self._weights[job] = self._weights.get(job, 0) + 1
+                self.charges.batched(job)
             started = time.perf_counter()
             try:
                 self.ctx.decode(entries)
@@ -307,45 +273,17 @@ class Batcher:
         stats.steps += 1
         stats.decode_s += seconds
         stats.batch_tokens = len(entries)
-        stats.batch_sequences = len(self._weights)
+        stats.batch_sequences = self.charges.sequences
         generating = sum(1 for e in entries if e.logits)
         self.rates.prompt(len(entries) - generating, seconds)  # slightly low in mixed steps: errs on the safe side
 
     def settle(self, cpu_ns: int) -> None:
         """Charge `cpu_ns`, what the inference cost since the last call (every compute thread), to the requests
-        served meanwhile: what was measured for one request is its own, the rest is split by batch tokens."""
+        served meanwhile (`charging.py`), then deliver their text."""
         cpu_ns = max(0, cpu_ns)
         self.stats.cpu_s += cpu_ns / 1e9
-        cpu_ns += self._carried_ns
-        self._carried_ns = 0
-        direct, weights = self._direct, self._weights
-        if not weights:  # no decode: admissions, or requests that stopped before their step
-            weights = dict.fromkeys(direct or self._ended, 1)
-        shares = dict(direct)
-        rest = max(0, cpu_ns - sum(direct.values()))
-        total = sum(weights.values())
-        if total:
-            for job, n in weights.items():
-                shares[job] = shares.get(job, 0) + rest * n // total
-        else:
-            self._carried_ns = rest
-        pending = self._pending
-        for job, ns in shares.items():
-            job.cpu_ns += ns
-            entry = pending.setdefault(job.agent_id, [0, 0])
-            entry[0] += ns
-        self._direct, self._weights, self._ended = {}, {}, []
-        now = time.perf_counter_ns()
-        if self.running == 0 or now - self._charged_at >= CHARGE_EVERY_NS:
-            self._charge_pending(now)
+        self.charges.settle(cpu_ns, idle=self.running == 0)
         self._flush()  # after the charge: a caller that sees its reply end finds it charged
-
-    def _charge_pending(self, now: int) -> None:
-        pending, self._pending, self._charged_at = self._pending, {}, now
-        if self.metering is not None:
-            for agent_id, (ns, tokens) in pending.items():
-                if ns or tokens:
-                    charge(self.metering, agent_id, ns, tokens)
 
     def _sample(self, slot: Slot, index: int) -> None:
         job, sampler, text = slot.job, slot.sampler, slot.text
@@ -354,7 +292,7 @@ class Batcher:
         try:
             token = sampler.sample(self.ctx.ptr, index)
         finally:
-            self._direct[job] = self._direct.get(job, 0) + time.thread_time_ns() - started_ns
+            self.charges.measured(job, time.thread_time_ns() - started_ns)
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
             self.stats.ttft_s += 0.2 * (job.first_token_at - job.queued_at - self.stats.ttft_s)
@@ -363,7 +301,7 @@ class Batcher:
             return
         slot.generated += 1
         self.stats.tokens += 1
-        self._pending.setdefault(job.agent_id, [0, 0])[1] += 1
+        self.charges.generated(job.agent_id)
         full = len(slot.tokens) + 1 >= self.ctx.n_ctx_seq
         last = slot.generated >= job.max_tokens or full
         near_end = job.max_tokens - slot.generated < NEAR_END_TOKENS or full
@@ -408,7 +346,7 @@ class Batcher:
 
     def _release(self, slot: Slot) -> None:
         if slot.job is not None:
-            self._ended.append(slot.job)
+            self.charges.ended(slot.job)
         if slot.sampler is not None:
             slot.sampler.close()
         slot.job = slot.sampler = slot.text = None
@@ -433,16 +371,8 @@ class Batcher:
         """Fail every running request (the model is going away) and free the samplers; charge what is owed."""
         self._fail({s for s in self.slots if s.job is not None}, error)
         self._flush()
-        self._charge_pending(time.perf_counter_ns())
+        self.charges.flush()
         self.store.clear()
-
-
-def charge(metering: Metering, agent_id: str, cpu_ns: int, tokens: int) -> None:
-    """Charge the ledger; a fault there is logged and costs that charge only, never a reply."""
-    try:
-        metering.charge_llm(agent_id, cpu_ns, tokens)
-    except Exception:
-        log.exception("charging %s's inference to the ledger failed", agent_id)
 
 
 def _request_error(exc: Exception, doing: str) -> HeroError:

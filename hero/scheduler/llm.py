@@ -3,10 +3,11 @@
 A request's prompt is built in a worker thread (template from the GGUF,
 trimming, tokenizing: prompt.py), then it waits in a bounded fair queue
 (interactive first, round-robin across agents: fairqueue.py) until the
-inference thread gives it a slot in the running batch (batch.py). Text comes
-back to the asking coroutine as it is made; the event loop never runs
-inference. The power governor turns two knobs, `threads` and `parallel`
-(sequences decoded at once), and unloads the model when nobody talks.
+inference thread gives it a slot in the running batch (batch.py) of the model
+in memory (loaded.py). Text comes back to the asking coroutine as it is made;
+the event loop never runs inference. The power governor turns two knobs,
+`threads` and `parallel` (sequences decoded at once), and unloads the model
+when nobody talks.
 """
 
 from __future__ import annotations
@@ -16,44 +17,28 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hero.errors import BadRequest, HeroError, ModelError, Overloaded, Unavailable
-from hero.scheduler.batch import END, Batcher, BatchStats, Job, charge
+from hero.scheduler.batch import BatchStats
+from hero.scheduler.charging import charge
 from hero.scheduler.contention import Contention
 from hero.scheduler.cputime import InferenceClock
 from hero.scheduler.fairqueue import BACKGROUND, INTERACTIVE, FairQueue, QueueFull
-from hero.scheduler.llamacpp import Context, Model
-from hero.scheduler.prompt import Prompt, PromptBuilder
+from hero.scheduler.job import END, Job, deliver
+from hero.scheduler.loaded import LoadedModel, load_model
+from hero.scheduler.prompt import Prompt
 from hero.scheduler.sampling import Sampling, check_grammar
-from hero.scheduler.template import ChatTemplate
 from hero.seams.llm import ToolSyntax
 from hero.seams.power import Metering
 
 log = logging.getLogger("hero.llm")
 
-MAX_BATCH = 512  # tokens per llama_decode
 KNOWN_STARTS = 4096  # agents whose history start is remembered for prompt reuse (trim.py)
-
-
-@dataclass(eq=False)
-class _Loaded:
-    """Everything that lives as long as the model is in memory."""
-
-    model: Model
-    ctx: Context
-    builder: PromptBuilder
-    batcher: Batcher
-    users: int = 0  # prompt builders and the inference thread while it serves
-
-    def close(self) -> None:
-        self.batcher.close(Unavailable("the model was unloaded"))
-        self.ctx.close()
-        self.model.close()
 
 
 class LLMService:
@@ -93,7 +78,7 @@ class LLMService:
         self.last_load_seconds: float | None = None
         self._queue: FairQueue[Job] = FairQueue(maxsize=queue_max)
         self._lock = threading.Condition()  # guards loading, unloading and `users`
-        self._loaded: _Loaded | None = None
+        self._loaded: LoadedModel | None = None
         self._starts: OrderedDict[str, int] = OrderedDict()
         self._thread: threading.Thread | None = None
         self.tool_syntax: ToolSyntax | None = None  # how the chat template writes a tool call; read at load
@@ -301,51 +286,25 @@ class LLMService:
 
     # ---- the model's lifetime ----
 
-    def _acquire(self) -> _Loaded:
+    def _acquire(self) -> LoadedModel:
         with self._lock:
             if self._loaded is None:
                 self._loaded = self._load()
             self._loaded.users += 1
             return self._loaded
 
-    def _release(self, loaded: _Loaded) -> None:
+    def _release(self, loaded: LoadedModel) -> None:
         with self._lock:
             loaded.users -= 1
             self._lock.notify_all()
 
-    def _load(self) -> _Loaded:
-        started = time.perf_counter()
-        model = Model(self.model_path)
-        try:
-            ctx = Context(model, n_ctx_seq=self.n_ctx, n_seq=self.max_parallel, n_batch=MAX_BATCH, threads=self.threads)
-        except ModelError:
-            model.close()
-            raise
-        stops = [model.token_text(t) for t in (model.eos, model.eot) if t >= 0]
-        template = ChatTemplate(
-            model.chat_template(), bos=model.token_text(model.bos), eos=model.token_text(model.eos), stops=stops
-        )
-        builder = PromptBuilder(model, template, self.n_ctx)
-        self.tool_syntax = template.tool_syntax
-        batcher = Batcher(
-            ctx,
-            stops=template.stops,
-            parallel=self.parallel,
-            prefix_bytes=self.prefix_cache_bytes,
-            deliver=_deliver,
-            stats=self.stats,
-            metering=self.metering,
-        )
-        self.last_load_seconds = time.perf_counter() - started
-        log.info(
-            "loaded %s in %.2fs (%d sequences × %d tokens%s)",
-            self.model_path.name,
-            self.last_load_seconds,
-            ctx.n_seq,
-            ctx.n_ctx_seq,
-            ", built-in ChatML template" if template.builtin else "",
-        )
-        return _Loaded(model, ctx, builder, batcher)
+    def _load(self) -> LoadedModel:
+        loaded = load_model(self.model_path, n_ctx=self.n_ctx, n_seq=self.max_parallel, threads=self.threads,
+                            parallel=self.parallel, prefix_bytes=self.prefix_cache_bytes, stats=self.stats,
+                            metering=self.metering)
+        self.tool_syntax = loaded.template.tool_syntax
+        self.last_load_seconds = loaded.load_s
+        return loaded
 
     def _unload(self) -> bool:
         with self._lock:
@@ -378,7 +337,7 @@ class LLMService:
         before an idle spell (they spin a moment before they sleep) goes with the next iteration. A fault
         fails the requests it touched (batch.py) and, should one escape, those running; the thread goes on.
         """
-        loaded: _Loaded | None = None
+        loaded: LoadedModel | None = None
         last_ns = clock.read_ns()
         scan = True  # look for llama.cpp's compute threads after the next step (it starts them)
         while True:
@@ -396,7 +355,7 @@ class LLMService:
                 except Exception as exc:
                     log.error("the model could not be loaded: %s", exc)
                     error = exc if isinstance(exc, HeroError) else ModelError(f"the model could not be loaded: {exc}")
-                    _deliver([(job, error)])
+                    deliver([(job, error)])
                     continue
                 finally:
                     last_ns = clock.read_ns() - owed_ns  # a load is not a request's
@@ -424,10 +383,10 @@ class LLMService:
                 except Exception:
                     log.exception("failing the running requests failed too")
 
-    def _start(self, loaded: _Loaded, job: Job) -> None:
+    def _start(self, loaded: LoadedModel, job: Job) -> None:
         if job.stopped():
             job.usage.update(completion_tokens=0, finish_reason="stop")
-            _deliver([(job, END)])
+            deliver([(job, END)])
             return
         try:
             loaded.batcher.admit(job)
@@ -435,23 +394,6 @@ class LLMService:
             log.exception("admitting a request failed")
             loaded.batcher.drop(job, exc if isinstance(exc, HeroError) else ModelError(
                 f"inference failed: {type(exc).__name__}"))
-
-
-def _deliver(items: list[tuple[Job, object]]) -> None:
-    """Hand text, errors and ends to their callers' event loops: one wake-up per loop per step."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, object]]] = defaultdict(list)
-    for job, item in items:
-        by_loop[job.loop].append((job, item))
-    for loop, batch in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_put_all, batch)
-        except RuntimeError:  # that loop has closed: nobody is listening any more
-            pass
-
-
-def _put_all(batch: list[tuple[Job, object]]) -> None:
-    for job, item in batch:
-        job.out.put_nowait(item)
 
 
 def _default_threads() -> int:
