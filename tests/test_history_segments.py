@@ -20,10 +20,10 @@ from hero.chat import segments
 from hero.chat.histories import Histories
 from hero.chat.segments import KEEP_OPEN, segment_name
 from hero.identity import NodeKeys
-from hero.runtime.activation import HEAD_VERSIONS, PRUNE_SLACK
 from hero.runtime.events import ChatMessage
 from hero.runtime.keys import agent_key, state_key
 from hero.runtime.node import Node
+from hero.runtime.pruning import HEAD_VERSIONS, PRUNE_SLACK
 from hero.seams.store import Version
 from hero.store.qss import QSS
 from tests import doubles

@@ -21,9 +21,8 @@ Persistence: the state (the agent's head) is one object rewritten on each
 `persist`; what an agent seals (`AgentContext.seal`, such as a full segment of
 its chat history) is written once, put-if-absent, as its own immutable object
 before the head that refers to it, so a crash in between leaves an object the
-next seal finds equal and keeps. Old versions of the head hold nothing the
-newest does not, so all but the newest `head_versions` are pruned in the
-background (every `PRUNE_SLACK` writes, and after hibernation).
+next seal finds equal and keeps. Old versions of the head are pruned in the
+background (`pruning.py`).
 """
 
 from __future__ import annotations
@@ -47,16 +46,15 @@ from hero.runtime.eager import AgentTask
 from hero.runtime.events import Event, Reply
 from hero.runtime.keys import STATE, TIMERS, agent_key, state_key
 from hero.runtime.leases import Leases
+from hero.runtime.pruning import HEAD_VERSIONS, HeadPruner, HeadVersions
 from hero.runtime.report import NodeStats
 from hero.runtime.state import decode_state, encode_state
 from hero.seams.directory import Lease
 from hero.seams.power import Metering
 from hero.seams.skills import SpecVerifier
-from hero.seams.store import StateStore, VersionPruning
+from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
-HEAD_VERSIONS = 4  # versions of an agent's head (its state object) kept; older ones are pruned
-PRUNE_SLACK = 32  # head writes beyond `head_versions` before a prune runs while the agent stays in memory
 
 
 @dataclass(eq=False)
@@ -76,10 +74,7 @@ class Activation:
     failures: int = 0  # failed hibernations in a row
     retry_at: float = 0.0  # monotonic; no hibernation is tried before it
     sealing: list[tuple[str, bytes]] = field(default_factory=list)  # sealed objects not written yet, oldest first
-    head_version: int = 0  # the version of the head last written or read
-    pruned_at: int = 0  # the head version the last prune kept from (0: none since activation)
-    pruning: bool = False
-    prune_again: bool = False
+    head: HeadVersions = field(default_factory=HeadVersions)
 
 
 # Builds an activated agent from its id, lease and decoded state (the node wires the context's services).
@@ -126,7 +121,7 @@ class Activations:
         self._metering = metering
         self._spawn = spawn
         self._verifier = verifier
-        self.head_versions = max(1, head_versions)
+        self._pruner = HeadPruner(store, spawn, head_versions)
         self._activating: dict[str, asyncio.Future[Activation]] = {}
         self._hibernating: dict[str, asyncio.Future[None]] = {}
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -185,7 +180,7 @@ class Activations:
             await self._leases.release(lease)
             raise
         act.persisted = raw
-        act.head_version = version
+        act.head.version = version
         if self._metering is not None and raw:
             self._metering.charge_storage(agent_id, len(raw))
         self.active[agent_id] = act
@@ -251,11 +246,10 @@ class Activations:
             act.sealing.pop(0)
         version = await self.store.put(state_key(act.agent_id), data, epoch=act.lease.epoch)
         act.persisted = data
-        act.head_version = version.version
+        act.head.version = version.version
         if self._metering is not None:
             self._metering.charge_storage(act.agent_id, len(data))
-        if version.version - max(act.pruned_at, 1) >= self.head_versions + PRUNE_SLACK:
-            self.prune_head(act)
+        self._pruner.wrote(act.agent_id, act.head)
 
     def seal(self, act: Activation, name: str, data: bytes) -> None:
         """Queue an immutable object of the agent, written before its next head (`persist`)."""
@@ -284,36 +278,6 @@ class Activations:
                 if queued == name:
                     return data
         return await self.store.get(agent_key(agent_id, name))
-
-    def prune_head(self, act: Activation) -> None:
-        """Drop old versions of the agent's head in the background: one prune per agent at a time, and one asked
-        for while another runs goes after it (the one at hibernation must see the last write)."""
-        if self.closing or not isinstance(self.store, VersionPruning) or act.head_version <= self.head_versions:
-            return  # at shutdown: the next activation's writes prune it
-        if act.pruning:
-            act.prune_again = True
-            return
-        act.pruning = True
-        self._spawn(self._prune(act), f"prune:{act.agent_id[:8]}")
-
-    async def _prune(self, act: Activation) -> None:
-        assert isinstance(self.store, VersionPruning)
-        try:
-            while True:
-                act.prune_again = False
-                keep_from = act.head_version
-                try:
-                    removed = await self.store.prune(state_key(act.agent_id), self.head_versions)
-                except HeroError as exc:  # a backend down: the next prune tries again
-                    log.warning("agent %s: old versions of its state not pruned: %s", act.agent_id[:12], exc.message)
-                    return
-                act.pruned_at = keep_from
-                if removed:
-                    log.debug("agent %s: %d old versions of its state pruned", act.agent_id[:12], removed)
-                if not act.prune_again:
-                    return
-        finally:
-            act.pruning = False
 
     # hibernation
 
@@ -350,8 +314,7 @@ class Activations:
             return False
         self.active.pop(act.agent_id, None)
         self.known[act.agent_id] = wall(act.last_event)
-        if act.head_version > max(act.pruned_at, self.head_versions):
-            self.prune_head(act)
+        self._pruner.hibernated(act.agent_id, act.head)
         await self._leases.release(act.lease, keep_for_timers=bool(self._timers.schedule.pending(act.agent_id)))
         act.task.close()
         self._stats.hibernations += 1  # events sent meanwhile wait in `activate` for a fresh activation
@@ -395,6 +358,7 @@ class Activations:
     def close(self) -> None:
         """The node is shutting down: no more idle sweeps (`hibernate_all` writes every agent)."""
         self.closing = True
+        self._pruner.close()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None

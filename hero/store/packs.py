@@ -29,6 +29,8 @@ removed, so space comes back and the number of packs stays small. The copies
 are made durable (fsync of the pack, its index and the directory) before any
 source file is removed, so a crash or power cut at any step loses nothing: at
 worst a record is held twice until the next compaction.
+
+Just over 400 lines on purpose: append, kill and compaction share one pack's writer, lock and index.
 """
 
 from __future__ import annotations
