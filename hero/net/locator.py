@@ -61,8 +61,11 @@ class AgentLocator:
         if self.authority is None or grant is None or not check_grant(agent, self.authority.public, grant):
             if agent not in self.ungranted:
                 self.ungranted.add(agent)
-                log.warning("overlay: agent %s is not published: its owner has granted this node no hosting "
-                            "(it is reached by this node's key and its topic only)", agent.hex()[:16])
+                # One warning, not one per agent (a node may hold thousands); the count is in /api/node/net.
+                level = logging.WARNING if len(self.ungranted) == 1 else logging.DEBUG
+                log.log(level, "overlay: agent %s is not published: its owner has granted this node no hosting "
+                        "(it is reached by this node's key and its topic only; agentsUngranted in /api/node/net "
+                        "counts all such agents)", agent.hex()[:16])
             return
         self.ungranted.discard(agent)
         record = AgentRecord.issue(self.identity.public, self.authority, agent, grant, RECORD_TTL_S)

@@ -169,6 +169,7 @@ class OverlayService:
             "routes": node.router.table(),
             "fallbackRoutes": len(node.router.table(fallback=True)),
             "agentsPublished": len(node.agents.published),
+            "agentsUngranted": len(node.agents.ungranted),
             "agentMessages": self.agents.counts() if self.agents else None,
             "agentRecords": len(node.agents.directory),
             "agentQueriesAnswered": node.agents.queries_answered,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 
 import nacl.signing
+import pytest
 
 from hero.identity import UserKey
 from hero.net.address import Identity
+from hero.net.locator import AgentLocator
 from hero.net.records import AgentDirectory, AgentRecord, HostAuthority, sign_grant
 from hero.net.wire import AgentRecordTlv
 from tests.net.test_net_security import nodes
@@ -56,3 +60,15 @@ def test_records_of_one_authority_from_any_of_its_nodes() -> None:
     moved = AgentRecord.issue(b.public, cluster, agent, grant, 60, now=time.time() + 5)
     assert directory.add(first) and directory.learn(moved.encode()) == moved  # the agent moved within the cluster
     assert directory.learn(first.encode()) is None  # the older record loses
+
+
+def test_agents_without_a_hosting_grant_cost_the_log_one_line_not_one_each(caplog: pytest.LogCaptureFixture) -> None:
+    # A node with 2,000 stored agents whose owners granted it no hosting logged 2,000 warnings at start.
+    finder = AgentLocator(Identity.generate(), lambda tlv, link: None)
+    with caplog.at_level(logging.INFO, logger="hero.net"):
+        for _ in range(500):
+            finder.publish(os.urandom(32))
+        finder.refresh()
+    lines = [r for r in caplog.records if "not published" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING, [r.getMessage() for r in lines][:3]
+    assert len(finder.ungranted) == 500  # each is still known, and counted where the operator looks
