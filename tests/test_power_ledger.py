@@ -60,20 +60,39 @@ async def test_short_steps_on_the_wall_clock_are_reconciled() -> None:
     step is charged to that step (the tick only rescales the total, and only down to the loop
     thread's CPU), so the split is noisier; measured ~2 % on a quiet machine, up to 25 % under load 4.
     """
-    ledger = Ledger(10.0)
-    ledger.prime()
-    start = time.monotonic()
-    truth = await interleaved(ledger.run_turn, {"A": 0.05, "B": 0.15}, 150)
-    report = ledger.tick(sample_now(start))
-    assert ledger.get("B").exact is False  # 150 µs steps stayed on the cheap clock
-    got = report.agents_cpu_s
-    assert got["B"] / got["A"] == pytest.approx(truth["B"] / truth["A"], rel=0.25)  # ~2 % on a quiet machine
-    assert got["A"] + got["B"] <= report.process_cpu_s * 1.01  # reconciled: never more than the loop used
-    assert got["A"] + got["B"] >= 0.9 * (truth["A"] + truth["B"]) / 1e9
+    ratios = []
+    for _ in range(3):  # a burst of load preempting short steps skews one run; a wrong split skews all three
+        ledger = Ledger(10.0)
+        ledger.prime()
+        start = time.monotonic()
+        truth = await interleaved(ledger.run_turn, {"A": 0.05, "B": 0.15}, 150)
+        report = ledger.tick(sample_now(start))
+        assert ledger.get("B").exact is False  # 150 µs steps stayed on the cheap clock
+        got = report.agents_cpu_s
+        assert got["A"] + got["B"] <= report.process_cpu_s * 1.01  # reconciled: never more than the loop used
+        assert got["A"] + got["B"] >= 0.9 * (truth["A"] + truth["B"]) / 1e9
+        ratios.append((got["B"] / got["A"]) / (truth["B"] / truth["A"]))
+        if ratios[-1] == pytest.approx(1.0, rel=0.25):  # ~2 % on a quiet machine
+            break
+    assert any(r == pytest.approx(1.0, rel=0.25) for r in ratios), ratios
 
 
 async def test_a_contended_loop_thread_switches_every_step_to_the_exact_clock() -> None:
-    """When the kernel says the loop thread waited for a CPU, short steps stop using the wall clock."""
+    """When the kernel says the loop thread waited for a CPU, short steps stop using the wall clock.
+
+    Its 50 µs steps are timed on the wall clock, which a preemption on a loaded machine stretches past
+    the bound that tells the first step from the rest: a real fault fails all three tries."""
+    failures: list[AssertionError] = []
+    for _ in range(3):
+        try:
+            await contended_loop_switches_to_the_exact_clock()
+            return
+        except AssertionError as exc:
+            failures.append(exc)
+    raise failures[-1]
+
+
+async def contended_loop_switches_to_the_exact_clock() -> None:
     delay = {"ns": 0}
     ledger = Ledger(10.0, run_delay=lambda: delay["ns"])
 
