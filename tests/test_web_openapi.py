@@ -57,7 +57,7 @@ async def test_openapi_json_describes_every_route_its_auth_and_errors(node):
                                              body["properties"]["messages"]["items"]["properties"]["content"]["anyOf"]]
     assert "Retry-After" in chat["responses"]["429"]["headers"]
     params = {p["name"] for p in doc["paths"]["/api/me/messages"]["get"]["parameters"]}
-    assert params == {"limit", "before"}
+    assert params == {"limit", "before", "q"}
 
 
 def fuzz(base_url: str, doc: dict[str, Any], token_for: dict[str, Callable[[], str]]) -> tuple[int, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -9,12 +10,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from hero.errors import InvalidField
 from hero.seams.node import AgentInfo
 from hero.web.auth import require_operator, require_user
 from hero.web.bodies import query_int
 from hero.web.parts import parts
 
 MAX_PAGE = 500
+MAX_QUERY_CHARS = 200  # a search's `q`: a few words, not a document
+SEARCH_LIMIT = 20  # matches a search returns when `limit` is not given
 
 
 async def me(request: Request) -> Response:
@@ -26,13 +30,30 @@ async def me(request: Request) -> Response:
 
 
 async def my_messages(request: Request) -> Response:
-    """This user's history, newest last; page backwards with `before=<seq>`."""
+    """This user's history, newest last; page backwards with `before=<seq>`; or, with `q=<words>`, the newest
+    `limit` entries holding every word, newest first (read one segment at a time, stopping once found)."""
     claims = await require_user(request)
+    if "q" in request.query_params:
+        return await _search(request, claims.sub)
     limit = query_int(request, "limit", 50, low=1, high=MAX_PAGE)
     before = query_int(request, "before", None, low=1, high=2**62)
     page = await parts(request).chat.page(claims.sub, limit=limit, before=before)
     return JSONResponse(
         {"messages": [e.to_json() for e in page.entries], "has_more": page.has_more, "next_before": page.next_before}
+    )
+
+
+async def _search(request: Request, agent_id: str) -> Response:
+    """`has_more`: older entries match too (one match beyond `limit` is looked for); a search does not page."""
+    query = request.query_params["q"]
+    if not re.search(r"\w", query) or len(query) > MAX_QUERY_CHARS:
+        raise InvalidField(f"query parameter q must hold a word and at most {MAX_QUERY_CHARS} characters", field="q")
+    limit = query_int(request, "limit", SEARCH_LIMIT, low=1, high=MAX_PAGE)
+    if "before" in request.query_params:
+        raise InvalidField("query parameter before cannot be given with q (a search does not page)", field="before")
+    found = await parts(request).chat.search(agent_id, query, limit=limit + 1)
+    return JSONResponse(
+        {"messages": [e.to_json() for e in found[:limit]], "has_more": len(found) > limit, "next_before": None}
     )
 
 

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from hero.config import NodeConfig
 from hero.seams.power import CHART_WINDOWS
 from hero.web.events_api import MAX_STREAMS_PER_USER
-from hero.web.node_api import MAX_PAGE
+from hero.web.node_api import MAX_PAGE, MAX_QUERY_CHARS, SEARCH_LIMIT
 from hero.web.parts import parts
 
 Auth = Literal["public", "token", "user", "operator"]
@@ -166,6 +166,11 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
     limit_q = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "Messages per page.")
     before_q = Param("before", "query", {"type": "integer", "minimum": 1, "maximum": 2**62},
                      "Only messages with a smaller seq (page backwards with `next_before`).")
+    search_q = Param("q", "query", {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": r"\w"},
+                     "Search instead of paging: the newest `limit` messages (default "
+                     f"{SEARCH_LIMIT}) holding every word, case-insensitive, newest first; `has_more` says older "
+                     "ones match too. Not with `before` (422). Without a word or over "
+                     f"{MAX_QUERY_CHARS} characters: 422 naming `q`.")
     last_id = {"type": "integer", "minimum": 0}
     return {
         ("POST", "/v1/chat/completions"): Operation(
@@ -185,12 +190,12 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
                            agent_status={"enum": ["active", "hibernated", "damaged"]}, token_expires=INTEGER)},
         ),
         ("GET", "/api/me/messages"): Operation(
-            "Your agent's history, newest last.",
+            "Your agent's history, newest last; with `q`, a search of it, newest first (`next_before` null).",
             "user",
             {JSON: _object(("messages", "has_more", "next_before"), messages={"type": "array", "items": HISTORY_ENTRY},
                            has_more=BOOLEAN, next_before={"type": ["integer", "null"]})},
-            params=(limit_q, before_q),
-            errors=(400, 503),
+            params=(limit_q, before_q, search_q),
+            errors=(400, 422, 503),
         ),
         ("GET", "/api/me/events"): Operation(
             f"Live messages as SSE (each event's id is the message's seq); at most {MAX_STREAMS_PER_USER} open "
