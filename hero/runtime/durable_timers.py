@@ -17,6 +17,10 @@ again after the back-off until it is stored (any later write of the agent's
 timers stores it too). So a failed removal does not make the timer fire twice,
 here or after a restart once the store takes writes again.
 
+Old versions of the timers object hold nothing the newest does not: all but
+the newest `HEAD_VERSIONS` are pruned in the background every `PRUNE_SLACK`
+writes (`pruning.py`), never once the node is closing.
+
 Timers fire on the node that holds their agent's lease (`leases.py`): a node
 schedules only the timers of agents it holds, drops them when it loses the
 lease (`drop`), and a timer that finds its agent held elsewhere leaves the
@@ -38,6 +42,7 @@ from hero.runtime.backoff import Backoff
 from hero.runtime.damage import DamagedAgents
 from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.keys import TIMERS, timers_key
+from hero.runtime.pruning import HEAD_VERSIONS, HeadPruner, HeadVersions
 from hero.runtime.report import NodeStats
 from hero.runtime.timers import Timer, TimerSchedule, decode_timers
 from hero.seams.directory import Lease
@@ -56,6 +61,7 @@ class DurableTimers:
         damaged: DamagedAgents,
         stats: NodeStats,
         check: Callable[[Lease], None] = lambda lease: None,
+        keep_versions: int = HEAD_VERSIONS,
     ) -> None:
         self.schedule = TimerSchedule(self._due)
         self.backoff = backoff
@@ -68,11 +74,15 @@ class DurableTimers:
         self._check = check  # may this node still write under the lease (leases.py)
         # timers done (fired or cancelled) whose removal is not stored yet: the lease to write it under, failures
         self._removing: dict[str, tuple[Lease, int]] = {}
+        self._pruner = HeadPruner(store, lambda coro, name: nursery.spawn(coro, name=name), keep_versions,
+                                  key=timers_key, what="timers")
+        self._versions: dict[str, HeadVersions] = {}  # agent id -> its timers object's last version, its pruning
 
     def close(self) -> None:
         """No more deliveries: the schedule's loop timer is cancelled (timers stay stored)."""
         self.closed = True
         self.schedule.close()
+        self._pruner.close()
 
     # storage
 
@@ -113,7 +123,10 @@ class DurableTimers:
         pending = self.schedule.pending(lease.agent_id)
         kept = [t.to_json() for t in pending if t.timer_id not in self._removing]
         self._check(lease)
-        await self._store.put(timers_key(lease.agent_id), json.dumps(kept).encode(), epoch=lease.epoch)
+        version = await self._store.put(timers_key(lease.agent_id), json.dumps(kept).encode(), epoch=lease.epoch)
+        head = self._versions.setdefault(lease.agent_id, HeadVersions())
+        head.version = version.version
+        self._pruner.wrote(lease.agent_id, head)
         for timer in pending:
             if self._removing.pop(timer.timer_id, None) is not None:
                 self.schedule.remove(timer.timer_id)

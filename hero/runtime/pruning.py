@@ -1,11 +1,12 @@
-"""Pruning an agent's head: old versions of its state object dropped in the background.
+"""Pruning an agent's head: old versions of its state object (and of its timers) dropped in the background.
 
 Old versions of the head hold nothing the newest does not, so all but the
 newest `keep` (`HEAD_VERSIONS`) are pruned: every `PRUNE_SLACK` writes while the
 agent stays in memory, and after it hibernates. One prune runs per agent at a
 time; one asked for while another runs goes after it (the one at hibernation
 must see the last write). A prune that fails (a backend down) is left to the
-next one.
+next one. The same holds for the agent's timers object (`durable_timers.py`,
+its own pruner with `key=timers_key`), pruned every `PRUNE_SLACK` writes.
 """
 
 from __future__ import annotations
@@ -35,18 +36,22 @@ class HeadVersions:
 
 
 class HeadPruner:
-    """Prunes the heads of the agents in memory, in tasks `spawn` owns."""
+    """Prunes one object of each agent (`key`: its state by default), in tasks `spawn` owns."""
 
     def __init__(
         self,
         store: StateStore,
         spawn: Callable[[Coroutine[Any, Any, None], str], object],
         keep: int = HEAD_VERSIONS,
+        key: Callable[[str], str] = state_key,
+        what: str = "state",
     ) -> None:
         self.store = store
         self.keep = max(1, keep)
         self.closing = False
         self._spawn = spawn
+        self._key = key
+        self._what = what  # the object's name in log lines
 
     def wrote(self, agent_id: str, head: HeadVersions) -> None:
         """A new head was written: prune once `PRUNE_SLACK` versions beyond `keep` have piled up."""
@@ -63,14 +68,14 @@ class HeadPruner:
         self.closing = True
 
     def prune(self, agent_id: str, head: HeadVersions) -> None:
-        """Drop old versions of the agent's head in the background, one prune per agent at a time."""
+        """Drop old versions of the agent's object in the background, one prune per agent at a time."""
         if self.closing or not isinstance(self.store, VersionPruning) or head.version <= self.keep:
             return
         if head.pruning:
             head.again = True
             return
         head.pruning = True
-        self._spawn(self._prune(agent_id, head), f"prune:{agent_id[:8]}")
+        self._spawn(self._prune(agent_id, head), f"prune:{self._what}:{agent_id[:8]}")
 
     async def _prune(self, agent_id: str, head: HeadVersions) -> None:
         assert isinstance(self.store, VersionPruning)
@@ -79,13 +84,14 @@ class HeadPruner:
                 head.again = False
                 keep_from = head.version
                 try:
-                    removed = await self.store.prune(state_key(agent_id), self.keep)
+                    removed = await self.store.prune(self._key(agent_id), self.keep)
                 except HeroError as exc:  # a backend down: the next prune tries again
-                    log.warning("agent %s: old versions of its state not pruned: %s", agent_id[:12], exc.message)
+                    log.warning("agent %s: old versions of its %s not pruned: %s", agent_id[:12], self._what,
+                                exc.message)
                     return
                 head.pruned_at = keep_from
                 if removed:
-                    log.debug("agent %s: %d old versions of its state pruned", agent_id[:12], removed)
+                    log.debug("agent %s: %d old versions of its %s pruned", agent_id[:12], removed, self._what)
                 if not head.again:
                     return
         finally:
