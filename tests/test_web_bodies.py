@@ -56,7 +56,9 @@ def test_any_json_object_is_returned_intact_or_refused_naming_the_field(value):
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_to_a_usable_object_or_a_4xx(raw):
     result = decode(raw)
-    if not isinstance(result, HeroError):
+    if isinstance(result, HeroError):  # refused as the client's fault, saying why
+        assert 400 <= result.status < 500 and result.to_json()["error"]["message"], result.to_json()
+    else:
         usable(result)
 
 

@@ -118,9 +118,12 @@ def test_garbage_packets_raise_only_wire_error(raw) -> None:
     for candidate in (raw, b"\x02\x01\0\0" + raw, b"\x02\x01\0\0\x2a\x04" + len(raw).to_bytes(2, "big") + raw,
                       b"\x02\x00\0\0" + raw):
         try:
-            decode_packet(candidate)
+            packet = decode_packet(candidate)
         except WireError:
-            pass
+            continue
+        # What garbage decodes to is a packet the node could have sent: it encodes and decodes to itself.
+        again = encode_data(packet) if isinstance(packet, DataPacket) else encode_control(packet)
+        assert decode_packet(again) == packet
 
 
 @given(st.lists(tlv, min_size=1, max_size=5), st.integers(0, 400))
