@@ -349,5 +349,11 @@ class _DirectoryActor:
             calls.append(getattr(host, method).remote(*args))
         if not calls:
             return 0
-        done, _ = await asyncio.wait([asyncio.ensure_future(c) for c in calls], timeout=5.0)
-        return sum(1 for d in done if not d.exception())
+        waits = [asyncio.ensure_future(c) for c in calls]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=5.0)
+        finally:  # a host slower than 5 s is not waited for: its wait is cancelled, not left behind
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return sum(1 for d in done if not d.cancelled() and not d.exception())
