@@ -29,6 +29,8 @@ from pathlib import Path
 
 from runtime_bench import Echo, seeded
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.conftest: a real HTTP server
+
 from hero.chat.histories import Histories
 from hero.config import NodeConfig
 from hero.identity import NodeKeys, UserKey
@@ -113,17 +115,13 @@ async def figures(data: Path, messages: int, methods: dict[str, Method]) -> None
 
 async def over_http(data: Path, messages: int) -> None:
     """`GET /api/me/export` end to end, through a real node and HTTP server."""
-    import socket
-
     import httpx
-    import uvicorn
 
     from hero.server import open_node
     from hero.users import Users
+    from tests.conftest import free_port, serving_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = NodeConfig(data_dir=data, port=port, overlay="off", max_tokens=24, n_ctx=1024)
     keys = NodeKeys.load_or_create(data)
     key = UserKey.generate()
@@ -137,45 +135,34 @@ async def over_http(data: Path, messages: int) -> None:
     await store.put(state_key(key.agent_id), json.dumps({"history": entries}).encode(), epoch=1)
     await store.aclose()
     headers = {"Authorization": f"Bearer {token}"}
-    async with open_node(config, agent_factory=Echo) as parts:
-        server = uvicorn.Server(uvicorn.Config(parts.app, host="127.0.0.1", port=port, log_level="warning",
-                                               lifespan="off"))
-        serve = asyncio.create_task(server.serve())
-        while not server.started:
-            if serve.done():
-                serve.result()
-            await asyncio.sleep(0.01)
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
-                await (await parts.node.deliver(key.agent_id, Ping())).wait_accepted()  # migrated into segments
-                await parts.node.hibernate(key.agent_id)
-                await parts.node.settle()
+    async with open_node(config, agent_factory=Echo) as parts, serving_app(parts.app, port):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
+            await (await parts.node.deliver(key.agent_id, Ping())).wait_accepted()  # migrated into segments
+            await parts.node.hibernate(key.agent_id)
+            await parts.node.settle()
 
-                async def export() -> int:
-                    size = count = 0
-                    tail = b""  # a piece may end inside a `"seq":`
-                    async with http.stream("GET", "/api/me/export", headers=headers) as r:
-                        assert r.status_code == 200, r.status_code
-                        async for piece in r.aiter_raw():
-                            size += len(piece)
-                            count += (tail + piece).count(b'"seq":')
-                            tail = piece[-5:]
-                    assert count == messages, (count, messages)
-                    return size
+            async def export() -> int:
+                size = count = 0
+                tail = b""  # a piece may end inside a `"seq":`
+                async with http.stream("GET", "/api/me/export", headers=headers) as r:
+                    assert r.status_code == 200, r.status_code
+                    async for piece in r.aiter_raw():
+                        size += len(piece)
+                        count += (tail + piece).count(b'"seq":')
+                        tail = piece[-5:]
+                assert count == messages, (count, messages)
+                return size
 
-                times = []
-                for _ in range(3):
-                    began = time.perf_counter()
-                    size = await export()
-                    times.append(time.perf_counter() - began)
-                tracemalloc.start()
-                held = tracemalloc.get_traced_memory()[0]
-                await export()
-                peak = (tracemalloc.get_traced_memory()[1] - held) / 2**20
-                tracemalloc.stop()
-        finally:
-            server.should_exit = True
-            await serve
+            times = []
+            for _ in range(3):
+                began = time.perf_counter()
+                size = await export()
+                times.append(time.perf_counter() - began)
+            tracemalloc.start()
+            held = tracemalloc.get_traced_memory()[0]
+            await export()
+            peak = (tracemalloc.get_traced_memory()[1] - held) / 2**20
+            tracemalloc.stop()
     print(f"GET /api/me/export {messages:>7,} messages: {min(times):7.3f} s ({messages / min(times):,.0f} entries/s), "
           f"peak memory {peak:6.1f} MiB (the document is {size / 2**20:.1f} MiB)", flush=True)
 
