@@ -365,10 +365,14 @@ class Node:
         statuses.update(dict.fromkeys(self._active, "active"))
         return statuses
 
+    def damaged_agents(self) -> list[AgentInfo]:
+        known = self._activations.known
+        return [AgentInfo(d.agent_id, "damaged", known.get(d.agent_id), d.reason, d.since) for d in self.damaged.all()]
+
     async def agents(self) -> list[AgentInfo]:
         out = [AgentInfo(a.agent_id, "active", wall(a.last_event)) for a in self._active.values()]
+        out += self.damaged_agents()
         known = self._activations.known
-        out += [AgentInfo(d.agent_id, "damaged", known.get(d.agent_id), d.reason, d.since) for d in self.damaged.all()]
         for agent_id, last in known.items():
             if agent_id in self.damaged:
                 continue

@@ -51,6 +51,10 @@ class AgentStatuses(Protocol):
 
     def agent_statuses(self) -> Mapping[str, AgentStatus]: ...
 
+    def damaged_agents(self) -> list[AgentInfo]:
+        """The damaged agents, each with why and since when."""
+        ...
+
 
 class AgentRuntime(AgentStatuses, Protocol):
     """What the web asks of the runtime: deliver a user's event to their agent, and what the operator sees."""

@@ -5,9 +5,8 @@ throughput, and which optional parts (power, storage, overlay) this node has,
 so the dashboard shows only the panels whose data exists. Rates are deltas of the
 runtime's and LLM's counters over a short window of samples kept per app.
 
-Damaged agents are listed by name with the reason (the store's error): the list
-is read from the node's agent list only when the set of damaged agents changes,
-since that list reads the store for the others.
+Damaged agents are listed by name with the reason (the store's error), from the
+runtime's memory (`damaged_agents`), so a status costs no store read.
 """
 
 from __future__ import annotations
@@ -61,33 +60,6 @@ class Rates:
         return max(0.0, (last[index] - first[index]) / span) if span > 0 else 0.0
 
 
-class DamagedList:
-    """The damaged agents with their reasons, read again when the set of damaged agents changes."""
-
-    def __init__(self) -> None:
-        self.ids: frozenset[str] = frozenset()
-        self.entries: list[dict[str, Any]] = []
-
-    async def current(self, request: Request, ids: frozenset[str]) -> list[dict[str, Any]]:
-        if ids != self.ids:
-            agents = await parts(request).node.agents() if ids else []
-            names = user_names(request)
-            self.entries = [
-                {"agent_id": a.agent_id, "user": names.get(a.agent_id), "reason": a.reason, "since": a.since}
-                for a in agents
-                if a.status == "damaged"
-            ]
-            self.ids = ids
-        return self.entries
-
-
-def _damaged_list(request: Request) -> DamagedList:
-    damaged = getattr(request.app.state, "status_damaged", None)
-    if damaged is None:
-        damaged = request.app.state.status_damaged = DamagedList()
-    return damaged
-
-
 def _rates(request: Request) -> Rates:
     rates = getattr(request.app.state, "status_rates", None)
     if rates is None:
@@ -101,7 +73,7 @@ async def node_status(request: Request) -> dict[str, Any]:
     node, llm = edge.node, edge.llm
     by_agent = node.agent_statuses()
     statuses = list(by_agent.values())
-    damaged = frozenset(agent_id for agent_id, status in by_agent.items() if status == "damaged")
+    names = user_names(request) if "damaged" in statuses else {}
     tokens = llm.tokens_total
     now = time.monotonic()
     rates = _rates(request)
@@ -117,7 +89,10 @@ async def node_status(request: Request) -> dict[str, Any]:
             "damaged": statuses.count("damaged"),
             "total": len(statuses),
         },
-        "damaged_agents": await _damaged_list(request).current(request, damaged),
+        "damaged_agents": [
+            {"agent_id": a.agent_id, "user": names.get(a.agent_id), "reason": a.reason, "since": a.since}
+            for a in node.damaged_agents()
+        ],
         "activation_rate_per_min": round(rates.per_second(1, ACTIVATION_WINDOW_S, full_window=True) * 60.0, 2),
         "runtime": {
             "activations": node.stats.activations,
