@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import hero.users.registry
+import hero.users.tool
 from hero.power.config import PowerConfig
 from hero.power.parts import PARTS, PartSampler, part_of_file
 from hero.power.service import PowerService
@@ -19,6 +21,8 @@ def test_part_rules_pick_the_innermost_known_package() -> None:
     assert part_of_file("/work/main/hero/store/pipeline.py") == "store"
     assert part_of_file("/work/main/hero/scheduler/llm.py") == "llm"
     assert part_of_file("/usr/lib/python3.11/json/encoder.py") is None
+    assert part_of_file(hero.users.registry.__file__) == "web"  # users and tokens: the web's auth work
+    assert part_of_file(hero.users.tool.__file__) == "web"
 
 
 def test_sampler_charges_a_threads_cpu_to_the_part_its_code_is_in(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("/uvicorn/", "web"),
     ("/h11/", "web"),
     ("/httptools/", "web"),
-    ("/hero/users.py", "web"),
+    ("/hero/users/", "web"),
     ("/hero/power/", "power"),
     ("/duckdb/", "power"),
     ("/prometheus_client/", "power"),
