@@ -7,6 +7,7 @@ text, an error or `END` through `deliver`, one wake-up per event loop per step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -47,10 +48,8 @@ def deliver(items: list[tuple[Job, object]]) -> None:
     for job, item in items:
         by_loop[job.loop].append((job, item))
     for loop, batch in by_loop.items():
-        try:
+        with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is listening any more
             loop.call_soon_threadsafe(_put_all, batch)
-        except RuntimeError:  # that loop has closed: nobody is listening any more
-            pass
 
 
 def _put_all(batch: list[tuple[Job, object]]) -> None:

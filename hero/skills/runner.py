@@ -15,6 +15,7 @@ GIL. The worker's thread CPU time is each call's cost, charged to its agent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import inspect
 import logging
@@ -72,10 +73,8 @@ class _Job:
                 log.exception("%s: tasks it left behind could not be cancelled", self.name)
             if self.charge is not None:
                 self.charge(time.thread_time_ns() - started)
-        try:
+        with contextlib.suppress(RuntimeError):  # the node's loop has closed: nobody waits for this any more
             self.home.call_soon_threadsafe(self._settle, outcome)
-        except RuntimeError:  # the node's loop has closed: nobody waits for this any more
-            pass
 
     def _settle(self, outcome: Outcome) -> None:
         self.settled = True
@@ -94,10 +93,8 @@ class _Job:
         self.cancelled = True
         task, loop = self.task, self.loop
         if task is not None and loop is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the worker's loop is gone: the call has ended
                 loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the worker's loop is gone: the call has ended
-                pass
 
 
 class _Worker:
@@ -137,10 +134,8 @@ class _Worker:
         except BaseException:  # a `SkillTimeout` that landed after its call ended: the retired worker ends
             return
         finally:
-            try:
+            with contextlib.suppress(BaseException):  # an interrupted loop may refuse to close; it goes with the thread
                 loop.close()
-            except BaseException:  # an interrupted loop may refuse to close; it goes with the thread
-                pass
 
     def interrupt(self, job: _Job) -> bool:
         """Raise `SkillTimeout` in the worker's thread if it still runs `job`, and retire the worker."""
@@ -210,11 +205,9 @@ class SkillRunner:
         job.cancel()
         if not job.settled:
             job.ended = asyncio.get_running_loop().create_future()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.ended, self.grace_s)
                 return
-            except TimeoutError:
-                pass
         if job.settled or not worker.interrupt(job):
             return
         self.interrupted += 1
