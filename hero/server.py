@@ -268,8 +268,8 @@ async def serve(config: NodeConfig, *, announce: Any = print) -> None:
     raise_file_limit()
     check_config(config)
     with NodeLock.acquire(config.data_dir, port=config.port):
-        sock = listen(config.host, config.port)
-        with shutdown_signals() as signals:
+        with shutdown_signals() as signals:  # before the port: once it is bound, a signal must find its handler
+            sock = listen(config.host, config.port)
             try:
                 await _serve(config, sock, announce, signals)
             except asyncio.CancelledError:
