@@ -59,3 +59,34 @@ async def test_a_timer_whose_removal_write_fails_fires_once_and_its_removal_is_r
     assert again.stats.timers_fired == 0
     assert [e.content for e in await history(again, agent) if e.kind == "reminder"] == ["timer stretch"]
     await again.aclose()
+
+
+async def test_a_timer_whose_removal_is_never_stored_before_shutdown_does_not_fire_again_after_restart(
+        store: QSS, tmp_path: Path):
+    backends = tmp_path / "data" / "backends"
+
+    class FaultAfterTurn(Worker):
+        """The timer's turn writes its entry, then the backends go and stay gone until the node has stopped."""
+
+        async def handle(self, event: Event, reply: Reply) -> None:
+            await super().handle(event, reply)
+            if isinstance(event, TimerFired):
+                unplug(backends)
+
+    node = make_node(store, FaultAfterTurn, idle_after_s=60, retries=FAST)
+    agent = new_agent()
+    await chat(node, agent, "timer 0.05 stretch")
+    await eventually(lambda: node.stats.timers_fired == 1)
+    assert len(node.timers) == 1  # kept as removed: its removal could not be written
+    await node.aclose()
+    plug(backends)
+    assert len(json.loads(await store.get(timers_key(agent)))) == 1  # still stored as pending
+
+    again = make_node(store, Worker, idle_after_s=60, retries=FAST)
+    await again.start()
+    await eventually(lambda: len(again.timers) == 0)  # found done in the agent's state: only its removal written
+    await again.settle()
+    assert [e.content for e in await history(again, agent) if e.kind == "reminder"] == ["timer stretch"]
+    assert json.loads(await store.get(timers_key(agent))) == []
+    assert again.stats.turn_errors == 0
+    await again.aclose()

@@ -14,8 +14,11 @@ A timer is removed from the store once its turn is done (or the agent cancels
 it). When that write fails the timer is not lost track of: it stays in the
 schedule marked as removed, is never delivered again, and its removal is written
 again after the back-off until it is stored (any later write of the agent's
-timers stores it too). So a failed removal does not make the timer fire twice,
-here or after a restart once the store takes writes again.
+timers stores it too). So a failed removal does not make the timer fire twice
+here. Nor after a restart before the removal was stored: a timer's id is put in
+the agent's state (`timers_fired`, the last `FIRED_KEPT`) before its turn runs,
+so it is stored with what the turn stored, and a timer found there is not run
+again, only removed (`begin`).
 
 Old versions of the timers object hold nothing the newest does not: all but
 the newest `HEAD_VERSIONS` are pruned in the background every `PRUNE_SLACK`
@@ -49,6 +52,9 @@ from hero.seams.directory import Lease
 from hero.seams.store import StateStore
 
 log = logging.getLogger("hero.runtime")
+
+FIRED = "timers_fired"  # the agent state's key for the ids of the timers whose turns ran, newest last
+FIRED_KEPT = 16  # ids kept there: a removal not stored after this many later timers was stored by their writes
 
 
 class DurableTimers:
@@ -148,6 +154,27 @@ class DurableTimers:
 
     # delivery and its failures
 
+    def begin(self, state: dict[str, Any], timer_id: str) -> bool:
+        """Whether the timer's turn is to run: not if the agent's state records it as run (its removal was not
+        stored before a restart). Else its id is recorded there, to be stored with what the turn stores."""
+        fired = state.setdefault(FIRED, [])
+        if timer_id in fired:
+            return False
+        fired.append(timer_id)
+        del fired[:-FIRED_KEPT]
+        return True
+
+    async def finish(self, lease: Lease, timer_id: str, persist: Callable[[], Awaitable[None]]) -> None:
+        """The timer's turn is done: remove it. If that is not stored, the state that records the turn as run is
+        stored too (a turn need not have stored it), so that a restart does not run it again."""
+        await self.remove(lease, timer_id)
+        if timer_id in self._removing:
+            try:
+                await persist()
+            except HeroError as exc:
+                log.warning("agent %s: state not stored after timer %s's removal failed: %s",
+                            lease.agent_id[:12], timer_id, exc.message)
+
     def _due(self, timer: Timer) -> None:
         if not self.closed:
             self._nursery.spawn(self._fire(timer), name=f"timer:{timer.agent_id[:8]}")
@@ -175,9 +202,13 @@ class DurableTimers:
             return  # the turn failed: the node called `failed` from inside it
         self._stats.timers_fired += 1
 
-    def failed(self, timer_id: str, error: str, *, poison: bool = False) -> Timer | None:
-        """Re-arm a timer whose delivery or turn failed, after the back-off. A poison timer (its turn
-        raised) that has used up its attempts is not re-armed but returned, for `set_aside_in`."""
+    def failed(self, timer_id: str, error: str, *, state: dict[str, Any] | None = None,
+               poison: bool = False) -> Timer | None:
+        """Re-arm a timer whose delivery or turn failed, after the back-off (a turn that failed is not
+        recorded as run in the agent's `state`). A poison timer (its turn raised) that has used up its
+        attempts is not re-armed but returned, for `set_aside_in`."""
+        if state is not None and timer_id in state.get(FIRED, []):
+            state[FIRED].remove(timer_id)
         timer = self.schedule.get(timer_id)
         if timer is None:
             return None

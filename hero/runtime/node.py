@@ -259,14 +259,13 @@ class Node:
 
     async def _run(self, act: Activation, event: Event, reply: Reply) -> None:
         self.stats.turns += 1
-        turn = act.agent.handle(event, reply)
+        timer_id = event.timer_id if isinstance(event, TimerFired) else None
         try:
-            if self.metering is not None:
-                await self.metering.run_turn(act.agent_id, turn)
-            else:
-                await turn
-            if isinstance(event, TimerFired):
-                await self._timers.remove(act.lease, event.timer_id)
+            if timer_id is None or self._timers.begin(act.ctx.state, timer_id):  # not if it ran before a restart
+                turn = act.agent.handle(event, reply)
+                await (turn if self.metering is None else self.metering.run_turn(act.agent_id, turn))
+            if timer_id is not None:
+                await self._timers.finish(act.lease, timer_id, act.ctx.persist)
             reply.accept()
         except asyncio.CancelledError:
             reply.fail(Unavailable("node is shutting down"))
@@ -275,15 +274,15 @@ class Node:
             self.stats.turn_errors += 1
             log.warning("agent %s: %s", act.agent_id[:12], exc.message)
             reply.fail(exc)
-            if isinstance(event, TimerFired):
-                self._timers.failed(event.timer_id, exc.message)
+            if timer_id is not None:
+                self._timers.failed(timer_id, exc.message, state=act.ctx.state)
         except Exception as exc:
             self.stats.turn_errors += 1
             log.exception("agent %s: turn failed on %s", act.agent_id[:12], type(event).__name__)
             reply.fail(AgentError("the agent failed to answer; the error was logged"))
-            if not isinstance(event, TimerFired):
+            if timer_id is None:
                 await self._tell_failure(act, f"Sorry, something went wrong ({type(exc).__name__}).")
-            elif (timer := self._timers.failed(event.timer_id, repr(exc), poison=True)) is not None:
+            elif (timer := self._timers.failed(timer_id, repr(exc), state=act.ctx.state, poison=True)) is not None:
                 await self._set_aside(act, timer, exc)
         finally:
             reply.close()
