@@ -140,3 +140,29 @@ async def test_tokens_are_good_on_every_node_of_a_cluster_and_nowhere_else(tmp_p
     finally:
         for reg in (a, b, other):
             await reg.store.aclose()
+
+
+async def test_one_unreadable_user_record_costs_that_user_not_the_node(tmp_path: Path, caplog) -> None:
+    from hero.users.record import user_key
+    from tests.test_runtime_faults import rot
+
+    data = tmp_path / "data"
+    with Users(data, NodeKeys.load_or_create(data)) as users:
+        alice = users.add("alice", UserKey.generate().agent_id)
+        bob = users.add("bob", UserKey.generate().agent_id)
+        bob_token, _ = users.issue(bob)
+        alice_token, _ = users.issue(alice)
+    store = await open_qss(data, NodeKeys.load_or_create(data))
+    try:
+        await rot(store, user_key(alice.agent_id), 5)  # 15 of 20 fragments left: below the 16 needed
+    finally:
+        await store.aclose()
+    reg = await registry(data, NodeKeys.load_or_create(data))
+    try:
+        assert [u.name for u in reg.list()] == ["bob"]
+        assert (await reg.authenticate(bob_token)).sub == bob.agent_id
+        with pytest.raises(Unauthorized):
+            await reg.authenticate(alice_token)
+        assert any(user_key(alice.agent_id) in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    finally:
+        await reg.store.aclose()

@@ -12,14 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hero.errors import Conflict, HeroError, NotFound, Unauthorized, UsageError
+from hero.errors import Conflict, HeroError, NotFound, StorageError, Unauthorized, UsageError
 from hero.identity import NodeKeys, TokenClaims, UserKey, check_agent_id
 from hero.net.records import check_grant, sign_grant
 from hero.nursery import Nursery
 from hero.seams.store import StateStore
 from hero.seams.users import User
 from hero.users.changes import ChangeLog
-from hero.users.record import AUTH, LEGACY_REVOKED_TTL_S, NAME, NONCES, REVOKED, USER_TTL, Record
+from hero.users.record import AUTH, LEGACY_REVOKED_TTL_S, NAME, NONCES, REVOKED, USER_TTL, Record, user_key
 from hero.users.stored import UserStore, read_legacy, retire_legacy
 
 log = logging.getLogger("hero.users")
@@ -59,7 +59,11 @@ class Registry:
 
         async def read(agent_id: str) -> None:
             async with gate:
-                await self.refresh(agent_id)
+                try:
+                    await self.refresh(agent_id)
+                except StorageError as exc:  # costs that user (their tokens fail), never the node's start
+                    log.error("user record %s cannot be read; that user cannot sign in while it cannot (see "
+                              "`hero storage status`): %s", user_key(agent_id), exc.message)
 
         await asyncio.gather(*(read(a) for a in await self.stored.agent_ids()))
         await self.refresh(AUTH)
