@@ -54,9 +54,12 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
         purged = users.call(delete)
     forget_power(data, agent_id)
     out = {"deleted": args.name, "agent_id": agent_id, "store": purged}
+    where = ("from every backend" if not purged["pending"] else
+             "from every backend that answered; the rest go from the others when they answer (the node does it: "
+             "see `hero storage status`)")
     print(json.dumps(out) if args.json else
           f"deleted {args.name}: their tokens no longer work; {purged['objects']} objects of agent "
-          f"{agent_id[:16]}… removed from every backend ({purged['fragments_removed']} fragments)")
+          f"{agent_id[:16]}… removed {where} ({purged['fragments_removed']} fragments)")
     return 0
 
 

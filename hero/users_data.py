@@ -4,8 +4,10 @@ Deletion goes in an order that leaves nothing half-alive: the user is revoked fi
 fails, and the overlay stops delivering to their agent), the agent leaves the node (nothing of it is written
 from then on), every object under its prefix is purged from every backend (every version, every fragment),
 then the user's record goes and the power part forgets the agent. A backend that did not answer keeps what
-it holds: the deletion says so (StorageError) and running it again (`hero user delete NAME --purge`, the
-user being revoked already) finishes the work.
+it holds until it answers again: the store records what it missed and purges it there then (`pending`
+in the answer, and in `hero storage status`), so the deletion is complete for the user at once and on
+every backend as soon as each is back. A store that cannot record that refuses (StorageError), and
+running the deletion again (`hero user delete NAME --purge`, the user being revoked already) finishes it.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ def skill_state_of(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def purge_agent(store: object, agent_id: str) -> dict[str, Any]:
-    """Every object of the agent, gone from every backend; StorageError if a backend kept something."""
+    """Every object of the agent, gone from every backend or recorded to go when a missed backend is back
+    (`pending`); StorageError if a backend kept something the store will not purge by itself."""
     if not isinstance(store, Purging):
         raise Unavailable("this node's store cannot delete for good")
     report = await store.purge(agent_prefix(agent_id))
-    if report.left:
+    if report.left and not report.pending:
         raise StorageError(f"the agent's data is not yet deleted everywhere: {'; '.join(report.left[:3])}; "
                            "run the deletion again once every backend answers")
     return report.to_json()

@@ -90,6 +90,11 @@ class Purged(Protocol):
         """Why something may remain (a backend that did not answer): empty when everything is gone."""
         ...
 
+    @property
+    def pending(self) -> bool:
+        """What is left is recorded by the store and deleted there once those backends answer again."""
+        ...
+
     def to_json(self) -> dict[str, Any]: ...
 
 

@@ -207,6 +207,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     keep = out["retention"]["keep_versions"]
     lines.append(f"retention: keep the newest {keep} versions (gc every {out['retention']['interval_s']:g} s)" if keep
                  else "retention: every version kept (set keep_versions in storage.toml, or run gc --keep N)")
+    for purge in out["purges_pending"]:
+        lines.append(f"purge pending since {_time(purge['since'])}: {purge['prefix']} still on "
+                     f"{', '.join(purge['backends']) or 'a backend that did not list its objects'} "
+                     f"(deleted there when it answers; tried again {purge['attempts']} times so far)")
     _emit(args, out, "\n".join(lines))
     return 0
 

@@ -51,6 +51,14 @@ class GcReport:
 
 
 @dataclass
+class Leftover:
+    """What one backend that did not answer a purge may still hold: fragments (by hash) and manifest names."""
+
+    fragments: list[str] = field(default_factory=list)
+    meta: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PurgeReport:
     prefix: str
     objects: int = 0
@@ -58,9 +66,22 @@ class PurgeReport:
     fragments_removed: int = 0
     meta_removed: int = 0
     left: list[str] = field(default_factory=list)  # why something may remain (a backend that did not answer)
+    leftovers: dict[str, Leftover] = field(default_factory=dict)  # backend name -> what it may still hold
+    listed_all: bool = True  # every backend listed its objects (else one may hold objects nobody else named)
+    pending: bool = False  # what is left is recorded and will be purged when its backends answer (`purges.py`)
+
+    @property
+    def unfinished(self) -> bool:
+        """A backend that did not answer may still hold something: purging again once it does finishes."""
+        return bool(self.leftovers) or not self.listed_all
+
+    def leftover(self, backend: str) -> Leftover:
+        return self.leftovers.setdefault(backend, Leftover())
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"prefix": self.prefix, "objects": self.objects, "versions_removed": self.versions_removed,
+                "fragments_removed": self.fragments_removed, "meta_removed": self.meta_removed,
+                "left": self.left, "pending": self.pending}
 
 
 class Collector:
@@ -106,6 +127,7 @@ class Collector:
         report = PurgeReport(prefix)
         oids, holders, complete = await self.catalog.oids()
         if not complete:
+            report.listed_all = False
             report.left.append("some backend did not list its objects: objects only it holds were not seen")
         for oid in sorted(oids):
             found = await self.catalog.identify(oid, holders[oid])
@@ -125,6 +147,7 @@ class Collector:
             report.objects = 1
             await self._drop_object(oid, report, index)
         elif not index.complete:
+            report.listed_all = False
             report.left.append(f"some backend did not list {key!r}")
         return report
 
@@ -134,6 +157,7 @@ class Collector:
         if index is None:
             index = await self.catalog.index(oid)
         if not index.complete:
+            report.listed_all = False
             report.left.append(f"object {oid[:16]}…: some backend did not list it")
         hashes: set[str] = set()
         for number in index.versions():
@@ -152,6 +176,7 @@ class Collector:
                 if isinstance(removed, int):
                     report.fragments_removed += removed
                 else:
+                    report.leftover(backend.name).fragments.extend(wanted)
                     report.left.append(f"{backend.name} did not answer: fragments of object {oid[:16]}… may "
                                        "remain there")
         for entry in list(index.where):
@@ -161,6 +186,7 @@ class Collector:
                 if isinstance(removed, int):
                     report.meta_removed += removed
                 else:
+                    report.leftover(holder).meta.append(name)
                     report.left.append(f"{holder} did not answer: {name} remains there")
             self.catalog.forget(name)
         self.catalog.forget_object(oid)

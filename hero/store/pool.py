@@ -52,6 +52,7 @@ class BackendPool:
         self.health = {b.name: Health(since=time.time()) for b in self.backends}
         self.slots = [Slot(b.name, b.location) for b in self.backends]
         self._stats: tuple[float, list[BackendStat | StorageError | Conflict]] = (-STATS_TTL_S, [])
+        self.on_recovered: list[Callable[[str], None]] = []  # told a backend's name when it answers again
         for backend in self.backends:
             if backend.fault is not None:  # e.g. its directory is a file: down from the start, the rest go on
                 self._failed(backend, "down", backend.fault, 1.0)
@@ -184,6 +185,8 @@ class BackendPool:
         if health.state != "up":
             log.warning("backend %s is back", backend.name)
             health.state, health.error, health.since, health.failures = "up", None, time.time(), 0
+            for listener in self.on_recovered:
+                listener(backend.name)
 
     def _failed(self, backend: Backend, state: str, message: str, backoff_s: float) -> None:
         health = self.health[backend.name]

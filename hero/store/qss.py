@@ -38,6 +38,7 @@ from hero.store.config import QSSConfig
 from hero.store.gc import ORPHAN_GRACE_S, Collector, PurgeReport, VersionRetention
 from hero.store.manifest import Manifest
 from hero.store.pool import BackendPool
+from hero.store.purges import PendingPurges
 from hero.store.reader import Reader
 from hero.store.repairs import RepairQueue
 from hero.store.scrubber import Scrubber
@@ -63,11 +64,12 @@ class QSS:
         self.repairs = RepairQueue()
         self.writer = Writer(self.catalog, self.repairs, workers, config=config, ec_type=self.ec_type)
         self.reader = Reader(self.catalog, self.repairs, workers)
-        self.scrubber = Scrubber(self.catalog, self.repairs, cpu=workers.cpu, config=config,
-                                 state_file=self.data_dir / "qss" / "scrub.json")
         self.collector = Collector(self.catalog)
+        self.purges = PendingPurges(self.data_dir / "qss" / "purges.json", self.collector, self.pool)
+        self.scrubber = Scrubber(self.catalog, self.repairs, cpu=workers.cpu, config=config,
+                                 state_file=self.data_dir / "qss" / "scrub.json", purging=self.purges.covers)
         self.retention = VersionRetention(self.collector, keep=config.keep_versions, interval_s=config.gc_interval_s)
-        self._background = Nursery("qss")  # the scrubber's and retention's loops
+        self._background = Nursery("qss")  # the scrubber's, retention's and pending purges' loops
         self._closed = False
 
     # Lifecycle
@@ -76,6 +78,7 @@ class QSS:
         """Start the background scrubber and retention gc (the node does; one-shot CLI commands need not)."""
         self.scrubber.start(self._background)
         self.retention.start(self._background)
+        self.purges.start(self._background)
 
     async def aclose(self) -> None:
         """Finish queued repairs, stop the scrubber, release backends and threads."""
@@ -117,7 +120,10 @@ class QSS:
         return await self.reader.versions(key)
 
     async def keys(self, prefix: str = "") -> list[str]:
-        return await self.catalog.keys(prefix)
+        """Every key under `prefix`, but none being purged (what a backend that was down brings back is gone)."""
+        keys = await self.catalog.keys(prefix)
+        await self.purges.load()
+        return [key for key in keys if not self.purges.covers(key)]
 
     # Operations
 
@@ -136,13 +142,18 @@ class QSS:
 
     async def purge(self, prefix: str) -> PurgeReport:
         """Delete every object whose key starts with `prefix` (ending in '/'): every version, patch and fragment on
-        every backend, and the cached data key of that scope. `left` says what a backend that was down still holds."""
-        return await self.collector.purge(prefix)
+        every backend, and the cached data key of that scope. `left` says what a backend that was down still holds;
+        that is then `pending`: recorded, and purged there once the backend answers (`purges.py`)."""
+        report = await self.collector.purge(prefix)
+        await self.purges.settle(report)
+        return report
 
     async def delete(self, key: str) -> PurgeReport:
-        """Delete one object: every version, patch and fragment of it on every backend."""
+        """Delete one object: every version, patch and fragment of it on every backend (`pending` as `purge`)."""
         check_key(key)
-        return await self.collector.delete(key)
+        report = await self.collector.delete(key)
+        await self.purges.settle(report)
+        return report
 
     async def prune(self, key: str, keep: int) -> int:
         """Drop all but the newest `keep` versions of `key` (the runtime's word for an agent's head, whose old
@@ -161,6 +172,7 @@ class QSS:
             **(await self.pool.status()),
             **(await self.scrubber.status()),
             "retention": self.retention.status(),
+            "purges_pending": await self.purges.status(),
         }
 
     # Inspection, for tests and tools: where an object's versions and fragments are

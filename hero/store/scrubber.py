@@ -67,9 +67,11 @@ class Scrubber:
     """
 
     def __init__(
-        self, catalog: Catalog, repairs: RepairQueue, *, cpu: Executor, config: QSSConfig, state_file: Path
+        self, catalog: Catalog, repairs: RepairQueue, *, cpu: Executor, config: QSSConfig, state_file: Path,
+        purging: Callable[[str], bool] = lambda key: False,
     ) -> None:
         self.catalog = catalog
+        self.purging = purging  # whether a key is being purged: a backend that was down brings it back, not to heal
         self.pool = catalog.pool
         self.fetcher = Fetcher(catalog.pool)
         self.repairs = repairs
@@ -149,7 +151,7 @@ class Scrubber:
             oids, holders, _ = await self.catalog.oids()
             for oid in sorted(oids):
                 who = await self.catalog.identify(oid, holders[oid])
-                if who.kind in ("foreign", "empty"):
+                if who.kind in ("foreign", "empty") or (who.key is not None and self.purging(who.key)):
                     continue
                 report.objects += 1
                 if who.kind == "damaged":

@@ -103,7 +103,7 @@ async def delete_me(request: Request) -> Response:
     if edge.data is None:
         raise Unavailable("this node cannot delete user data")
     report: dict[str, Any] = await edge.data.delete(claims.sub)
-    return JSONResponse(report)
+    return JSONResponse(report, status_code=202 if report["store"]["pending"] else 200)  # 202: a backend is behind
 
 
 def routes() -> list[Route]:

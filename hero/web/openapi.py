@@ -65,7 +65,8 @@ class Operation:
     body: dict[str, Any] | None = None  # JSON schema of the request body
     errors: tuple[int, ...] = ()  # beyond 401/403 (from auth) and 400/413/422 (from a body)
     example: dict[str, Any] | None = None  # a request body that succeeds
-    accepted: str | None = None  # when the operation may also answer 202 with no body: what that means
+    accepted: str | None = None  # when the operation may also answer 202: what that means
+    accepted_body: bool = False  # that 202 carries the success answer's body (else none)
 
 
 def _object(required: tuple[str, ...] = (), **properties: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +224,9 @@ def operations(config: NodeConfig) -> dict[tuple[str, str], Operation]:
             {JSON: _object(("deleted", "agent_id", "store"), deleted=STRING, agent_id=AGENT_ID, store=ANY_OBJECT)},
             params=(Param("confirm", "query", STRING, "Your user name, exactly: the confirmation.", required=True),),
             errors=(400, 422, 503),
+            accepted="Deleted, except on a backend that did not answer: what it holds is deleted there as soon as it "
+                     "answers (`store.pending` is true, `store.left` says where).",
+            accepted_body=True,
         ),
         ("GET", "/api/me/power"): Operation(
             "Your agent's watts, joules and Wh today, and the node's average agent.", "user", {JSON: ANY_OBJECT},
@@ -392,7 +396,7 @@ def _operation(method: str, path: str, op: Operation) -> dict[str, Any]:
         success["content"] = {kind: {"schema": schema} for kind, schema in op.ok.items()}
     responses: dict[str, Any] = {str(op.ok_status): success}
     if op.accepted is not None:
-        responses["202"] = {"description": op.accepted}
+        responses["202"] = {"description": op.accepted, **({"content": success["content"]} if op.accepted_body else {})}
     for code in sorted(status_codes):
         responses[str(code)] = _error(code)
     out: dict[str, Any] = {

@@ -64,7 +64,9 @@ export function showStorage(s) {
   const down = backends.length - up;
   const damaged = s.damaged_objects ?? 0;
   const health = $("storage-health");
-  const problems = [down && `${down} down`, damaged && `${damaged} damaged`].filter(Boolean);
+  const purging = (s.purges_pending || []).length; // a user's deletion a down backend has not taken yet
+  const problems = [down && `${down} down`, damaged && `${damaged} damaged`, purging && `${purging} deletion pending`]
+    .filter(Boolean);
   health.textContent = problems.length ? problems.join(" · ") : "healthy";
   health.className = "badge " + (problems.length ? "bad" : "ok");
   kpis($("storage-kpis"), [
@@ -72,6 +74,7 @@ export function showStorage(s) {
     ["To repair", s.repairs?.queued ?? 0],
     ["Repaired", s.repairs?.repaired_total ?? 0],
     ["Damaged", damaged],
+    ["Deletions pending", purging],
     ["Last scrub", ago(s.scrub?.last_finished)],
     ["Coding", s.k ? `${s.k} + ${s.m}` : "–"],
   ]);
