@@ -124,6 +124,10 @@ class PendingPurges:
         """Read the record (once): `covers` answers from memory after this."""
         await self._load()
 
+    def any(self) -> bool:
+        """Whether some purge is pending (as loaded)."""
+        return bool(self._pending)
+
     def covers(self, key: str) -> bool:
         """Whether `key` is under a pending purge: deleted for everyone, so not listed, and not healed by the
         scrubber, while a backend that was down still holds some of it."""

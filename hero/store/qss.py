@@ -123,7 +123,7 @@ class QSS:
         """Every key under `prefix`, but none being purged (what a backend that was down brings back is gone)."""
         keys = await self.catalog.keys(prefix)
         await self.purges.load()
-        return [key for key in keys if not self.purges.covers(key)]
+        return [key for key in keys if not self.purges.covers(key)] if self.purges.any() else keys
 
     # Operations
 
