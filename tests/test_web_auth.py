@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from hero.identity import TOKEN_PREFIX, NodeKeys, UserKey
-from hero.web.openapi import operations, routed
+from hero.web.openapi import routed
+from hero.web.operations import operations
 from tests.conftest import auth
 
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -121,7 +122,7 @@ async def test_route_role_matrix_every_route_checks_its_auth(node):
     data_dir = node.config.data_dir
     users = node.users
     ops = operations(node.config)
-    assert set(ops) == routed(node.app.routes), "every route needs an entry in hero/web/openapi.py"
+    assert set(ops) == routed(node.app.routes), "every route needs an entry in hero/web/operations.py"
     assert {key for key, op in ops.items() if op.auth == "public"} == PUBLIC
 
     carol = users.add("carol", UserKey.generate().agent_id)
