@@ -121,6 +121,10 @@ async def test_a_pending_purge_is_retried_after_its_back_off_without_any_traffic
     report = await store.purge("agent/a/")
     assert report.pending and sorted(report.leftovers) == ["local-05", "local-06"]
     assert len(report.leftovers["local-05"].fragments) >= 1
+    again = await store.purge("agent/a/")  # run again (the CLI, say) while they are still down: finds nothing new
+    assert again.objects == 0 and again.pending  # and what the first run recorded is kept, not replaced
+    [pending] = await store.purges.status()
+    assert pending["backends"] == ["local-05", "local-06"]
     plug(backends)
     await eventually(lambda: not (tmp_path / "data" / "qss" / "purges.json").exists(), timeout_s=10)
     assert await store.keys("agent/") == ["agent/b/state"]

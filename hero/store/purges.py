@@ -14,6 +14,7 @@ operator sees pending purges in `hero storage status`, and a log line each way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -51,6 +52,14 @@ class PendingPurge:
                 "backends": sorted(self.leftovers), "listed_all": self.listed_all}
 
 
+def merge(into: dict[str, Leftover], more: dict[str, Leftover]) -> None:
+    """Add what `more` says each backend may still hold to `into`."""
+    for name, left in more.items():
+        merged = into.setdefault(name, Leftover())
+        merged.fragments = sorted({*merged.fragments, *left.fragments})
+        merged.meta = sorted({*merged.meta, *left.meta})
+
+
 class PendingPurges:
     def __init__(self, path: Path, collector: Collector, pool: BackendPool) -> None:
         self.path = path
@@ -71,37 +80,44 @@ class PendingPurges:
 
     async def settle(self, report: PurgeReport) -> None:
         """After a purge: record what a backend that did not answer may still hold (`report.pending`), or drop
-        the record of that prefix once nothing is left."""
+        the record of that prefix once nothing of it, from this purge or an earlier one, can be left."""
         async with self._lock:
             pending = await self._load()
-            if not report.unfinished:
-                if pending.pop(report.prefix, None) is not None:
-                    await self._save()
+            entry = pending.get(report.prefix)
+            if entry is None and not report.unfinished:
                 return
-            entry = pending.get(report.prefix) or PendingPurge(report.prefix, time.time())
-            entry.leftovers, entry.listed_all = report.leftovers, report.listed_all
+            entry = entry or PendingPurge(report.prefix, time.time())
+            merge(entry.leftovers, report.leftovers)  # an earlier purge's leftovers stay until deleted
+            entry.listed_all = report.listed_all
+            if not entry.leftovers and entry.listed_all:
+                pending.pop(report.prefix, None)
+                await self._save()
+                return
             pending[report.prefix] = entry
             await self._save()
             report.pending = True
-        log.warning("purge of %s left data on %s; it is purged there when they answer again",
-                    report.prefix, ", ".join(sorted(report.leftovers)) or "a backend that did not list its objects")
-        self._due = time.monotonic() + FIRST_RETRY_S
+        if report.unfinished:
+            log.warning("purge of %s left data on %s; it is purged there when they answer again", report.prefix,
+                        ", ".join(sorted(report.leftovers)) or "a backend that did not list its objects")
+        self._due = time.monotonic() + (FIRST_RETRY_S if report.unfinished else 0.0)
         self._wake.set()  # the loop takes up the new due time
 
     async def run(self) -> None:
         """The background loop (owned by the store's nursery): retry when a backend is back or a retry is due."""
-        await self.retry()
+        await self._load()  # `_due` is 0: what an earlier run left is tried at once
         while True:
             self._wake.clear()
             delay_s = self._due - time.monotonic() if self._pending else None
             if delay_s is None or delay_s > 0:
-                try:
+                with contextlib.suppress(TimeoutError):  # the back-off ran out: retry
                     async with asyncio.timeout(delay_s):
                         await self._wake.wait()
-                except TimeoutError:
-                    pass  # the back-off ran out: retry
             if self._pending and self._due <= time.monotonic():
-                await self.retry()
+                try:
+                    await self.retry()
+                except Exception:  # the next try comes after the back-off, or when a backend is back
+                    log.exception("retrying pending purges failed")
+                    self._due = time.monotonic() + FIRST_RETRY_S
 
     async def retry(self) -> None:
         """Try every pending purge once; the next try is at once if a backend comes back, else after a back-off."""
@@ -153,10 +169,7 @@ class PendingPurges:
                 still[name] = left
         prefix = entry.prefix  # a folder of keys (a user's agent), or one key (`QSS.delete`: a user's record)
         again = await (self._collector.purge(prefix) if prefix.endswith("/") else self._collector.delete(prefix))
-        for name, left in again.leftovers.items():
-            merged = still.setdefault(name, Leftover())
-            merged.fragments = sorted({*merged.fragments, *left.fragments})
-            merged.meta = sorted({*merged.meta, *left.meta})
+        merge(still, again.leftovers)
         entry.attempts += 1
         entry.leftovers, entry.listed_all = still, again.listed_all
         return not still and again.listed_all
