@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,24 +20,13 @@ from pathlib import Path
 from hero.identity import NodeKeys
 from hero.store.qss import QSS, open_qss
 
-DOWN = ("05", "06")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.store.helpers import plug, unplug  # the tests' way to take a backend's disk away
 
 
 async def fill(store: QSS, agent: str, objects: int) -> None:
     for i in range(objects):
         await store.put(f"agent/{agent}/history/{i}", bytes([i % 251]) * 20_000, epoch=1)
-
-
-def unplug(backends: Path) -> None:
-    for n in DOWN:
-        (backends / n).rename(backends / f"gone-{n}")
-        (backends / n).write_text("not mounted")
-
-
-def plug(backends: Path) -> None:
-    for n in DOWN:
-        (backends / n).unlink()
-        (backends / f"gone-{n}").rename(backends / n)
 
 
 async def one_round(objects: int) -> tuple[float, float, float, float, float]:

@@ -19,24 +19,9 @@ from hero.store.qss import QSS
 from hero.users.stored import user_key
 from hero.users_data import agent_prefix
 from tests.conftest import add_user, auth, hero_cli, make_config, serving
+from tests.store.helpers import plug, unplug
 from tests.test_runtime_faults import eventually
 from tests.test_user_data import SECRET, all_messages, chat, found_on_disk, traces
-
-DOWN = ("05", "06")
-
-
-def unplug(backends: Path) -> None:
-    """The backends' disks are gone: a file where each directory was (a node opening them finds them down, not
-    empty and new)."""
-    for n in DOWN:
-        (backends / n).rename(backends / f"gone-{n}")
-        (backends / n).write_text("not mounted")
-
-
-def plug(backends: Path) -> None:
-    for n in DOWN:
-        (backends / n).unlink()
-        (backends / f"gone-{n}").rename(backends / n)
 
 
 def only_on_the_down_backends(left: list[str]) -> bool:

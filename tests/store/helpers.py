@@ -141,3 +141,20 @@ def storage_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hero")
     add_storage_parser(parser.add_subparsers())
     return parser
+
+
+DOWN = ("05", "06")  # the directory backends `unplug` takes down
+
+
+def unplug(backends: Path, names: tuple[str, ...] = DOWN) -> None:
+    """These backends' disks are gone: a file where each directory was (a store opening them finds them down,
+    not empty and new); what they held is kept aside in `gone-NN`."""
+    for n in names:
+        (backends / n).rename(backends / f"gone-{n}")
+        (backends / n).write_text("not mounted")
+
+
+def plug(backends: Path, names: tuple[str, ...] = DOWN) -> None:
+    for n in names:
+        (backends / n).unlink()
+        (backends / f"gone-{n}").rename(backends / n)
