@@ -138,6 +138,7 @@ async def test_a_turn_writes_and_activation_reads_the_same_bounded_bytes_at_10_a
             recording.puts.clear()
             before = backend_bytes(store)
             await turns(node, agent, 1, tag=f"t{n}-")
+            await node.settle()  # its head's pruning, in the background, is done: counted as this agent's
             stored[agent] += backend_bytes(store) - before
             heads[agent] += [size for key, size, _ in recording.puts if key.endswith("/state")]
             seconds[agent].append(sum(s for _, _, s in recording.puts))
