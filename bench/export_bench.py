@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from runtime_bench import Echo, seeded
@@ -65,6 +65,23 @@ async def paged(chat: Histories, agent: str) -> AsyncIterator[str]:
         yield ",".join(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) for e in entries)
 
 
+async def best_and_peak(run: Callable[[], Awaitable[int]]) -> tuple[float, float, int]:
+    """Best time of three runs of `run` (which returns the bytes it wrote), the peak traced memory (MiB) of
+    one more, and the bytes."""
+    times = []
+    for _ in range(3):
+        began = time.perf_counter()
+        size = await run()
+        times.append(time.perf_counter() - began)
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    held = tracemalloc.get_traced_memory()[0]
+    await run()
+    peak = tracemalloc.get_traced_memory()[1] - held
+    tracemalloc.stop()
+    return min(times), peak / 2**20, size
+
+
 async def measure(body: Callable[[], AsyncIterator[str]], expected: int) -> tuple[float, float]:
     """Best time of three and peak traced memory (MiB) of writing the whole body; checks its size."""
 
@@ -72,21 +89,11 @@ async def measure(body: Callable[[], AsyncIterator[str]], expected: int) -> tupl
         size = 0
         async for piece in body():
             size += len(piece)
+        assert abs(size - expected) <= expected // 1000 + 2, (size, expected)
         return size
 
-    times = []
-    for _ in range(3):
-        began = time.perf_counter()
-        size = await consume()
-        times.append(time.perf_counter() - began)
-        assert abs(size - expected) <= expected // 1000 + 2, (size, expected)
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    held = tracemalloc.get_traced_memory()[0]
-    await consume()
-    peak = tracemalloc.get_traced_memory()[1] - held
-    tracemalloc.stop()
-    return min(times), peak / 2**20
+    seconds, peak, _ = await best_and_peak(consume)
+    return seconds, peak
 
 
 async def figures(data: Path, messages: int, methods: dict[str, Method]) -> None:
@@ -153,17 +160,8 @@ async def over_http(data: Path, messages: int) -> None:
                 assert count == messages, (count, messages)
                 return size
 
-            times = []
-            for _ in range(3):
-                began = time.perf_counter()
-                size = await export()
-                times.append(time.perf_counter() - began)
-            tracemalloc.start()
-            held = tracemalloc.get_traced_memory()[0]
-            await export()
-            peak = (tracemalloc.get_traced_memory()[1] - held) / 2**20
-            tracemalloc.stop()
-    print(f"GET /api/me/export {messages:>7,} messages: {min(times):7.3f} s ({messages / min(times):,.0f} entries/s), "
+            seconds, peak, size = await best_and_peak(export)
+    print(f"GET /api/me/export {messages:>7,} messages: {seconds:7.3f} s ({messages / seconds:,.0f} entries/s), "
           f"peak memory {peak:6.1f} MiB (the document is {size / 2**20:.1f} MiB)", flush=True)
 
 
