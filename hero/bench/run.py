@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -93,13 +94,11 @@ class RunRecord:
 
 def machine_info() -> dict[str, Any]:
     model = ""
-    try:
+    with contextlib.suppress(OSError):  # no /proc: the model stays unknown
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": sys.version.split()[0], "kernel": os.uname().release, **source_version()}
 
@@ -183,12 +182,10 @@ async def settle_timers(node: NodeProcess, client: httpx.AsyncClient, operator: 
 
 
 def _peak_rss_mb(pid: int) -> float:
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):  # gone, or no /proc: unknown
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
     return 0.0
 
 

@@ -17,6 +17,7 @@ for room. Whole messages go to the inbox (inbox.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -192,11 +193,9 @@ class MessageService:
                         self._frame(out, DONE, _DONE.pack(n, digest))
                         done_at = now
                     out.wake.clear()
-                    try:
+                    with contextlib.suppress(TimeoutError):  # no word from the receiver: resend
                         async with asyncio.timeout(RESEND_S):
                             await out.wake.wait()
-                    except TimeoutError:
-                        pass
             if out.state in ("sending", "read"):
                 out.state = "read" if out.state == "read" else "received"
                 self.stats.sent += 1

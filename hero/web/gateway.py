@@ -18,6 +18,7 @@ reaches it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -92,11 +93,9 @@ class Gateway:
             await self.app(scope, _replay(body, receive), send)
             return
         if self.cluster.holds(agent_id):
-            try:
+            with contextlib.suppress(_Moved):  # it moved away meanwhile: routed to where it is now
                 await self._here(scope, _replay(body, receive), send, agent_id, catch_moved=True)
                 return
-            except _Moved:
-                pass
         await self._route(scope, receive, send, agent_id, body)
 
     async def _agent_of(self, headers: Headers) -> str | None:
