@@ -178,3 +178,29 @@ async def test_remote_round_trip_sizes(tmp_path: Path, size: int):
             assert (scrub["checked"], scrub["corrupt"], scrub["missing"]) == (4, 0, 0)
         finally:
             await store.aclose()
+
+
+def test_an_idle_connection_with_a_high_descriptor_is_kept_until_its_peer_closes() -> None:
+    """A node with many files open (pack files, raised limit) gets sockets numbered over 1024: select() cannot
+    watch those, and every pooled connection was taken for closed, so keep-alive never worked there."""
+    import os
+    import resource
+    import socket
+
+    from hero.store.backends.remote import _closed_by_peer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    ours, theirs = socket.socketpair()
+    high = os.dup2(ours.fileno(), 1500)
+    ours.close()
+    conn = http.client.HTTPConnection("127.0.0.1")
+    conn.sock = socket.socket(fileno=high)
+    try:
+        assert not _closed_by_peer(conn)  # idle, open: kept for the next call
+        theirs.close()
+        assert _closed_by_peer(conn)  # the peer's FIN: not reused
+    finally:
+        conn.sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

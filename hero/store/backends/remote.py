@@ -178,11 +178,12 @@ def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
     sock = conn.sock
     if sock is None:
         return True
+    poller = select.poll()  # not select(): it cannot watch a descriptor over 1024, which a busy node has
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))  # POLLHUP and POLLERR are reported whether asked for or not
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _error_of(data: bytes) -> tuple[str, str]:
