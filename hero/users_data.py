@@ -47,7 +47,7 @@ async def purge_agent(store: object, agent_id: str) -> dict[str, Any]:
     if not isinstance(store, Purging):
         raise Unavailable("this node's store cannot delete for good")
     report = await store.purge(agent_prefix(agent_id))
-    if report.left and not report.pending:
+    if report.kept:
         raise StorageError(f"the agent's data is not yet deleted everywhere: {'; '.join(report.left[:3])}; "
                            "run the deletion again once every backend answers")
     return report.to_json()

@@ -95,6 +95,11 @@ class Purged(Protocol):
         """What is left is recorded by the store and deleted there once those backends answer again."""
         ...
 
+    @property
+    def kept(self) -> bool:
+        """Something may remain that the store will not delete by itself: the deletion is not done."""
+        ...
+
     def to_json(self) -> dict[str, Any]: ...
 
 

@@ -61,5 +61,7 @@ class UserData(Protocol):
 
     async def delete(self, agent_id: str) -> dict[str, Any]:
         """Every object of the agent on every backend, the user and their tokens, the agent from memory, its
-        timers and its power figures; what was removed. Raises StorageError if a backend kept something."""
+        timers and its power figures; what was removed (`store`, a purge's report: `store.pending` when a
+        backend that did not answer is purged later by the store). Raises StorageError if something may
+        remain that nothing will delete."""
         ...

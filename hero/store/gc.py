@@ -71,6 +71,11 @@ class PurgeReport:
     pending: bool = False  # what is left is recorded and will be purged when its backends answer (`purges.py`)
 
     @property
+    def kept(self) -> bool:
+        """Something may remain that nobody will delete (not recorded as `pending`)."""
+        return bool(self.left) and not self.pending
+
+    @property
     def unfinished(self) -> bool:
         """A backend that did not answer may still hold something: purging again once it does finishes."""
         return bool(self.leftovers) or not self.listed_all
@@ -79,9 +84,8 @@ class PurgeReport:
         return self.leftovers.setdefault(backend, Leftover())
 
     def to_json(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "objects": self.objects, "versions_removed": self.versions_removed,
-                "fragments_removed": self.fragments_removed, "meta_removed": self.meta_removed,
-                "left": self.left, "pending": self.pending}
+        """What a user or operator is told: not the leftovers' hashes and names (the store's own record)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("leftovers", "listed_all")}
 
 
 class Collector:

@@ -195,7 +195,9 @@ class PendingPurges:
                               self.path, exc, aside)
                     return {}
 
-            self._pending = await asyncio.to_thread(read)
+            found = await asyncio.to_thread(read)
+            if self._pending is None:  # a concurrent first load finished first: its dict (maybe changed) stays
+                self._pending = found
         return self._pending
 
     async def _save(self) -> None:

@@ -219,7 +219,9 @@ async def open_qss(
 
     try:
         backends = await asyncio.get_running_loop().run_in_executor(io, build)
-        return QSS(keys=keys, config=cfg, backends=backends, data_dir=data_dir, workers=workers)
+        qss = QSS(keys=keys, config=cfg, backends=backends, data_dir=data_dir, workers=workers)
+        await qss.purges.load()  # before any listing: keys under a pending purge are never listed
+        return qss
     except BaseException:
         workers.cpu.shutdown(wait=False)
         workers.io.shutdown(wait=False)

@@ -64,7 +64,7 @@ class UserStore:
             if not isinstance(self.store, Purging):
                 raise Unavailable("this store cannot delete for good")
             report = await self.store.delete(user_key(record.agent_id))
-            if report.left and not report.pending:  # pending: the store deletes it there once they answer
+            if report.kept:  # not when pending: the store deletes it there once they answer
                 raise StorageError(f"user {record.name!r}: revoked, but not yet deleted everywhere: "
                                    f"{'; '.join(report.left[:3])}; try again")
 
