@@ -17,9 +17,10 @@ from typing import ClassVar
 import pytest
 
 from agents import assistant
+from hero.backoff import Backoff
 from hero.chat.agent import ChatAgent
 from hero.errors import AgentDamaged
-from hero.runtime.backoff import Backoff, Retries
+from hero.runtime.backoff import Retries
 from hero.runtime.events import ChatMessage, Event, Ping, Reply, TimerFired
 from hero.runtime.keys import state_key, timers_key
 from hero.runtime.node import Node

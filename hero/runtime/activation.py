@@ -36,10 +36,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hero.backoff import Backoff
 from hero.errors import AgentRefused, Conflict, HeroError, SpecRefused, Unavailable
 from hero.identity import check_agent_id
 from hero.runtime.agent import Agent, AgentContext
-from hero.runtime.backoff import Backoff
 from hero.runtime.damage import DamagedAgents
 from hero.runtime.durable_timers import DurableTimers
 from hero.runtime.eager import AgentTask

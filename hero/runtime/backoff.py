@@ -1,29 +1,17 @@
-"""How long the runtime waits before trying a failed thing again, and when it gives up.
+"""The runtime's retry policies: how long it waits before trying a failed thing again, and when it gives up.
 
 Three things are retried: a hibernation whose final write failed (the agent
 stays in memory until it succeeds), a timer whose delivery or turn failed, and
 reading a damaged agent's objects again. Each doubles its delay from `first_s`
-up to `max_s`; a timer whose turn keeps raising is set aside after `attempts`.
+up to `max_s` (`hero.backoff.Backoff`); a timer whose turn keeps raising is set
+aside after `attempts`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Backoff:
-    first_s: float
-    max_s: float
-    factor: float = 2.0
-    attempts: int = 0  # failures after which the caller gives up; 0: never gives up
-
-    def delay_s(self, failures: int) -> float:
-        """The wait after the `failures`-th failure in a row (1 for the first)."""
-        return min(self.max_s, self.first_s * self.factor ** max(0, failures - 1))
-
-    def gives_up(self, failures: int) -> bool:
-        return self.attempts > 0 and failures >= self.attempts
+from hero.backoff import Backoff
 
 
 @dataclass(frozen=True)

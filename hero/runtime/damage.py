@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from hero.backoff import Backoff
 from hero.errors import AgentDamaged, HeroError
-from hero.runtime.backoff import Backoff
 from hero.runtime.keys import STATE, TIMERS
 
 log = logging.getLogger("hero.runtime")

@@ -39,9 +39,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from hero.backoff import Backoff
 from hero.errors import HeroError, LeaseHeld, Overloaded
 from hero.nursery import Nursery
-from hero.runtime.backoff import Backoff
 from hero.runtime.damage import DamagedAgents
 from hero.runtime.events import Event, Reply, TimerFired
 from hero.runtime.keys import TIMERS, timers_key

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hero.backoff import Backoff
 from hero.nursery import Nursery
 from hero.store.backends.calls import DeleteFragments, DeleteMeta
 from hero.store.gc import Collector, Leftover, PurgeReport
@@ -132,7 +133,7 @@ class PendingPurges:
                 if pending or self.path.exists():
                     await self._save()
                 tries = max((e.attempts for e in pending.values()), default=0)
-                self._due = time.monotonic() + min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, tries - 1))
+                self._due = time.monotonic() + Backoff(FIRST_RETRY_S, MAX_RETRY_S).delay_s(tries)
         finally:
             self._retrying = False
 
