@@ -103,6 +103,7 @@ class DurableTimers:
     def drop(self, agent_ids: list[str]) -> None:
         """This node lost these agents' leases: their timers fire where the agents are now."""
         for agent_id in agent_ids:
+            self._versions.pop(agent_id, None)  # its pruning goes with it (bounded by the agents with timers here)
             for timer in self.schedule.pending(agent_id):
                 self.schedule.remove(timer.timer_id)
                 self._removing.pop(timer.timer_id, None)
