@@ -73,7 +73,8 @@ async def node_status(request: Request) -> dict[str, Any]:
     node, llm = edge.node, edge.llm
     by_agent = node.agent_statuses()
     statuses = list(by_agent.values())
-    names = user_names(request) if "damaged" in statuses else {}
+    damaged = node.damaged_agents()
+    names = user_names(request) if damaged else {}  # the list's own agents (one in memory counts as active)
     tokens = llm.tokens_total
     now = time.monotonic()
     rates = _rates(request)
@@ -91,7 +92,7 @@ async def node_status(request: Request) -> dict[str, Any]:
         },
         "damaged_agents": [
             {"agent_id": a.agent_id, "user": names.get(a.agent_id), "reason": a.reason, "since": a.since}
-            for a in node.damaged_agents()
+            for a in damaged
         ],
         "activation_rate_per_min": round(rates.per_second(1, ACTIVATION_WINDOW_S, full_window=True) * 60.0, 2),
         "runtime": {
