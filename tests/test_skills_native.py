@@ -116,6 +116,12 @@ def test_the_template_says_how_it_writes_a_call() -> None:
     assert syntax(MISTRAL) == "mistral"
     assert syntax(TOOLS_NO_CALLS) is None  # renders tools, but how it wants a call is unknown: Hero's JSON
     assert syntax("{% for m in messages %}{{ m['content'] }}{% endfor %}") is None
+    # llama.cpp renders templates with loop controls and `{% generation %}` (as Transformers does): one that
+    # uses them is read the same way
+    with_break = MISTRAL.replace("{% endfor %}", "{% if loop.index > 99 %}{% break %}{% endif %}{% endfor %}", 1)
+    assert syntax(with_break) == "mistral"
+    assert syntax(MISTRAL.replace("{{ m['content'] }}", "{% generation %}{{ m['content'] }}{% endgeneration %}")) \
+        == "mistral"
 
 
 async def test_a_hermes_template_renders_the_tools_and_the_default_one_has_none(hermes: LLMService, llm) -> None:  # type: ignore[no-untyped-def]

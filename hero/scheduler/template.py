@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jinja2
+import jinja2.ext
 import jinja2.meta
 from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
 
@@ -25,6 +26,8 @@ log = logging.getLogger("hero.llm")
 
 Messages = list[dict[str, str]]
 Tools = list[dict[str, Any]]
+# parses as llama.cpp's formatter renders: with loop controls and `{% generation %}` (as Transformers does)
+_PARSER = jinja2.Environment(extensions=[Jinja2ChatFormatter.IgnoreGenerationTags, jinja2.ext.loopcontrols])
 PROBE_TOOL = "probe_fn_q7x"  # the name of the call `_tool_syntax` asks the template to write
 
 
@@ -64,9 +67,10 @@ class ChatTemplate:
         """How the template writes a tool call, or None if it renders no `tools` (or writes calls in a way Hero
         does not know). The template itself is asked: it renders an assistant's call to a probe tool."""
         try:
-            if "tools" not in jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(self.source)):
+            if "tools" not in jinja2.meta.find_undeclared_variables(_PARSER.parse(self.source)):
                 return None
-        except jinja2.TemplateError:
+        except jinja2.TemplateError as exc:
+            log.warning("the model's chat template cannot be parsed (%s): tool calls are Hero's JSON", exc)
             return None
         # the offered tool has another name than the call, so the call is found wherever the tools are listed
         tool: dict[str, Any] = {"type": "function", "function": {"name": "probe_def", "description": "probe",
