@@ -105,10 +105,11 @@ class Assistant(ChatAgent):
                 options["tools"] = form.specs(tools)
         messages = await self.prompt(skills, [] if form.native else tools, event.text)
         parts: list[str] = []
-        call = False
+        call = opened = False  # opened: a delta with more than spaces came (a call opens the answer, or none)
         async for delta in self.ctx.stream_llm(messages, reply, **options):
-            if tools and not call and not "".join(parts).strip() and form.is_call(delta):
+            if tools and not call and not opened and form.is_call(delta):
                 call = True
+            opened = opened or bool(delta.strip())
             parts.append(delta)
             if not call:
                 reply.write(delta)
