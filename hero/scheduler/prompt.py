@@ -7,12 +7,15 @@ that carries it, not on the other agents decoding meanwhile.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from hero.errors import BadRequest
 from hero.scheduler.llamacpp import Model
 from hero.scheduler.template import ChatTemplate, Messages, Tools
 from hero.scheduler.trim import trim_messages
+
+TOOL_SETS_KEPT = 64  # tool sets whose token cost is remembered (beyond that the memory starts over)
 
 _ATTEMPTS = 4  # renders per prompt at most: the per-message estimate is rarely short, and then only a little
 
@@ -30,6 +33,7 @@ class PromptBuilder:
         self.model = model
         self.template = template
         self.n_ctx = n_ctx
+        self._tool_costs: dict[str, int] = {}  # a tool set (as JSON) -> its tokens: agents offer the same few sets
         template.calibrate(lambda text: len(model.tokenize(text, special=True)))
 
     def build(self, messages: Messages, *, max_tokens: int, start: int | None = None,
@@ -77,8 +81,16 @@ class PromptBuilder:
         raise BadRequest(f"these messages do not fit the model's {self.n_ctx}-token context", field="messages")
 
     def _tools_cost(self, tools: Tools) -> int:
-        """The tokens the template spends on `tools` (their definitions, its instructions about them)."""
-        probe = [{"role": "user", "content": "u"}]
-        count = self.model.tokenize
-        return max(0, len(count(self.template.render(probe, tools), special=True))
-                   - len(count(self.template.render(probe), special=True)))
+        """The tokens the template spends on `tools` (their definitions, its instructions about them), measured
+        once per set of tools: two renders and tokenizations are not repeated for every turn."""
+        key = json.dumps(tools, sort_keys=True)
+        cost = self._tool_costs.get(key)
+        if cost is None:
+            probe = [{"role": "user", "content": "u"}]
+            count = self.model.tokenize
+            cost = max(0, len(count(self.template.render(probe, tools), special=True))
+                       - len(count(self.template.render(probe), special=True)))
+            if len(self._tool_costs) >= TOOL_SETS_KEPT:
+                self._tool_costs.clear()
+            self._tool_costs[key] = cost
+        return cost
