@@ -65,6 +65,7 @@ class Gateway:
             max_connections=512, max_keepalive_connections=64), trust_env=False)
         self.forwarded = 0
         self.failovers = 0
+        self.forged = 0  # requests whose routing marker no gateway of this cluster made
         self._owners: dict[str, tuple[str, str, float]] = {}  # agent -> (node id, url, until monotonic)
 
     async def aclose(self) -> None:
@@ -85,8 +86,10 @@ class Gateway:
             if self.marker.check(marker, scope["method"], path, agent_id):  # sent here by a gateway: answered here
                 await self._here(scope, receive, send, agent_id)
                 return
-            log.warning("gateway: dropped an x-hero-routed header no gateway of this cluster made (client %s)",
-                        (scope.get("client") or ("?",))[0])
+            self.forged += 1
+            if self.forged & (self.forged - 1) == 0:  # the 1st, 2nd, 4th, 8th…: a client repeating it floods no log
+                log.warning("gateway: dropped an x-hero-routed header no gateway of this cluster made (client %s; "
+                            "%d so far)", (scope.get("client") or ("?",))[0], self.forged)
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != ROUTED]}
         body, whole = await _read_body(receive, self.max_body)
         if not whole:  # too large: the app says so (413), here
