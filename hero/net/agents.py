@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hero.errors import BadRequest, HeroError, Unavailable
+from hero.files import replace_file
 from hero.net.inbox import InboundMessage
 from hero.net.messages import MAX_MESSAGE_BYTES
 from hero.net.overlay import Overlay, agent_in_topic
@@ -68,9 +68,7 @@ class AllowList:
     def set(self, agent_id: str, keys: list[str]) -> None:
         self._load()
         self._allow[agent_id] = {k.lower() for k in keys}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({a: sorted(k) for a, k in self._allow.items()}, indent=1))
-        os.replace(tmp, self.path)
+        replace_file(self.path, json.dumps({a: sorted(k) for a, k in self._allow.items()}, indent=1).encode())
 
     def get(self, agent_id: str) -> list[str]:
         self._load()

@@ -8,12 +8,12 @@ with `hero skill trust KEY` (and takes it back with `--remove`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from hero.errors import UsageError
+from hero.files import replace_file
 
 HERO_KEY = "2e6222d3d5b632b2f8e1627ff351860af80fb78ee3980eb6ff3bd63273027bb1"  # signs the shipped skills
 
@@ -64,7 +64,4 @@ class TrustStore:
         return found
 
     def _write(self, keys: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": keys}, indent=1))
-        os.replace(tmp, self.path)
+        replace_file(self.path, json.dumps({"keys": keys}, indent=1).encode())

@@ -45,6 +45,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from hero.files import fsync_dir
 from hero.store.packformat import DEAD, ENTRY, HEADER, INDEX_MAGIC, INDEX_START, KILL, MAGIC, index_entries
 from hero.store.packindex import MASK40, SIDE_FILES, Location, PackBooks, PackIndex
 from hero.store.pipeline import fragment_hash
@@ -372,11 +373,7 @@ class PackFiles:
             return
         os.fsync(self._fd)
         os.fsync(self._idx_fd)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.dir)
 
     def records(self) -> Iterator[tuple[str, Path, int, int]]:
         """(digest, pack path, data offset, size) of every live fragment: for checks and tests."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hero.backoff import Backoff
+from hero.files import replace_file
 from hero.nursery import Nursery
 from hero.store.backends.calls import DeleteFragments, DeleteMeta
 from hero.store.gc import Collector, Leftover, PurgeReport
@@ -203,24 +204,8 @@ class PendingPurges:
 
     async def _save(self) -> None:
         """Write the record durably (temp file, fsync, rename, fsync of the folder); none left: no file."""
-        body = json.dumps({"purges": [asdict(e) for e in (self._pending or {}).values()]})
-        path = self.path
-
-        def write() -> None:
-            if not self._pending:
-                path.unlink(missing_ok=True)
-                return
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            with tmp.open("w") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            folder = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
-
-        await asyncio.to_thread(write)
+        if not self._pending:
+            await asyncio.to_thread(self.path.unlink, missing_ok=True)
+            return
+        body = json.dumps({"purges": [asdict(e) for e in self._pending.values()]}).encode()
+        await asyncio.to_thread(replace_file, self.path, body, durable=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hero.files import replace_file
 from hero.store.damage import MAX_LISTED, Damage
 
 log = logging.getLogger("hero.store")
@@ -81,9 +81,6 @@ class ScrubLog:
             if repairs is not None:
                 state["repaired_total"] = state.get("repaired_total", 0) + repairs.repaired
                 state["unrecoverable_total"] = state.get("unrecoverable_total", 0) + repairs.unrecoverable
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self.path)
+            replace_file(self.path, json.dumps(state).encode())
 
         await asyncio.to_thread(write)
